@@ -1,0 +1,235 @@
+"""The contract every gradient aggregator follows, and the registry behind :func:`make`.
+
+An aggregator turns the per-task gradients on the shared parameters (the ``[k, n]`` task Jacobian)
+and per-task statistics into ``k`` weights; the shared update direction is ``weights @ jacobian``.
+Methods that only weight losses (LS, RLW, UW, DWA, FAMO, ...) declare ``needs_jacobian = False`` and
+receive ``jacobian=None``: :func:`mtrl.aggregation.mtl_backward` then skips building the Jacobian and
+runs a single backward pass of the weighted loss instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+from torch import Tensor
+
+__all__ = ["Aggregator", "TaskStats", "make", "available", "register"]
+
+
+@dataclass
+class TaskStats:
+    """What an aggregator may know about the tasks besides their gradients.
+
+    Attributes:
+        losses: ``[k]`` tensor of the tasks' current (unweighted) losses.
+        performance: optional ``[k]`` tensor of per-task performance drops Δm_i in percent
+            (PIVRG paper Eq. 3): positive means worse than the single-task reference.
+        step: the training step (update count) this call belongs to.
+    """
+
+    losses: Tensor
+    performance: Tensor | None = None
+    step: int = 0
+
+    @property
+    def num_tasks(self) -> int:
+        return int(self.losses.shape[0])
+
+
+_REGISTRY: dict[str, type["Aggregator"]] = {}
+
+
+def register(name: str) -> Callable[[type["Aggregator"]], type["Aggregator"]]:
+    """Class decorator: make an aggregator available to :func:`make` under ``name``."""
+
+    def decorate(cls: type[Aggregator]) -> type[Aggregator]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"Aggregator name `{name}` is registered twice.")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def available() -> list[str]:
+    """Names accepted by :func:`make`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def options(name: str) -> list[str]:
+    """The constructor options of aggregator ``name``."""
+    return [p for p in inspect.signature(_lookup(name).__init__).parameters if p != "self"]
+
+
+def _lookup(name: str) -> type["Aggregator"]:
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"Unknown aggregator `{name}`. Valid names: {', '.join(available())}.")
+    return _REGISTRY[name]
+
+
+def make(name: str, **options_: Any) -> "Aggregator":
+    """Build the aggregator registered as ``name`` with constructor ``options_``.
+
+    Raises:
+        ValueError: for an unknown name (listing the valid names) or an unknown option (listing the
+            options the method accepts), or a bad option value (from the method's own validation).
+    """
+    cls = _lookup(name)
+    valid = options(name)
+    unknown = sorted(set(options_) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"Unknown option(s) {unknown} for aggregator `{name}`. "
+            f"Valid options: {', '.join(valid) if valid else '(none)'}."
+        )
+    return cls(**options_)
+
+
+class Aggregator(ABC):
+    """Base class: ``weights = agg(jacobian, stats)``.
+
+    Subclasses implement :meth:`_weights` and, when they keep state across steps, list the state's
+    attribute names in ``_state_attributes`` and set them up in :meth:`_init_state`; the base class then
+    provides :meth:`state_dict`, :meth:`load_state_dict` and :meth:`reset`. ``fallbacks`` counts the
+    calls where a solver failed and the documented fallback was used instead of raising.
+    """
+
+    name: ClassVar[str] = "aggregator"
+    needs_jacobian: ClassVar[bool] = True
+    #: Loss-weighting methods (LS, RLW, UW, DWA, FAMO, ...) weight the task-specific parameters'
+    #: gradients too in their papers; gradient-weighting methods leave them unweighted.
+    #: :func:`mtl_backward` follows this unless told otherwise.
+    loss_weighting: ClassVar[bool] = False
+    #: PIVRG-style methods read ``stats.performance``; ``None`` there is read as Δm = 0.
+    uses_performance: ClassVar[bool] = False
+    _state_attributes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self) -> None:
+        self.fallbacks = 0
+        self._init_state()
+
+    # ----------------------------------------------------------------------------------- interface
+    def __call__(self, jacobian: Tensor | None, stats: TaskStats) -> Tensor:
+        k = self._validate(jacobian, stats)
+        if self.needs_jacobian and jacobian is None:
+            raise ValueError(f"{self.name} needs the task Jacobian; got jacobian=None.")
+        weights = self._weights(jacobian, stats)
+        if weights.shape != (k,):
+            raise RuntimeError(f"{self.name} returned weights of shape {tuple(weights.shape)}, expected ({k},).")
+        if not torch.isfinite(weights).all():
+            # Never hand a non-finite update to the optimizer: fall back to equal weights (mean).
+            self.fallbacks += 1
+            weights = torch.full_like(weights, 1.0 / k)
+        return weights
+
+    @abstractmethod
+    def _weights(self, jacobian: Tensor | None, stats: TaskStats) -> Tensor:
+        """Return the ``[k]`` weights; inputs are already checked to be finite and consistent."""
+
+    def after_step(self, stats: TaskStats) -> None:
+        """Hook called after the optimizer step with the losses of the *same* batch re-evaluated.
+
+        Only methods that learn from the effect of the step (FAMO) use it; the default does nothing.
+        """
+
+    # -------------------------------------------------------------------------------------- state
+    def _init_state(self) -> None:
+        """Set up the mutable state; called by ``__init__`` and :meth:`reset`."""
+
+    def reset(self) -> None:
+        """Forget everything learned during training (the constructor options stay)."""
+        self.fallbacks = 0
+        self._init_state()
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"fallbacks": self.fallbacks}
+        for attribute in self._state_attributes:
+            value = getattr(self, attribute)
+            if isinstance(value, torch.Generator):
+                value = {"generator_state": value.get_state()}
+            state[attribute] = copy.deepcopy(value)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        missing = {"fallbacks", *self._state_attributes} - set(state)
+        if missing:
+            raise ValueError(f"State for {self.name} lacks {sorted(missing)}; was it saved by another aggregator?")
+        self.fallbacks = int(state["fallbacks"])
+        for attribute in self._state_attributes:
+            value = state[attribute]
+            current = getattr(self, attribute)
+            if isinstance(current, torch.Generator):
+                current.set_state(value["generator_state"])
+            else:
+                setattr(self, attribute, copy.deepcopy(value))
+
+    # ------------------------------------------------------------------------------- presentation
+    def _options(self) -> dict[str, Any]:
+        return {p: getattr(self, p) for p in options(self.name) if hasattr(self, p)}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{key}={value!r}" for key, value in self._options().items())
+        return f"{type(self).__name__}({args})"
+
+    def __str__(self) -> str:
+        return self.name
+
+    # --------------------------------------------------------------------------------- validation
+    def _validate(self, jacobian: Tensor | None, stats: TaskStats) -> int:
+        if not isinstance(stats, TaskStats):
+            raise TypeError(f"stats must be a TaskStats, got {type(stats).__name__}.")
+        losses = stats.losses
+        if losses.ndim != 1 or losses.shape[0] == 0:
+            raise ValueError(f"stats.losses must be a non-empty [k] tensor, got shape {tuple(losses.shape)}.")
+        k = losses.shape[0]
+        _check_finite_rows(losses.reshape(k, 1), "loss")
+        if jacobian is not None:
+            if jacobian.ndim != 2 or jacobian.shape[0] != k:
+                raise ValueError(
+                    f"jacobian must be [k, n] with k={k} tasks (one row per loss), got shape {tuple(jacobian.shape)}."
+                )
+            _check_finite_rows(jacobian, "gradient")
+        if stats.performance is not None:
+            if stats.performance.shape != (k,):
+                raise ValueError(
+                    f"stats.performance must be a [{k}] tensor of Δm in percent, got shape {tuple(stats.performance.shape)}."
+                )
+            _check_finite_rows(stats.performance.reshape(k, 1), "performance drop Δm")
+        return k
+
+
+def _check_finite_rows(rows: Tensor, what: str) -> None:
+    bad = ~torch.isfinite(rows).all(dim=1)
+    if bad.any():
+        tasks = bad.nonzero().flatten().tolist()
+        raise ValueError(f"Non-finite {what} (NaN or inf) for task(s) {tasks}; check those tasks' losses and inputs.")
+
+
+# ------------------------------------------------------------------------------ argument checks
+def check_positive(name: str, value: float, allow_zero: bool = False) -> float:
+    """Validate a numeric constructor argument in the torchjd style, naming the bad value."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ValueError(f"Parameter `{name}` should be a number. Found `{name} = {value!r}`.")
+    if value < 0 or (value == 0 and not allow_zero):
+        kind = "non-negative" if allow_zero else "positive"
+        raise ValueError(f"Parameter `{name}` should be {kind}. Found `{name} = {value!r}`.")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> Any:
+    if value not in choices:
+        raise ValueError(f"Parameter `{name}` should be one of {choices}. Found `{name} = {value!r}`.")
+    return value
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"Parameter `{name}` should be an integer >= {minimum}. Found `{name} = {value!r}`.")
+    return value
