@@ -1,0 +1,77 @@
+"""Dynamic Weight Average (DWA)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mtrl.aggregation._base import Aggregator, TaskStats, check_int, check_positive, register
+
+
+@register("dwa")
+class DWA(Aggregator):
+    """Loss weights from the recent rate of change of each task's loss.
+
+    Liu, Johns & Davison, "End-to-End Multi-Task Learning with Attention", CVPR 2019 (Dynamic Weight Average):
+
+        ``w_i(t) = K exp(r_i(t−1)/T) / Σ_j exp(r_j(t−1)/T)``,  ``r_i(t−1) = L_i(t−1) / L_i(t−2)``,
+
+    with ``L_i(t)`` the average training loss of epoch ``t``, ``T = 2``, and ``w = 1`` for the first two
+    epochs (the authors' MTAN trainer). A task whose loss falls more slowly gets more weight.
+
+    Steps instead of epochs: an aggregator is called once per training step, so ``L_i(t−1)`` and
+    ``L_i(t−2)`` are the mean losses over the last ``window`` calls and the ``window`` calls before
+    them, a sliding window that includes the current call — the step-based DWA of the Nash-MTL code
+    (``DynamicWeightAverage``, ``iteration_window=25``). Until ``2 · window`` calls have been seen the
+    weights are equal.
+
+    Args:
+        temperature: ``T``; default 2 (paper, MTAN and Nash-MTL code).
+        window: calls per window; default 25 (Nash-MTL code).
+
+    .. note:: Weights are ``softmax(r/T)``, summing to 1 (the LS mean scale), instead of the paper's
+       ``K · softmax`` summing to ``K``; the Nash-MTL code also averages the weighted losses.
+    .. note:: Unlike the Nash-MTL code (whose buffer starts filled with ones, so the first ratios
+       compare real losses against 1), the weights stay equal until both windows hold real losses.
+    .. note:: DWA needs positive losses. If a task's older-window mean is ≤ 0 or its ratio is not
+       finite, its ratio is taken as 1 and the call is counted in ``fallbacks``.
+    .. note:: State (the last ``2 · window`` loss vectors, float64 on the CPU, and the call count)
+       round-trips through ``state_dict``; a different number of tasks later is an error.
+    """
+
+    needs_jacobian = False
+    loss_weighting = True
+    _state_attributes = ("history", "calls")
+
+    def __init__(self, temperature: float = 2.0, window: int = 25) -> None:
+        self.temperature = check_positive("temperature", temperature)
+        self.window = check_int("window", window, 1)
+        super().__init__()
+
+    def _init_state(self) -> None:
+        self.history: Tensor | None = None  # [2 * window, k] ring buffer, row = call % (2 * window)
+        self.calls = 0
+
+    def _weights(self, jacobian: Tensor | None, stats: TaskStats) -> Tensor:
+        k = stats.num_tasks
+        size = 2 * self.window
+        if self.history is None:
+            self.history = torch.zeros(size, k, dtype=torch.float64)
+        elif self.history.shape[1] != k:
+            raise ValueError(f"dwa was set up for {self.history.shape[1]} tasks but got losses for {k} tasks.")
+        self.history[self.calls % size] = stats.losses.detach().to("cpu", torch.float64)
+        self.calls += 1
+        if self.calls < size:
+            weights = torch.full((k,), 1.0 / k, dtype=torch.float64)
+        else:
+            newest = self.calls - 1  # ring positions of the last `window` calls, then the `window` before
+            recent = [(newest - i) % size for i in range(self.window)]
+            older = [(newest - self.window - i) % size for i in range(self.window)]
+            previous = self.history[older].mean(dim=0)
+            ratio = self.history[recent].mean(dim=0) / previous
+            bad = ~(torch.isfinite(ratio) & (previous > 0))
+            if bool(bad.any()):
+                self.fallbacks += 1
+                ratio = torch.where(bad, torch.ones_like(ratio), ratio)
+            weights = torch.softmax(ratio / self.temperature, dim=0)
+        return weights.to(dtype=stats.losses.dtype, device=stats.losses.device)
