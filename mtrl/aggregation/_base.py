@@ -233,3 +233,16 @@ def check_int(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"Parameter `{name}` should be an integer >= {minimum}. Found `{name} = {value!r}`.")
     return value
+
+
+def check_seed(seed: Any) -> int | None:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise ValueError(f"Parameter `seed` should be an integer or None. Found `seed = {seed!r}`.")
+    return seed
+
+
+def seeded_generator(seed: int | None) -> torch.Generator:
+    """The aggregator's own CPU generator; ``None`` draws its seed from torch's global generator."""
+    generator = torch.Generator()
+    generator.manual_seed(seed if seed is not None else int(torch.randint(2**62, (1,))))
+    return generator

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mtrl.aggregation._base import Aggregator, TaskStats, check_choice, register
+from mtrl.aggregation._base import Aggregator, TaskStats, check_choice, check_seed, register, seeded_generator
 from mtrl.aggregation._linalg import TINY, gramian
 
 
@@ -45,15 +45,11 @@ class PCGrad(Aggregator):
 
     def __init__(self, reduction: str = "mean", seed: int | None = None) -> None:
         self.reduction = check_choice("reduction", reduction, ("mean", "sum"))
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"Parameter `seed` should be an integer or None. Found `seed = {seed!r}`.")
-        self.seed = seed
+        self.seed = check_seed(seed)
         super().__init__()
 
     def _init_state(self) -> None:
-        self.generator = torch.Generator()
-        seed = self.seed if self.seed is not None else int(torch.randint(2**62, (1,)))
-        self.generator.manual_seed(seed)
+        self.generator = seeded_generator(self.seed)
 
     def _weights(self, jacobian: Tensor | None, stats: TaskStats) -> Tensor:
         assert jacobian is not None

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-
-from mtrl.aggregation._base import Aggregator, TaskStats, check_choice, register
-from mtrl.aggregation._rlw import DISTRIBUTIONS, sample_random_weights
+from mtrl.aggregation._base import register
+from mtrl.aggregation._rlw import RLW
 
 
 @register("rgw")
-class RGW(Aggregator):
+class RGW(RLW):
     """Random Gradient Weighting: shared update ``Σ_i λ_i g_i`` with λ drawn afresh at every step.
 
     Lin et al., "Reasonable Effectiveness of Random Weighting: A Litmus Test for Multi-Task
@@ -40,22 +37,4 @@ class RGW(Aggregator):
     """
 
     needs_jacobian = False
-    loss_weighting = False
-    _state_attributes = ("generator",)
-
-    def __init__(self, distribution: str = "normal", seed: int | None = None) -> None:
-        self.distribution = check_choice("distribution", distribution, DISTRIBUTIONS)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"Parameter `seed` should be an integer or None. Found `seed = {seed!r}`.")
-        self.seed = seed
-        super().__init__()
-
-    def _init_state(self) -> None:
-        self.generator = torch.Generator()
-        seed = self.seed if self.seed is not None else int(torch.randint(2**62, (1,)))
-        self.generator.manual_seed(seed)
-
-    def _weights(self, jacobian: Tensor | None, stats: TaskStats) -> Tensor:
-        weights = sample_random_weights(stats.num_tasks, self.distribution, self.generator)
-        like = jacobian if jacobian is not None else stats.losses
-        return weights.to(dtype=like.dtype, device=like.device)
+    loss_weighting = False  # the one difference from RLW: heads take unweighted steps

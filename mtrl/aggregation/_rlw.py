@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mtrl.aggregation._base import Aggregator, TaskStats, check_choice, register
+from mtrl.aggregation._base import Aggregator, TaskStats, check_choice, check_seed, register, seeded_generator
 
 DISTRIBUTIONS = ("normal", "uniform", "dirichlet", "bernoulli", "c-bernoulli")
 
@@ -60,16 +60,13 @@ class RLW(Aggregator):
 
     def __init__(self, distribution: str = "normal", seed: int | None = None) -> None:
         self.distribution = check_choice("distribution", distribution, DISTRIBUTIONS)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise ValueError(f"Parameter `seed` should be an integer or None. Found `seed = {seed!r}`.")
-        self.seed = seed
+        self.seed = check_seed(seed)
         super().__init__()
 
     def _init_state(self) -> None:
-        self.generator = torch.Generator()
-        seed = self.seed if self.seed is not None else int(torch.randint(2**62, (1,)))
-        self.generator.manual_seed(seed)
+        self.generator = seeded_generator(self.seed)
 
     def _weights(self, jacobian: Tensor | None, stats: TaskStats) -> Tensor:
         weights = sample_random_weights(stats.num_tasks, self.distribution, self.generator)
-        return weights.to(dtype=stats.losses.dtype, device=stats.losses.device)
+        like = jacobian if jacobian is not None else stats.losses
+        return weights.to(dtype=like.dtype, device=like.device)
