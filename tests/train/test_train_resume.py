@@ -1,0 +1,82 @@
+"""ctrl-C saves a checkpoint; `resume=<run dir>` continues the run; resuming is deterministic on the CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+import agents
+from mtrl.training import TrainingInterrupted, run
+from mtrl.training.checkpoint import load_checkpoint
+
+
+
+def interrupt_at_update(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
+    """Send ourselves SIGINT (ctrl-C) during the agent's ``call``-th update."""
+    original = agents.MultiTaskSAC.update
+    calls = {"n": 0}
+
+    def update(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(agents.MultiTaskSAC, "update", update)
+
+
+@pytest.mark.slow
+def test_interrupt_then_resume_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config,
+                                     tensorboard_scalars) -> None:
+    first = tmp_path / "run"
+    # Warm-up 4 steps; the 3rd update happens at step index 6, so the run stops after 7 steps.
+    with monkeypatch.context() as patch:
+        interrupt_at_update(patch, call=3)
+        with pytest.raises(TrainingInterrupted) as stopped:
+            run(config("agg=rlw"), run_dir=first)
+    assert stopped.value.step == 7
+    checkpoint = load_checkpoint(first / "checkpoint.pt")
+    assert checkpoint["step"] == 7 and checkpoint["agent"]["updates"] == 3
+    assert json.loads((first / "summary.json").read_text())["finished"] is False
+
+    # Resume two copies of the stopped run; the command line's agg is ignored (the saved config wins).
+    copies = []
+    for name in ("a", "b"):
+        copy = tmp_path / name
+        shutil.copytree(first, copy)
+        summary = run(config(f"resume={copy}", "agg=ls"))
+        assert summary["steps"] == 12 and summary["agg"] == "rlw" and summary["finished"]
+        # The buffer was not saved: 4 steps re-fill it, then 12 - 11 = 1 more update.
+        assert summary["updates"] == 3 + 1
+        copies.append(copy)
+
+    # The curves continue in the same directory: evaluations before and after the stop, one event stream.
+    logged = tensorboard_scalars(copies[0])
+    assert [step for step, _ in logged["eval/success_mean"]] == [6, 12]
+    assert [step for step, _ in logged["perf/env_steps_per_s"]] == [3, 6, 9, 12]
+    evaluations = json.loads((copies[0] / "summary.json").read_text())["evaluations"]
+    assert [record["step"] for record in evaluations] == [6, 12]
+
+    # Same checkpoint, same steps: identical parameters and optimizer state.
+    state_a = load_checkpoint(copies[0] / "checkpoint.pt")["agent"]
+    state_b = load_checkpoint(copies[1] / "checkpoint.pt")["agent"]
+    for network in ("actor", "critic", "critic_target"):
+        for key, value in state_a[network].items():
+            assert torch.equal(value, state_b[network][key]), f"{network}.{key}"
+    assert torch.equal(state_a["log_alpha"], state_b["log_alpha"])
+    assert not torch.equal(state_a["log_alpha"], checkpoint["agent"]["log_alpha"])  # it did train on
+
+
+@pytest.mark.slow
+def test_resume_with_saved_buffer_learns_at_once(tmp_path: Path, config, tensorboard_scalars) -> None:
+    run(config("agg=ls", "steps=6", "checkpoint_buffer=true"), run_dir=tmp_path)
+    summary = run(config(f"resume={tmp_path}", "steps=9"))
+    assert summary["steps"] == 9 and summary["updates"] == (6 - 4) + 3
+    # The evaluation logged at the checkpoint's own step survives the resume.
+    assert [step for step, _ in tensorboard_scalars(tmp_path)["eval/success_mean"]] == [6, 9]
