@@ -1,0 +1,379 @@
+"""Multi-head soft actor-critic whose per-task losses go through a gradient aggregator.
+
+One :meth:`MultiTaskSAC.update` reads like SAC's pseudo-code, once per network:
+
+1. **Critic.** Soft Bellman target per task with the target critics and the task's own temperature,
+   ``y = r + γ (1 − terminated) (min(Q1', Q2')(s', a') − α_i log π(a'|s'))``, ``a' ~ π(·|s')``.
+   Task ``i``'s loss is ``L_i = MSE(Q1_i, y) + MSE(Q2_i, y)`` over its own rows.
+2. **Actor.** ``L_i = mean(α_i log π(a|s) − min(Q1, Q2)(s, a))``, ``a ~ π(·|s)``, with the critic just updated.
+3. **Temperatures.** One ``log α_i`` per task, ``J_i = mean(α_i (−log π − H̄))`` with ``H̄ = −|A|``;
+   each task's temperature follows its own loss (no aggregation).
+4. **Targets.** Polyak averaging of the critic, ``θ' ← (1 − τ) θ' + τ θ``.
+
+The ``k`` critic losses and the ``k`` actor losses each go through their own aggregator instance: the
+per-task Jacobian on that network's trunk comes from
+:func:`mtrl.aggregation.task_partitioned_jacobian` (``vmap`` over tasks, about one backward's cost;
+the stacked heads are task inputs), then :func:`mtrl.aggregation.mtl_backward` writes
+``weights @ J`` into the trunk's ``.grad`` and each task's **unweighted** gradient into its own head
+(``scale_task_gradients=False``). Aggregators that only weight losses (``needs_jacobian`` False, e.g.
+``ls``) skip the Jacobian: one backward of the weighted loss. A loss left out of
+``SACConfig.aggregate`` is minimised as the plain mean over tasks, ``(1/k) Σ_i L_i``.
+
+The update never moves data to the host: it returns detached ``[k]`` device tensors.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from agents.networks import Actor, TwinCritic, policy_apply, twin_q_apply
+from agents.replay import Batch
+from mtrl.aggregation import Aggregator, TaskStats, mtl_backward, task_partitioned_jacobian
+
+__all__ = ["SACConfig", "MultiTaskSAC", "soft_q_target"]
+
+_AGGREGATABLE = ("critic", "actor")
+
+
+@dataclass
+class SACConfig:
+    """SAC hyperparameters; defaults from the PIVRG paper (Sec. 5 / App.) and the mtrl codebase
+    (facebookresearch/mtrl, ``config/agent/state_sac.yaml`` and ``config/agent/components/metaworld_*.yaml``)."""
+
+    hidden_dim: int = 400          # paper and mtrl metaworld_actor.yaml: width 400
+    trunk_layers: int = 3          # paper: 3 × 400 shared layers
+    head_layers: int = 1           # 1 = one linear layer per task (Meta-World+); 2 = mtrl's 2-layer heads
+    gamma: float = 0.99            # paper; mtrl discount 0.99
+    tau: float = 0.005             # paper; mtrl critic_tau 0.005
+    lr: float = 3e-4               # actor, critic and temperature Adam lr: paper; mtrl optimizers/metaworld_*.yaml
+    init_temperature: float = 1.0  # mtrl state_sac.yaml init_temperature 1.0 (α_i = 1 at the start)
+    batch_size: int = 1280         # paper: 1280 in all = 128 per task on MT10; must be divisible by k
+    target_entropy: float | None = None  # None -> −|A| (mtrl, SB3 "auto")
+    aggregate: tuple[str, ...] = ("critic", "actor")  # losses that go through their aggregator
+    actor_update_every: int = 1    # mtrl state_sac.yaml actor_update_freq 1 (temperatures update with the actor)
+    target_update_every: int = 1   # mtrl state_sac.yaml critic_target_update_freq 1 (2 only in pixel-based configs)
+    log_std_bounds: tuple[float, float] = (-20.0, 2.0)  # mtrl metaworld_actor.yaml log_std_bounds [-20, 2]
+
+    def __post_init__(self) -> None:
+        self.aggregate = tuple(self.aggregate)
+        self.log_std_bounds = tuple(float(bound) for bound in self.log_std_bounds)  # type: ignore[assignment]
+        for name in ("hidden_dim", "trunk_layers", "batch_size", "actor_update_every", "target_update_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"SACConfig: `{name}` should be a positive integer. Found `{name} = {value!r}`.")
+        if self.head_layers not in (1, 2):
+            raise ValueError(f"SACConfig: `head_layers` should be 1 or 2. Found `head_layers = {self.head_layers!r}`.")
+        if not 0.0 <= self.gamma < 1.0:
+            raise ValueError(f"SACConfig: `gamma` should be in [0, 1). Found `gamma = {self.gamma!r}`.")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"SACConfig: `tau` should be in (0, 1]. Found `tau = {self.tau!r}`.")
+        for name in ("lr", "init_temperature"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+                raise ValueError(f"SACConfig: `{name}` should be a positive number. Found `{name} = {value!r}`.")
+        unknown = [name for name in self.aggregate if name not in _AGGREGATABLE]
+        if unknown or len(set(self.aggregate)) != len(self.aggregate):
+            raise ValueError(f"SACConfig: `aggregate` should hold distinct names from {_AGGREGATABLE}. "
+                             f"Found `aggregate = {self.aggregate!r}`.")
+        low, high = self.log_std_bounds
+        if not low < high:
+            raise ValueError(f"SACConfig: `log_std_bounds` should be (low, high) with low < high. Found {self.log_std_bounds!r}.")
+
+
+def soft_q_target(reward: Tensor, done: Tensor, next_q1: Tensor, next_q2: Tensor, next_log_prob: Tensor,
+                  alpha: Tensor, gamma: float) -> Tensor:
+    """``r + γ (1 − done) (min(Q1', Q2') − α_i log π(a'|s'))`` for ``[k, b]`` inputs and ``alpha [k]``.
+
+    ``done`` must mark termination only: a time-limit truncation still bootstraps.
+    """
+    next_value = torch.min(next_q1, next_q2) - alpha.unsqueeze(-1) * next_log_prob
+    return reward + gamma * (1.0 - done) * next_value
+
+
+class MultiTaskSAC:
+    """Multi-head SAC for ``k`` tasks with per-task temperatures and aggregated trunk updates.
+
+    Args:
+        obs_dim: observation size (with the task one-hot, if the environment appends it).
+        action_dim: ``|A|``; actions are tanh-squashed into ``[-1, 1]`` (Meta-World's action space).
+        num_tasks: ``k``; row block ``i`` of every batch, and row ``i`` of :meth:`act`'s input, is task ``i``.
+        config: hyperparameters.
+        critic_aggregator, actor_aggregator: two *separate* instances from
+            :func:`mtrl.aggregation.make` (each keeps its own state). May be ``None`` for a loss that is
+            not in ``config.aggregate``.
+        device: the training device (CPU or CUDA); the networks are float32.
+        seed: seeds the agent's own random generators (policy noise in updates and in :meth:`act`);
+            the networks' initialisation uses torch's global generator, so seed that too.
+    """
+
+    def __init__(self, obs_dim: int, action_dim: int, num_tasks: int, config: SACConfig | None = None,
+                 critic_aggregator: Aggregator | None = None, actor_aggregator: Aggregator | None = None,
+                 device: torch.device | str = "cpu", seed: int | None = None) -> None:
+        config = SACConfig() if config is None else config
+        for name, value in (("obs_dim", obs_dim), ("action_dim", action_dim), ("num_tasks", num_tasks)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"MultiTaskSAC: `{name}` should be a positive integer. Found `{name} = {value!r}`.")
+        if config.batch_size % num_tasks != 0:
+            raise ValueError(
+                f"batch_size = {config.batch_size} is not divisible by the number of tasks k = {num_tasks}: "
+                f"the replay buffer samples batch_size / k rows per task. Use a multiple of {num_tasks} "
+                f"(the paper uses 128 per task, i.e. batch_size = {128 * num_tasks})."
+            )
+        for name, aggregator in (("critic", critic_aggregator), ("actor", actor_aggregator)):
+            if name in config.aggregate and not isinstance(aggregator, Aggregator):
+                raise ValueError(f"MultiTaskSAC: config.aggregate includes '{name}' but {name}_aggregator is "
+                                 f"{aggregator!r}; pass an instance from mtrl.aggregation.make(...).")
+        if critic_aggregator is not None and critic_aggregator is actor_aggregator:
+            raise ValueError("MultiTaskSAC: critic_aggregator and actor_aggregator are the same object; "
+                             "each network needs its own instance (stateful aggregators keep per-network state).")
+
+        self.obs_dim, self.action_dim, self.num_tasks, self.config = obs_dim, action_dim, num_tasks, config
+        self.device = torch.device(device)
+        self.critic_aggregator, self.actor_aggregator = critic_aggregator, actor_aggregator
+        self.target_entropy = float(-action_dim if config.target_entropy is None else config.target_entropy)
+
+        sizes = dict(hidden_dim=config.hidden_dim, trunk_layers=config.trunk_layers, head_layers=config.head_layers)
+        self.actor = Actor(num_tasks, obs_dim, action_dim, log_std_bounds=config.log_std_bounds, **sizes)
+        self.critic = TwinCritic(num_tasks, obs_dim, action_dim, **sizes)
+        self.actor.to(device=self.device, dtype=torch.float32)
+        self.critic.to(device=self.device, dtype=torch.float32)
+        self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = torch.nn.Parameter(
+            torch.full((num_tasks,), math.log(config.init_temperature), dtype=torch.float32, device=self.device))
+
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.lr)
+
+        # Two streams, so that acting (and evaluating) does not shift the noise the updates draw.
+        self.update_generator = torch.Generator(device=self.device)
+        self.act_generator = torch.Generator(device=self.device)
+        if seed is None:
+            self.update_generator.seed()
+            self.act_generator.seed()
+        else:
+            self.update_generator.manual_seed(int(seed))
+            self.act_generator.manual_seed(int(seed) + 1)
+
+        self.updates = 0  # gradient updates done; the aggregators' TaskStats.step
+        self._last_actor: dict[str, Tensor] = {}
+
+    # ---------------------------------------------------------------------------------- properties
+    @property
+    def batch_per_task(self) -> int:
+        """Rows per task in each update: ``config.batch_size // num_tasks``."""
+        return self.config.batch_size // self.num_tasks
+
+    @property
+    def alpha(self) -> Tensor:
+        """Current temperatures ``α_i`` ``[k]`` (detached)."""
+        return self.log_alpha.detach().exp()
+
+    # -------------------------------------------------------------------------------------- acting
+    @torch.no_grad()
+    def act(self, obs: np.ndarray | Tensor, deterministic: bool = False) -> np.ndarray:
+        """Actions for ``obs [k, obs_dim]`` (row ``i`` through head ``i``) or ``[k, n, obs_dim]``.
+
+        ``deterministic`` returns ``tanh(mu)`` (evaluation) and draws no noise.
+        """
+        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        if obs.ndim not in (2, 3) or obs.shape[0] != self.num_tasks or obs.shape[-1] != self.obs_dim:
+            raise ValueError(f"MultiTaskSAC.act: obs should be [k={self.num_tasks}, {self.obs_dim}] (row i is task i) "
+                             f"or [k, n, {self.obs_dim}]; got {tuple(obs.shape)}.")
+        rows = obs if obs.ndim == 3 else obs.unsqueeze(1)  # [k, n, obs_dim]
+        noise_shape = (*rows.shape[:-1], self.action_dim)
+        if deterministic:
+            noise = torch.zeros(noise_shape, device=self.device)
+        else:
+            noise = torch.randn(noise_shape, generator=self.act_generator, device=self.device)
+        action, _, mean_action = self.actor(rows, noise)
+        chosen = mean_action if deterministic else action
+        return chosen.reshape(*obs.shape[:-1], self.action_dim).cpu().numpy()
+
+    # ---------------------------------------------------------------------------------- the update
+    def update(self, batch: Batch, performance: Tensor | None = None) -> dict[str, Tensor]:
+        """One gradient step of the critic, then (every ``actor_update_every``) the actor and the
+        temperatures, then (every ``target_update_every``) the target critic.
+
+        Args:
+            batch: a stratified :class:`~agents.replay.Batch` (``[k, b, ...]``) on the agent's device.
+            performance: ``[k]`` per-task performance drops Δm in percent for aggregators that read
+                them (PIVRG); ``None`` means Δm = 0.
+
+        Returns:
+            Detached ``[k]`` device tensors: ``loss/critic``, ``loss/actor``, ``loss/alpha``,
+            ``weights/critic``, ``weights/actor``, ``alpha`` (after this step), ``entropy``
+            (``−mean log π``). On steps that skip the actor, the actor entries repeat the last ones.
+        """
+        k, b = self._check_batch(batch)
+        if performance is not None:
+            performance = torch.as_tensor(performance, dtype=torch.float32, device=self.device)
+            if performance.shape != (k,):
+                raise ValueError(f"MultiTaskSAC.update: performance should be a [{k}] tensor of Δm (one per task), "
+                                 f"got shape {tuple(performance.shape)}.")
+        self.updates += 1
+        step = self.updates
+        alpha = self.alpha  # [k], the temperatures before this step's temperature update
+
+        # 1. critic
+        target_q = self.compute_target_q(batch, alpha)                            # [k, b]
+        critic_losses, critic_weights = self._optimize(
+            "critic", self._critic_task_loss, self.critic.named_trunk_parameters(), self.critic.head_parameters(),
+            (batch.obs, batch.action, target_q), performance, step)
+
+        # 2. actor and temperatures
+        if step % self.config.actor_update_every == 0 or not self._last_actor:
+            noise = torch.randn((k, b, self.action_dim), generator=self.update_generator, device=self.device)
+            critic_trunk = [p.detach() for p in self.critic.trunk_parameters()]
+            critic_heads = [p.detach() for p in self.critic.head_parameters()]
+
+            def actor_task_loss(trunk: Mapping[str, Tensor], *inputs: Tensor) -> Tensor:
+                return self._actor_task_loss(critic_trunk, trunk, *inputs)
+
+            with torch.no_grad():  # log π of the same samples, for the temperature loss
+                _, log_prob, _ = self.actor(batch.obs, noise)                       # [k, b]
+            actor_losses, actor_weights = self._optimize(
+                "actor", actor_task_loss, self.actor.named_trunk_parameters(), self.actor.head_parameters(),
+                (*critic_heads, alpha, batch.obs, noise), performance, step)
+
+            # mtrl codebase form: α_i (not log α_i) times the detached entropy gap.
+            alpha_losses = (self.log_alpha.exp().unsqueeze(-1) * (-log_prob - self.target_entropy)).mean(-1)  # [k]
+            self.alpha_optimizer.zero_grad(set_to_none=True)
+            alpha_losses.sum().backward()  # each log α_i gets its own task's gradient
+            self.alpha_optimizer.step()
+            self._last_actor = {"loss/actor": actor_losses, "weights/actor": actor_weights,
+                                "loss/alpha": alpha_losses.detach(), "entropy": -log_prob.mean(-1)}
+
+        # 3. target critic
+        if step % self.config.target_update_every == 0:
+            with torch.no_grad():
+                for target, online in zip(self.critic_target.parameters(), self.critic.parameters()):
+                    target.lerp_(online, self.config.tau)
+
+        return {"loss/critic": critic_losses, "weights/critic": critic_weights, **self._last_actor,
+                "alpha": self.alpha}
+
+    @torch.no_grad()
+    def compute_target_q(self, batch: Batch, alpha: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
+        """The soft Bellman target ``[k, b]`` (:func:`soft_q_target`) with ``a' ~ π(·|s')``.
+
+        ``noise [k, b, A]`` fixes the reparameterisation noise of ``a'`` (drawn from the update
+        generator by default); ``alpha`` defaults to the current temperatures.
+        """
+        alpha = self.alpha if alpha is None else alpha
+        if noise is None:
+            noise = torch.randn((*batch.reward.shape, self.action_dim), generator=self.update_generator,
+                                device=self.device)
+        next_action, next_log_prob, _ = self.actor(batch.next_obs, noise)
+        next_q1, next_q2 = self.critic_target(batch.next_obs, next_action)
+        return soft_q_target(batch.reward, batch.done, next_q1, next_q2, next_log_prob, alpha, self.config.gamma)
+
+    # ------------------------------------------------------------------------ per-task loss functions
+    # Written for both shapes: the whole batch ([k, b, ...], stacked heads -> losses [k]) and one task
+    # inside vmap ([b, ...], that task's head slices -> a scalar).
+    def _critic_task_loss(self, trunk: Mapping[str, Tensor], *inputs: Tensor) -> Tensor:
+        heads, (obs, action, target_q) = inputs[:-3], inputs[-3:]
+        q1, q2 = twin_q_apply(list(trunk.values()), heads, obs, action)
+        return (q1 - target_q).pow(2).mean(-1) + (q2 - target_q).pow(2).mean(-1)
+
+    def _actor_task_loss(self, critic_trunk: Sequence[Tensor], trunk: Mapping[str, Tensor], *inputs: Tensor) -> Tensor:
+        heads_end = len(self.actor.head_parameters())
+        actor_heads, critic_heads = inputs[:heads_end], inputs[heads_end:-3]
+        alpha, obs, noise = inputs[-3:]
+        action, log_prob, _ = policy_apply(list(trunk.values()), actor_heads, obs, noise, self.actor.log_std_bounds)
+        q1, q2 = twin_q_apply(critic_trunk, critic_heads, obs, action)
+        return (alpha.unsqueeze(-1) * log_prob - torch.min(q1, q2)).mean(-1)
+
+    def _optimize(self, network: str, task_loss: Callable[..., Tensor], trunk: dict[str, Tensor],
+                  heads: list[Tensor], data: tuple[Tensor, ...], performance: Tensor | None,
+                  step: int) -> tuple[Tensor, Tensor]:
+        """One optimizer step of ``network`` on its ``k`` losses; returns (losses, weights), detached."""
+        k = self.num_tasks
+        optimizer = self.critic_optimizer if network == "critic" else self.actor_optimizer
+        optimizer.zero_grad(set_to_none=True)
+        if network not in self.config.aggregate:
+            losses = task_loss(trunk, *heads, *data)                                      # [k]
+            losses.mean().backward()
+            optimizer.step()
+            return losses.detach(), torch.full((k,), 1.0 / k, device=self.device)
+
+        aggregator = self.critic_aggregator if network == "critic" else self.actor_aggregator
+        if aggregator.needs_jacobian:
+            losses, jacobian = task_partitioned_jacobian(task_loss, trunk, *heads, *data)  # [k], [k, n_trunk]
+        else:
+            losses, jacobian = task_loss(trunk, *heads, *data), None
+        weights = mtl_backward(losses, list(trunk.values()), aggregator, TaskStats(losses.detach(), performance, step),
+                               jacobian=jacobian, task_params=heads, scale_task_gradients=False)
+        optimizer.step()
+        if type(aggregator).after_step is not Aggregator.after_step:
+            # Methods that learn from the step's effect (FAMO) get the same batch's losses after it.
+            with torch.no_grad():
+                aggregator.after_step(TaskStats(task_loss(trunk, *heads, *data), performance, step))
+        return losses.detach(), weights
+
+    # --------------------------------------------------------------------------------------- checks
+    def _check_batch(self, batch: Batch) -> tuple[int, int]:
+        if batch.reward.ndim != 2:
+            raise ValueError(f"MultiTaskSAC.update: batch.reward should be [k, b], got {tuple(batch.reward.shape)}; "
+                             f"sample with ReplayBuffer.sample(batch_per_task).")
+        k, b = batch.reward.shape
+        if k != self.num_tasks:
+            raise ValueError(f"MultiTaskSAC.update: the batch has {k} tasks, the agent {self.num_tasks}.")
+        expected = {"obs": (k, b, self.obs_dim), "action": (k, b, self.action_dim), "next_obs": (k, b, self.obs_dim),
+                    "done": (k, b)}
+        for name, shape in expected.items():
+            if tuple(getattr(batch, name).shape) != shape:
+                raise ValueError(f"MultiTaskSAC.update: batch.{name} should be {shape}, got "
+                                 f"{tuple(getattr(batch, name).shape)}.")
+        return k, b
+
+    # ---------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything an exact resume needs: networks, targets, optimizers, temperatures, both
+        aggregators' state, the random generators and the update counter."""
+        return {
+            "dims": {"obs_dim": self.obs_dim, "action_dim": self.action_dim, "num_tasks": self.num_tasks},
+            "config": asdict(self.config),
+            "actor": self.actor.state_dict(),
+            "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(),
+            "log_alpha": self.log_alpha.detach().clone(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "alpha_optimizer": self.alpha_optimizer.state_dict(),
+            "critic_aggregator": None if self.critic_aggregator is None else self.critic_aggregator.state_dict(),
+            "actor_aggregator": None if self.actor_aggregator is None else self.actor_aggregator.state_dict(),
+            "update_generator": self.update_generator.get_state(),
+            "act_generator": self.act_generator.get_state(),
+            "updates": self.updates,
+            "last_actor": {name: value.clone() for name, value in self._last_actor.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        dims = {"obs_dim": self.obs_dim, "action_dim": self.action_dim, "num_tasks": self.num_tasks}
+        if state.get("dims") != dims:
+            raise ValueError(f"MultiTaskSAC.load_state_dict: the checkpoint is for {state.get('dims')}, this agent is {dims}.")
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.alpha_optimizer.load_state_dict(state["alpha_optimizer"])
+        for name, aggregator in (("critic", self.critic_aggregator), ("actor", self.actor_aggregator)):
+            saved = state[f"{name}_aggregator"]
+            if aggregator is not None and saved is not None:
+                aggregator.load_state_dict(saved)
+        self.update_generator.set_state(state["update_generator"])
+        self.act_generator.set_state(state["act_generator"])
+        self.updates = int(state["updates"])
+        self._last_actor = {name: value.to(self.device).clone() for name, value in state["last_actor"].items()}

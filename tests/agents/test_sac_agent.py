@@ -1,0 +1,326 @@
+"""Multi-task SAC: head routing through the aggregated step, the task-partitioned Jacobian, the soft
+Bellman target, updates with LS / PIVRG / no aggregation, exact resume, and the error messages."""
+
+import copy
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from agents import Batch, MultiTaskSAC, ReplayBuffer, SACConfig, soft_q_target
+from mtrl.aggregation import Aggregator, TaskStats, available, make, task_jacobian, task_partitioned_jacobian
+
+K, OBS, ACT, HIDDEN, B = 3, 6, 2, 32, 8
+
+
+class PerformanceSoftmax(Aggregator):
+    """Test-only gradient aggregator: needs the Jacobian, weights = softmax(Δm / 10) (uniform without Δm)."""
+
+    name = "test_performance_softmax"
+    needs_jacobian = True
+    uses_performance = True
+
+    def _weights(self, jacobian, stats: TaskStats) -> torch.Tensor:
+        performance = torch.zeros(stats.num_tasks) if stats.performance is None else stats.performance
+        return torch.softmax(performance.to(jacobian) / 10.0, dim=0)
+
+    def __repr__(self) -> str:
+        return "PerformanceSoftmax()"
+
+
+def make_agent(critic="ls", actor="ls", seed=0, **config) -> MultiTaskSAC:
+    config = SACConfig(**{"hidden_dim": HIDDEN, "batch_size": K * B, **config})
+    build = lambda a: a if not isinstance(a, str) else make(a)  # noqa: E731
+    return MultiTaskSAC(OBS, ACT, K, config, build(critic), build(actor), device="cpu", seed=seed)
+
+
+def filled_buffer(seed=0, steps=64) -> ReplayBuffer:
+    rng = np.random.default_rng(seed)
+    buffer = ReplayBuffer(K, OBS, ACT, K * 1000, seed=seed)
+    for _ in range(steps):
+        buffer.add(rng.normal(size=(K, OBS)), rng.uniform(-1, 1, (K, ACT)), rng.normal(size=K),
+                   rng.normal(size=(K, OBS)), rng.random(K) < 0.1)
+    return buffer
+
+
+def critic_inputs(agent: MultiTaskSAC, batch: Batch):
+    target = agent.compute_target_q(batch)
+    return agent.critic.named_trunk_parameters(), agent.critic.head_parameters(), (batch.obs, batch.action, target)
+
+
+def all_tensors(agent: MultiTaskSAC) -> list[torch.Tensor]:
+    return [*agent.actor.parameters(), *agent.critic.parameters(), *agent.critic_target.parameters(), agent.log_alpha]
+
+
+# --------------------------------------------------------------------------------- head routing
+@pytest.mark.parametrize("aggregator", ["ls", "jacobian"])
+def test_aggregated_critic_step_gives_head_i_only_task_i_gradient(aggregator, monkeypatch) -> None:
+    agent = make_agent(critic=PerformanceSoftmax() if aggregator == "jacobian" else "ls")
+    batch = filled_buffer().sample(B)
+    trunk, heads, data = critic_inputs(agent, batch)
+    losses = agent._critic_task_loss(trunk, *heads, *data)
+    expected_heads = [torch.zeros_like(p) for p in heads]
+    for i in range(K):
+        grads = torch.autograd.grad(losses[i], heads, retain_graph=True)
+        for grad, expected in zip(grads, expected_heads):
+            others = [j for j in range(K) if j != i]
+            assert grad[others].abs().max() == 0, "task i's loss reached another task's head"
+            assert grad[i].abs().max() > 0
+            expected[i] = grad[i]
+    jacobian = task_jacobian(losses, list(trunk.values()))
+    performance = torch.tensor([0.0, 50.0, 100.0])
+
+    monkeypatch.setattr(agent.critic_optimizer, "step", lambda: None)  # keep .grad to inspect it
+    _, weights = agent._optimize("critic", agent._critic_task_loss, trunk, heads, data, performance, 1)
+
+    for p, expected in zip(heads, expected_heads):  # unweighted: each head follows its own task
+        torch.testing.assert_close(p.grad, expected)
+    if aggregator == "jacobian":
+        torch.testing.assert_close(weights, torch.softmax(performance / 10, 0))
+    else:
+        torch.testing.assert_close(weights, torch.full((K,), 1 / K))
+    shared_grad = torch.cat([p.grad.flatten() for p in trunk.values()])
+    torch.testing.assert_close(shared_grad, weights @ jacobian, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------- Jacobian
+def test_task_partitioned_jacobian_of_critic_and_actor_losses_equals_generic() -> None:
+    agent = make_agent(head_layers=2)
+    batch = filled_buffer().sample(B)
+    trunk, heads, data = critic_inputs(agent, batch)
+    losses, jacobian = task_partitioned_jacobian(agent._critic_task_loss, trunk, *heads, *data)
+    batched = agent._critic_task_loss(trunk, *heads, *data)
+    torch.testing.assert_close(losses, batched)
+    assert jacobian.shape == (K, sum(p.numel() for p in trunk.values()))
+    torch.testing.assert_close(jacobian, task_jacobian(batched, list(trunk.values())), rtol=1e-4, atol=1e-6)
+
+    critic_trunk = [p.detach() for p in agent.critic.trunk_parameters()]
+    critic_heads = [p.detach() for p in agent.critic.head_parameters()]
+    actor_loss = lambda shared, *inputs: agent._actor_task_loss(critic_trunk, shared, *inputs)  # noqa: E731
+    trunk = agent.actor.named_trunk_parameters()
+    inputs = (*agent.actor.head_parameters(), *critic_heads, agent.alpha, batch.obs, torch.randn(K, B, ACT))
+    losses, jacobian = task_partitioned_jacobian(actor_loss, trunk, *inputs)
+    batched = actor_loss(trunk, *inputs)
+    torch.testing.assert_close(losses, batched)
+    torch.testing.assert_close(jacobian, task_jacobian(batched, list(trunk.values())), rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------- the target
+def test_soft_q_target_by_hand_stops_bootstrapping_only_on_termination() -> None:
+    reward = torch.tensor([[1.0, 2.0], [0.5, -1.0]])
+    done = torch.tensor([[0.0, 1.0], [0.0, 0.0]])  # a truncated transition is stored with done = 0
+    next_q1 = torch.tensor([[3.0, 5.0], [2.0, -2.0]])
+    next_q2 = torch.tensor([[4.0, 1.0], [1.0, 0.0]])
+    next_log_prob = torch.tensor([[0.5, -1.0], [-2.0, 1.0]])
+    alpha = torch.tensor([2.0, 0.1])
+    expected = torch.tensor([[1 + 0.9 * (3 - 2 * 0.5), 2.0],
+                             [0.5 + 0.9 * (1 + 0.1 * 2), -1 + 0.9 * (-2 - 0.1 * 1)]])
+    torch.testing.assert_close(soft_q_target(reward, done, next_q1, next_q2, next_log_prob, alpha, 0.9), expected)
+
+
+def test_agent_target_uses_target_critics_next_policy_and_each_tasks_alpha() -> None:
+    agent = make_agent(gamma=0.5)
+    with torch.no_grad():
+        agent.log_alpha.copy_(torch.log(torch.tensor([0.5, 1.0, 2.0])))
+        for p in agent.critic.parameters():  # online critic differs from the target: the target must be used
+            p.add_(1.0)
+    batch = filled_buffer().sample(B)
+    noise = torch.randn(K, B, ACT)
+    target = agent.compute_target_q(batch, noise=noise)
+    with torch.no_grad():
+        next_action, next_log_prob, _ = agent.actor(batch.next_obs, noise)
+        q1, q2 = agent.critic_target(batch.next_obs, next_action)
+        alpha = torch.tensor([0.5, 1.0, 2.0]).unsqueeze(1)
+        expected = batch.reward + 0.5 * (1 - batch.done) * (torch.min(q1, q2) - alpha * next_log_prob)
+    torch.testing.assert_close(target, expected)
+
+
+# -------------------------------------------------------------------------------------- updates
+def test_update_with_ls_changes_every_network_and_returns_finite_device_tensors() -> None:
+    agent, buffer = make_agent(), filled_buffer()
+    before = [t.detach().clone() for t in all_tensors(agent)]
+    for _ in range(3):
+        out = agent.update(buffer.sample(agent.batch_per_task))
+    assert set(out) == {"loss/critic", "loss/actor", "loss/alpha", "weights/critic", "weights/actor", "alpha", "entropy"}
+    for name, value in out.items():
+        assert isinstance(value, torch.Tensor) and value.shape == (K,) and not value.requires_grad, name
+        assert torch.isfinite(value).all(), name
+    torch.testing.assert_close(out["weights/critic"], torch.full((K,), 1 / K))
+    for old, new in zip(before, all_tensors(agent)):
+        assert not torch.equal(old, new)
+    assert agent.updates == 3
+
+
+def test_update_with_pivrg_reads_performance() -> None:
+    if "pivrg" not in available():
+        pytest.skip("pivrg is not registered in mtrl.aggregation yet")
+    agent, buffer = make_agent("pivrg", "pivrg"), filled_buffer()
+    for _ in range(3):
+        out = agent.update(buffer.sample(B), performance=torch.tensor([0.0, 40.0, 80.0]))
+    for value in out.values():
+        assert torch.isfinite(value).all()
+    assert not torch.allclose(out["weights/critic"], torch.full((K,), 1 / K))
+
+
+def test_update_with_a_jacobian_aggregator_passes_performance_and_step() -> None:
+    seen = []
+
+    class Recorder(PerformanceSoftmax):
+        def _weights(self, jacobian, stats):
+            seen.append((jacobian.shape, stats.performance, stats.step))
+            return super()._weights(jacobian, stats)
+
+    agent, buffer = make_agent(Recorder(), Recorder()), filled_buffer()
+    performance = torch.tensor([10.0, 0.0, -10.0])
+    out = agent.update(buffer.sample(B), performance=performance)
+    out = agent.update(buffer.sample(B), performance=performance)
+    torch.testing.assert_close(out["weights/actor"], torch.softmax(performance / 10, 0))
+    n_critic = sum(p.numel() for p in agent.critic.trunk_parameters())
+    n_actor = sum(p.numel() for p in agent.actor.trunk_parameters())
+    assert [s[0] for s in seen] == [(K, n_critic), (K, n_actor)] * 2
+    assert [s[2] for s in seen] == [1, 1, 2, 2]
+    torch.testing.assert_close(seen[0][1], performance)
+
+
+def test_no_aggregation_minimises_the_plain_mean(monkeypatch) -> None:
+    agent = make_agent(critic=None, actor=None, aggregate=())
+    out = agent.update(filled_buffer().sample(B))
+    torch.testing.assert_close(out["weights/actor"], torch.full((K,), 1 / K))
+    batch = filled_buffer(seed=1).sample(B)
+    trunk, heads, data = critic_inputs(agent, batch)
+    params = [*trunk.values(), *heads]
+    expected = torch.autograd.grad(agent._critic_task_loss(trunk, *heads, *data).mean(), params)
+    monkeypatch.setattr(agent.critic_optimizer, "step", lambda: None)
+    agent._optimize("critic", agent._critic_task_loss, trunk, heads, data, None, 2)
+    for p, grad in zip(params, expected):
+        torch.testing.assert_close(p.grad, grad)
+
+
+def test_only_the_listed_loss_is_aggregated() -> None:
+    class Forbidden(PerformanceSoftmax):
+        def _weights(self, jacobian, stats):
+            raise AssertionError("the actor's aggregator must not be called")
+
+    agent = make_agent("ls", Forbidden(), aggregate=("critic",))
+    out = agent.update(filled_buffer().sample(B))
+    assert torch.isfinite(out["loss/actor"]).all()
+
+
+def test_actor_and_target_update_frequencies() -> None:
+    agent, buffer = make_agent(actor_update_every=2, target_update_every=3), filled_buffer()
+    actor_before = [p.detach().clone() for p in agent.actor.parameters()]
+    target_before = [p.detach().clone() for p in agent.critic_target.parameters()]
+    agent.update(buffer.sample(B))  # step 1: the first call updates the actor too; no target update
+    actor_after_1 = [p.detach().clone() for p in agent.actor.parameters()]
+    assert all(not torch.equal(a, b) for a, b in zip(actor_before, actor_after_1))
+    assert all(torch.equal(a, b) for a, b in zip(target_before, agent.critic_target.parameters()))
+    agent.update(buffer.sample(B))  # step 2: actor
+    actor_after_2 = [p.detach().clone() for p in agent.actor.parameters()]
+    agent.update(buffer.sample(B))  # step 3: no actor, target
+    assert all(not torch.equal(a, b) for a, b in zip(target_before, agent.critic_target.parameters()))
+    actor_after_3 = [p.detach().clone() for p in agent.actor.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(actor_after_2, actor_after_3))
+    agent.update(buffer.sample(B))  # step 4: actor
+    agent.update(buffer.sample(B))  # step 5: no actor
+    assert all(not torch.equal(a, b) for a, b in zip(actor_after_3, agent.actor.parameters()))
+
+
+def test_after_step_hook_gets_the_same_batch_losses_after_the_step() -> None:
+    class AfterStepRecorder(PerformanceSoftmax):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def _weights(self, jacobian, stats):
+            self.seen.append(("before", stats.losses.clone()))
+            return super()._weights(jacobian, stats)
+
+        def after_step(self, stats):
+            self.seen.append(("after", stats.losses.clone()))
+
+    critic = AfterStepRecorder()
+    agent = make_agent(critic, "ls", lr=1e-2)
+    agent.update(filled_buffer().sample(B))
+    (first, before), (second, after) = critic.seen
+    assert (first, second) == ("before", "after")
+    assert after.shape == (K,) and not after.requires_grad
+    assert after.sum() < before.sum(), "re-evaluated after the step: a descent step lowers the batch's loss"
+
+
+# --------------------------------------------------------------------------------------- resume
+def test_resume_from_state_dict_gives_bit_identical_parameters() -> None:
+    config = dict(actor_update_every=2, target_update_every=2, head_layers=2)
+    agent, buffer = make_agent("rlw", "rlw", **config), filled_buffer()
+    for _ in range(3):
+        agent.update(buffer.sample(B))
+    agent.act(np.zeros((K, OBS)))
+    saved = io.BytesIO()
+    torch.save({"agent": agent.state_dict(), "buffer": buffer.state_dict()}, saved)
+    for _ in range(4):
+        agent.update(buffer.sample(B))
+    continued_action = agent.act(np.ones((K, OBS)))
+
+    torch.manual_seed(123)  # a different initialisation and different generators, all overwritten
+    resumed = make_agent("rlw", "rlw", seed=7, **config)
+    resumed_buffer = ReplayBuffer(K, OBS, ACT, K * 1000, seed=5)
+    saved.seek(0)
+    state = torch.load(saved, weights_only=False)
+    resumed.load_state_dict(state["agent"])
+    resumed_buffer.load_state_dict(state["buffer"])
+    for _ in range(4):
+        resumed.update(resumed_buffer.sample(B))
+    for a, b in zip(all_tensors(agent), all_tensors(resumed)):
+        assert torch.equal(a, b)
+    assert resumed.updates == agent.updates == 7
+    np.testing.assert_array_equal(resumed.act(np.ones((K, OBS))), continued_action)
+
+
+def test_loading_a_checkpoint_of_another_shape_is_refused() -> None:
+    state = make_agent().state_dict()
+    other = MultiTaskSAC(OBS + 1, ACT, K, SACConfig(hidden_dim=HIDDEN, batch_size=K * B), make("ls"), make("ls"))
+    with pytest.raises(ValueError, match="checkpoint is for"):
+        other.load_state_dict(state)
+
+
+# ------------------------------------------------------------------------------ acting, errors
+def test_act_routes_rows_to_heads_and_is_deterministic_on_request() -> None:
+    agent = make_agent()
+    obs = np.random.default_rng(0).normal(size=(K, OBS)).astype(np.float32)
+    action = agent.act(obs)
+    assert action.shape == (K, ACT) and np.abs(action).max() <= 1
+    np.testing.assert_array_equal(agent.act(obs, deterministic=True), agent.act(obs, deterministic=True))
+    assert agent.act(np.zeros((K, 5, OBS)), deterministic=True).shape == (K, 5, ACT)
+    # row i uses head i: the same observation in every row gives different actions
+    same = np.repeat(obs[:1], K, axis=0)
+    mean = agent.act(same, deterministic=True)
+    assert not np.allclose(mean[0], mean[1])
+    with pytest.raises(ValueError, match="row i is task i"):
+        agent.act(np.zeros((K + 1, OBS)))
+
+
+def test_bad_configuration_is_refused_with_a_message() -> None:
+    with pytest.raises(ValueError, match="not divisible by the number of tasks k = 3"):
+        MultiTaskSAC(OBS, ACT, K, SACConfig(batch_size=1000), make("ls"), make("ls"))
+    with pytest.raises(ValueError, match="same object"):
+        shared = make("ls")
+        MultiTaskSAC(OBS, ACT, K, SACConfig(batch_size=K * B), shared, shared)
+    with pytest.raises(ValueError, match="aggregate includes 'actor'"):
+        MultiTaskSAC(OBS, ACT, K, SACConfig(batch_size=K * B), make("ls"), None)
+    with pytest.raises(ValueError, match="`head_layers` should be 1 or 2"):
+        SACConfig(head_layers=3)
+    with pytest.raises(ValueError, match="`aggregate` should hold"):
+        SACConfig(aggregate=("critic", "alpha"))
+    with pytest.raises(ValueError, match="`tau` should be in"):
+        SACConfig(tau=0.0)
+
+
+def test_bad_batches_and_performance_are_refused_with_a_message() -> None:
+    agent = make_agent()
+    batch = filled_buffer().sample(B)
+    with pytest.raises(ValueError, match="performance should be a \\[3\\] tensor"):
+        agent.update(batch, performance=torch.zeros(K + 1))
+    wrong = copy.copy(batch)
+    wrong.obs = batch.obs[:, :, :-1]
+    with pytest.raises(ValueError, match="batch.obs should be"):
+        agent.update(wrong)
