@@ -61,6 +61,9 @@ class SACConfig:
     actor_update_every: int = 1    # mtrl state_sac.yaml actor_update_freq 1 (temperatures update with the actor)
     target_update_every: int = 1   # mtrl state_sac.yaml critic_target_update_freq 1 (2 only in pixel-based configs)
     log_std_bounds: tuple[float, float] = (-20.0, 2.0)  # mtrl metaworld_actor.yaml log_std_bounds [-20, 2]
+    # Clip the norm of the trunk's aggregated gradient before each step. None: no clipping (mtrl codebase);
+    # 1.0 reproduces the MT10 code of Nash-MTL / FAMO / FairGrad (`max_norm` of their aggregators).
+    max_grad_norm: float | None = None
 
     def __post_init__(self) -> None:
         self.aggregate = tuple(self.aggregate)
@@ -83,6 +86,10 @@ class SACConfig:
         if unknown or len(set(self.aggregate)) != len(self.aggregate):
             raise ValueError(f"SACConfig: `aggregate` should hold distinct names from {_AGGREGATABLE}. "
                              f"Found `aggregate = {self.aggregate!r}`.")
+        if self.max_grad_norm is not None and not (
+                isinstance(self.max_grad_norm, (int, float)) and self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
+            raise ValueError(f"SACConfig: `max_grad_norm` should be a positive number or null. "
+                             f"Found `max_grad_norm = {self.max_grad_norm!r}`.")
         low, high = self.log_std_bounds
         if not low < high:
             raise ValueError(f"SACConfig: `log_std_bounds` should be (low, high) with low < high. Found {self.log_std_bounds!r}.")
@@ -312,6 +319,9 @@ class MultiTaskSAC:
             losses, jacobian = task_loss(trunk, *heads, *data), None
         weights = mtl_backward(losses, list(trunk.values()), aggregator, TaskStats(losses.detach(), performance, step),
                                jacobian=jacobian, task_params=heads, scale_task_gradients=False)
+        if self.config.max_grad_norm is not None:
+            # No host sync: clip_grad_norm_ scales by a device-side clamp.
+            torch.nn.utils.clip_grad_norm_(list(trunk.values()), self.config.max_grad_norm)
         optimizer.step()
         if type(aggregator).after_step is not Aggregator.after_step:
             # Methods that learn from the step's effect (FAMO) get the same batch's losses after it.

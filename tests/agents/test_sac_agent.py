@@ -324,3 +324,21 @@ def test_bad_batches_and_performance_are_refused_with_a_message() -> None:
     wrong.obs = batch.obs[:, :, :-1]
     with pytest.raises(ValueError, match="batch.obs should be"):
         agent.update(wrong)
+
+
+def test_max_grad_norm_clips_the_trunk_step_only() -> None:
+    """With a tiny max_grad_norm the trunk's aggregated gradient is rescaled to that norm before the step."""
+    agent, buffer = make_agent(critic="nashmtl", max_grad_norm=1e-3), filled_buffer()
+    seen = {}
+    original_step = agent.critic_optimizer.step
+
+    def record_then_step(*args, **kwargs):
+        trunk = agent.critic.trunk_parameters()
+        seen["trunk"] = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in trunk]))
+        return original_step(*args, **kwargs)
+
+    agent.critic_optimizer.step = record_then_step
+    agent.update(buffer.sample(agent.batch_per_task))
+    torch.testing.assert_close(seen["trunk"], torch.tensor(1e-3), rtol=1e-4, atol=0)
+    with pytest.raises(ValueError, match="`max_grad_norm` should be a positive number"):
+        SACConfig(max_grad_norm=0.0)
