@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -58,6 +59,13 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = HydraConfig.get().runtime.output_dir
     if cfg.get("resume") is not None and os.path.isdir(str(cfg.resume)):
         run_dir = str(cfg.resume)
+    threads = cfg.get("torch_threads")
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            print(f"mtrl.train: error: torch_threads should be a positive integer or null, got {threads!r}.",
+                  file=sys.stderr)
+            sys.exit(2)
+        torch.set_num_threads(threads)
     try:
         summary = run(cfg, run_dir=run_dir)
     except ConfigError as error:

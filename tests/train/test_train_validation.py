@@ -100,3 +100,13 @@ def test_command_line_reports_bad_batch(tmp_path: Path) -> None:
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "agent.batch_size=1001 does not split evenly over the 10 tasks" in result.stderr
+
+
+def test_command_line_refuses_bad_torch_threads() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "mtrl.train", "torch_threads=0"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert "torch_threads should be a positive integer" in result.stderr
