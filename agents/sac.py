@@ -323,7 +323,7 @@ class MultiTaskSAC:
             # No host sync: clip_grad_norm_ scales by a device-side clamp.
             torch.nn.utils.clip_grad_norm_(list(trunk.values()), self.config.max_grad_norm)
         optimizer.step()
-        if type(aggregator).after_step is not Aggregator.after_step:
+        if aggregator.learns_from_steps:
             # Methods that learn from the step's effect (FAMO) get the same batch's losses after it.
             with torch.no_grad():
                 aggregator.after_step(TaskStats(task_loss(trunk, *heads, *data), performance, step))

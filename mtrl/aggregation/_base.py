@@ -133,6 +133,12 @@ class Aggregator(ABC):
     def _weights(self, jacobian: Tensor | None, stats: TaskStats) -> Tensor:
         """Return the ``[k]`` weights; inputs are already checked to be finite and consistent."""
 
+    @property
+    def learns_from_steps(self) -> bool:
+        """True when the method overrides :meth:`after_step`: callers then re-evaluate the batch's
+        losses after the optimizer step (one extra forward) and pass them in; others skip that cost."""
+        return type(self).after_step is not Aggregator.after_step
+
     def after_step(self, stats: TaskStats) -> None:
         """Hook called after the optimizer step with the losses of the *same* batch re-evaluated.
 

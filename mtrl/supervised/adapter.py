@@ -54,7 +54,7 @@ def build_aggregator(aggregator: str | Aggregator | Mapping[str, Any], **options
 
 def overrides_after_step(aggregator: Aggregator) -> bool:
     """True when the aggregator's class implements :meth:`Aggregator.after_step` (FAMO does)."""
-    return type(aggregator).after_step is not Aggregator.after_step
+    return aggregator.learns_from_steps
 
 
 def _as_losses(value: Tensor | Sequence[Tensor]) -> Tensor:

@@ -66,3 +66,8 @@ def test_rlw_is_reproducible_under_a_seed_and_varies_between_steps() -> None:
     assert all(torch.equal(x, y) for x, y in zip(first, second))
     assert not torch.equal(first[0], first[1])
     assert not torch.equal(first[0], agg.make("rlw", seed=4)(None, stats))
+
+
+def test_only_famo_learns_from_the_step() -> None:
+    learners = [name for name in agg.available() if agg.make(name).learns_from_steps]
+    assert learners == ["famo"]
