@@ -125,9 +125,13 @@ class Aggregator(ABC):
             raise RuntimeError(f"{self.name} returned weights of shape {tuple(weights.shape)}, expected ({k},).")
         if not torch.isfinite(weights).all():
             # Never hand a non-finite update to the optimizer: fall back to equal weights (mean).
-            self.fallbacks += 1
+            self._count_fallback(True)
             weights = torch.full_like(weights, 1.0 / k)
         return weights
+
+    def _count_fallback(self, used: bool | Tensor) -> None:
+        """Record whether this call used its documented fallback (a bool, or a 0-dim bool tensor)."""
+        self.fallbacks += int(used)
 
     @abstractmethod
     def _weights(self, jacobian: Tensor | None, stats: TaskStats) -> Tensor:

@@ -106,7 +106,7 @@ class CAGrad(Aggregator):
                            xtol=1e-12, rtol=1e-14, maxiter=200)
             w, gw_norm = hull_point(log_t)
         if failed:
-            self.fallbacks += 1
+            self._count_fallback(True)
         if gw_norm <= _ZERO_GW:
             return mean / factor
         return (mean + (sqrt_phi / gw_norm) * w) / factor

@@ -71,7 +71,7 @@ class DWA(Aggregator):
             ratio = self.history[recent].mean(dim=0) / previous
             bad = ~(torch.isfinite(ratio) & (previous > 0))
             if bool(bad.any()):
-                self.fallbacks += 1
+                self._count_fallback(True)
                 ratio = torch.where(bad, torch.ones_like(ratio), ratio)
             weights = torch.softmax(ratio / self.temperature, dim=0)
         return weights.to(dtype=stats.losses.dtype, device=stats.losses.device)

@@ -114,7 +114,7 @@ class ExcessMTL(Aggregator):
             baseline = self.baseline.to(gradients.device)
             missing = baseline <= 0
             if bool(missing.any()):
-                self.fallbacks += 1
+                self._count_fallback(True)
                 baseline = torch.where(missing, excess_risk, baseline)
                 self.baseline = baseline
             relative = torch.where(baseline > 0, excess_risk / baseline.clamp_min(torch.finfo(torch.float64).tiny),

@@ -55,5 +55,5 @@ class FairGrad(Aggregator):
         if self.alpha == 0:
             return torch.full((k,), 1.0 / k, dtype=jacobian.dtype, device=jacobian.device)
         solution = solve_alpha_fair(jacobian, alpha=float(self.alpha))
-        self.fallbacks += int(solution.fallback)
+        self._count_fallback(solution.fallback)
         return solution.weights.to(dtype=jacobian.dtype, device=jacobian.device)

@@ -94,7 +94,7 @@ class FAMO(Aggregator):
             raise ValueError(f"famo has {minimum.numel()} min_losses but got losses for {k} tasks.")
         gap = losses.detach().to("cpu", torch.float64) - minimum
         if bool((gap <= 0).any()):
-            self.fallbacks += 1
+            self._count_fallback(True)
             gap = gap.clamp_min(0.0)
         return gap + EPS
 

@@ -49,7 +49,7 @@ class IMTLG(Aggregator):
         assert jacobian is not None
         weights = self.solve(gramian(jacobian))
         if weights is None:
-            self.fallbacks += 1
+            self._count_fallback(True)
             weights = np.full(jacobian.shape[0], 1.0 / jacobian.shape[0])
         return torch.from_numpy(weights).to(dtype=jacobian.dtype, device=jacobian.device)
 

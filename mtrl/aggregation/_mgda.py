@@ -62,7 +62,7 @@ class MGDA(Aggregator):
             K = K / np.outer(normalizer, normalizer)
         weights, exact = min_norm_weights(K)
         if not exact:
-            self.fallbacks += 1
+            self._count_fallback(True)
         return torch.from_numpy(weights).to(dtype=jacobian.dtype, device=jacobian.device)
 
     def _normalizers(self, K: np.ndarray, losses: np.ndarray) -> np.ndarray:
@@ -73,6 +73,6 @@ class MGDA(Aggregator):
         if self.normalization in ("loss", "loss+"):
             good = losses > 0
             if not good.all():
-                self.fallbacks += 1
+                self._count_fallback(True)
             normalizer = normalizer * np.where(good, losses, 1.0)
         return normalizer / normalizer.max()  # only ratios matter; keeps K / (n nᵀ) finite

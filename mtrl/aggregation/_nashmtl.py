@@ -71,6 +71,6 @@ class NashMTL(Aggregator):
         self.calls += 1
         if not reuse:
             solution = solve_alpha_fair(jacobian, alpha=1.0, utility_weights=self._utility_weights(stats))
-            self.fallbacks += int(solution.fallback)
+            self._count_fallback(solution.fallback)
             self.last_weights = solution.weights.cpu()
         return self.last_weights.to(dtype=jacobian.dtype, device=jacobian.device)

@@ -58,5 +58,5 @@ class PIVRG(PerformanceInformed, Aggregator):
         assert jacobian is not None
         omega = self._performance_weights(stats)
         solution = solve_alpha_fair(jacobian, alpha=2.0, utility_weights=omega)
-        self.fallbacks += int(solution.fallback)
+        self._count_fallback(solution.fallback)
         return solution.weights.to(dtype=jacobian.dtype, device=jacobian.device)
