@@ -1,0 +1,1 @@
+"""mtrl's Hydra launchers (``configs/hydra/launcher/``); see :mod:`.mtrl_launchers`."""
