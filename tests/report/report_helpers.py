@@ -1,0 +1,66 @@
+"""Runs for the report tests: summaries written by the trainer's own ``Trainer.summary`` (exact numbers
+chosen by the test) and STL summaries in ``mtrl.stl``'s format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from mtrl.training.checkpoint import SUMMARY_NAME
+from mtrl.training.loop import Trainer
+from mtrl.training.tracking import EvalHistory
+
+TASKS = ["reach-v3", "push-v3", "pick-place-v3"]
+
+
+def config(agg: str, seed: int, steps: int = 1000, **extra: Any) -> dict[str, Any]:
+    """A run's saved config (the keys the report reads, plus some it must ignore)."""
+    cfg = {"env": {"name": "mt10", "task": None}, "protocol": {"name": "metaworld", "eval_episodes_per_task": 10},
+           "agg": {"name": agg, "options": {"omega_lower": 0.5} if agg == "pivrg" else {}},
+           "agent": {"hidden_dim": 400, "max_grad_norm": None}, "seed": seed, "steps": steps, "eval_every": 250,
+           "eval_episodes": None, "device": "cpu", "torch_threads": 1, "progress": False, "resume": None}
+    for dotted, value in extra.items():
+        node = cfg
+        *parents, leaf = dotted.split("__")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return cfg
+
+
+def write_summary(run_dir: Path, cfg: dict[str, Any], success: np.ndarray, finished: bool = True,
+                  wall_time_s: float = 60.0) -> dict[str, Any]:
+    """``summary.json`` of a run whose evaluation ``e`` had per-task success ``success[e]`` (every
+    ``eval_every`` steps), written by :meth:`Trainer.summary` itself."""
+    history = EvalHistory(TASKS)
+    for e, row in enumerate(success):
+        history.add((e + 1) * cfg["eval_every"], dict(zip(TASKS, map(float, row))))
+    trainer = Trainer.__new__(Trainer)   # the summary's format without environments or networks
+    trainer.s = SimpleNamespace(env_name=cfg["env"]["name"], agg_name=cfg["agg"]["name"], seed=cfg["seed"],
+                                task_names=TASKS, num_tasks=len(TASKS), config=cfg)
+    trainer.history, trainer.step = history, history.last_step
+    trainer.agent = SimpleNamespace(updates=trainer.step)
+    trainer.elapsed_before, trainer.episodes_done = wall_time_s, np.zeros(len(TASKS), dtype=np.int64)
+    summary = trainer.summary(finished)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / SUMMARY_NAME).write_text(json.dumps(summary))
+    return summary
+
+
+def write_stl_summary(run_dir: Path, success: dict[str, list[float]], eval_every: int = 250, steps: int = 1000,
+                      seed: int = 0) -> None:
+    """``stl_summary.json`` as ``python -m mtrl.stl`` writes it."""
+    per_task = {}
+    for task, values in success.items():
+        evaluations = [{"step": (i + 1) * eval_every, "success": v} for i, v in enumerate(values)]
+        per_task[task] = {"final": values[-1], "best": max(values), "best_step": 0, "steps": steps,
+                          "wall_time_s": 10.0, "evaluations": evaluations}
+    cfg = {"env": {"name": "mt10", "task": None}, "protocol": {"name": "metaworld", "eval_episodes_per_task": 10},
+           "seed": seed, "steps": steps, "eval_every": eval_every, "eval_episodes": None, "tasks": None,
+           "report": "best", "sac": {"hidden_dim": 400}}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "stl_summary.json").write_text(json.dumps({"report": "best", "per_task": per_task, "config": cfg}))
