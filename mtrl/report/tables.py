@@ -218,8 +218,10 @@ def csv_text(rows: Sequence[GroupRow]) -> str:
 
 def _tex_escape(text: str) -> str:
     for char, escaped in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
-                          ("$", r"\$"), ("{", r"\{"), ("}", r"\}")):
+                          ("$", r"\$"), ("{", r"\{"), ("}", r"\}"), ("`", ""), ("~", r"\textasciitilde{}")):
         text = text.replace(char, escaped)
+    for char, math in (("±", r"$\pm$"), ("²", r"$^2$"), ("Δ", r"$\Delta$"), ("ω", r"$\omega$")):
+        text = text.replace(char, math)
     return text
 
 
