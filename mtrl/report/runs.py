@@ -223,9 +223,7 @@ def _format_value(value: Any) -> str:
 
 
 def _name(run: Run, naming: Sequence[str]) -> str:
-    if run.kind == "stl":
-        return "STL"
-    parts = [f"agg={run.config.get('agg.name')}"]
+    parts = ["STL" if run.kind == "stl" else f"agg={run.config.get('agg.name')}"]
     parts += [f"{key}={_format_value(run.config.get(key))}" for key in naming
               if key not in ("agg.name", "stl") and key in run.config]
     return " ".join(parts)
@@ -240,11 +238,11 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     buckets: dict[tuple, list[Run]] = defaultdict(list)
     for run in runs:
         buckets[_group_key(run)].append(run)
-    firsts = [members[0] for members in buckets.values() if members[0].kind == "mtl"]
-    naming = _naming_keys([run.config for run in firsts])
+    naming = {kind: _naming_keys([members[0].config for members in buckets.values() if members[0].kind == kind])
+              for kind in ("mtl", "stl")}
     groups = []
     for key, members in buckets.items():
-        name = _name(members[0], naming)
+        name = _name(members[0], naming[members[0].kind])
         if not members[0].finished:
             name += " [unfinished]"
         groups.append(Group(name=name, runs=sorted(members, key=lambda run: run.seed), key=key))

@@ -125,6 +125,10 @@ def test_stl_runs_join_as_the_stl_row(tmp_path: Path) -> None:
     assert float(rows["STL"]["final_mean"]) == pytest.approx(means[-1])
     assert float(rows["STL"]["success/push-v3_mean"]) == pytest.approx(stl["push-v3"][int(means.argmax())])
     assert rows["agg=ls"]["n_seeds"] == "1"
+    # Two STL baselines with different budgets: two rows, named by what differs.
+    write_stl_summary(tmp_path / "stl_long", stl, steps=1500)
+    names = [group.name for group in group_runs(load_runs([tmp_path / "stl", tmp_path / "stl_long"]))]
+    assert names == ["STL steps=1500", "STL steps=750"]
 
 
 def test_mean_se_of_one_or_no_value() -> None:
