@@ -99,15 +99,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _report(paths: Sequence[str], out_dir: Path, plots: bool) -> int:
-    from mtrl.report.runs import find_summaries
     from mtrl.supervised.bench import load_results, summarize
 
+    runs = load_runs(paths, required=False)
     supervised = [result for path in paths for match in _directories(path) for result in load_results(match)]
+    if not runs and not supervised:
+        load_runs(paths)   # raises the error that says what is missing
     if supervised:
         summarize(supervised, out_dir, plot=plots)
         print(f"\nSupervised summary: {out_dir / 'summary.md'}")
-    if not supervised or find_summaries(paths):
-        report = rl_report(load_runs(paths), out_dir, plots)
+    if runs:
+        report = rl_report(runs, out_dir, plots)
         print(report["console"])
         print("\nWritten: " + ", ".join(str(path) for path in report["files"].values()))
     return 0

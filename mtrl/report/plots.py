@@ -25,7 +25,8 @@ log = logging.getLogger("mtrl.report")
 __all__ = ["curve", "plot_heatmap", "plot_curves", "plot_weights", "read_scalars"]
 
 #: TensorBoard tag prefixes of the weight figure, in column order, with their axis labels.
-WEIGHT_TAGS = {"agg/omega": "PIVRG ω", "agg/critic/weight": "critic task weight", "agg/actor/weight": "actor task weight"}
+WEIGHT_TAGS = {"agg/omega": "PIVRG ω", "agg/critic/weight": "critic task weight",
+               "agg/actor/weight": "actor task weight"}
 
 
 def _pyplot():

@@ -172,6 +172,8 @@ def load_run(path: Path) -> Run | None:
         summary = json.loads(path.read_text())
         if path.name == STL_SUMMARY_NAME:
             return _stl_run(path, summary)
+        if isinstance(summary, list):   # the summary.json that mtrl.supervised's summaries write
+            return None
         if "agg" not in summary or "config" not in summary:
             log.warning("%s: not a summary of `python -m mtrl.train`; skipped.", path)
             return None
@@ -181,14 +183,14 @@ def load_run(path: Path) -> Run | None:
         return None
 
 
-def load_runs(paths: Iterable[str | Path]) -> list[Run]:
-    """Every run below ``paths``; :class:`ReportError` when there is none."""
+def load_runs(paths: Iterable[str | Path], required: bool = True) -> list[Run]:
+    """Every run below ``paths``; :class:`ReportError` when there is none and ``required``."""
     paths = list(paths)
     runs = [run for run in map(load_run, find_summaries(paths)) if run is not None]
-    if not runs:
-        raise ReportError(f"no runs under {', '.join(map(str, paths))}: no {SUMMARY_NAME} (python -m mtrl.train) "
-                          f"or {STL_SUMMARY_NAME} (python -m mtrl.stl) there. Pass the sweep directory, "
-                          f"e.g. runs/multirun/<time>.")
+    if not runs and required:
+        raise ReportError(f"no runs under {', '.join(map(str, paths))}: no {SUMMARY_NAME} (python -m mtrl.train), "
+                          f"{STL_SUMMARY_NAME} (python -m mtrl.stl) or results.json (python -m mtrl.supervised) "
+                          f"there. Pass the sweep directory, e.g. runs/multirun/<time>.")
     return runs
 
 

@@ -111,7 +111,9 @@ def _pm(stat: Stat, scale: float = 100.0, digits: int = 1, sep: str = " ± ") ->
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "n/a"
-    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.2f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def _status(row: GroupRow) -> str:

@@ -74,7 +74,8 @@ def test_mean_and_standard_error_equal_a_hand_computation(sweep, tmp_path: Path,
 
     printed = capsys.readouterr().out
     ls = rows["agg=ls steps=1000"]
-    assert f"| agg=ls steps=1000 | 3 | {100 * float(ls['best_mean']):.1f} ± {100 * float(ls['best_se']):.1f} |" in printed
+    best = f"{100 * float(ls['best_mean']):.1f} ± {100 * float(ls['best_se']):.1f}"
+    assert f"| agg=ls steps=1000 | 3 | {best} |" in printed
     assert "1 evaluation episode" not in printed and "10 evaluation episode(s) per task" in printed
     assert "`info['success']` is true at any step" in printed and "deterministic policy" in printed
 
