@@ -12,7 +12,7 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,6 @@ class Group:
 
     name: str
     runs: list[Run]
-    key: tuple = field(repr=False, default=())
 
     @property
     def finished(self) -> bool:
@@ -160,8 +159,7 @@ def _stl_run(path: Path, summary: Mapping[str, Any]) -> Run:
         path=path.parent, kind="stl", seed=int(config["seed"]), finished=trained and steps >= target,
         steps=steps, target_steps=target, tasks=tasks, evaluations=history.history, best=history.best,
         final=history.final, wall_time_s=wall,
-        config={"stl": True, **_experiment_config({k: v for k, v in config.items() if k not in ("sac", "report")}),
-                **{f"stl.sac.{k}": v for k, v in flatten(config.get("sac") or {}).items()}},
+        config=_experiment_config(config),
         eval_episodes=_eval_episodes(config), protocol=(config.get("protocol") or {}).get("name"),
     )
 
@@ -227,7 +225,7 @@ def _format_value(value: Any) -> str:
 def _name(run: Run, naming: Sequence[str]) -> str:
     parts = ["STL" if run.kind == "stl" else f"agg={run.config.get('agg.name')}"]
     parts += [f"{key}={_format_value(run.config.get(key))}" for key in naming
-              if key not in ("agg.name", "stl") and key in run.config]
+              if key != "agg.name" and key in run.config]
     return " ".join(parts)
 
 
@@ -243,10 +241,10 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     naming = {kind: _naming_keys([members[0].config for members in buckets.values() if members[0].kind == kind])
               for kind in ("mtl", "stl")}
     groups = []
-    for key, members in buckets.items():
+    for members in buckets.values():
         name = _name(members[0], naming[members[0].kind])
         if not members[0].finished:
             name += " [unfinished]"
-        groups.append(Group(name=name, runs=sorted(members, key=lambda run: run.seed), key=key))
+        groups.append(Group(name=name, runs=sorted(members, key=lambda run: run.seed)))
     # STL first (the reference row), then by name; an unfinished group right after its finished twin.
     return sorted(groups, key=lambda group: (group.kind != "stl", group.name))

@@ -131,3 +131,24 @@ def test_a_supervised_sweep_reports_too(tmp_path: Path, capsys) -> None:
                  for p in (tmp_path / "sweep" / row["aggregator"]).rglob("results.json")]
         assert row["clean_metric"]["mean"] == pytest.approx(np.mean(clean))
     assert "| multidigits | ls | 0 | 2 |" in capsys.readouterr().out
+
+
+def test_joblib_launcher_splits_torch_threads_unless_the_command_line_sets_them(monkeypatch) -> None:
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.mtrl_launchers import mtrl_launchers
+
+    launched = []
+    monkeypatch.setattr(mtrl_launchers._JoblibLauncher, "launch",
+                        lambda self, job_overrides, initial_job_idx: launched.append(job_overrides))
+    monkeypatch.setattr(mtrl_launchers.os, "cpu_count", lambda: 8)
+    launcher = mtrl_launchers.JoblibLauncher(n_jobs=2)
+    launcher.config = OmegaConf.create({"torch_threads": None})
+    launcher.launch([["agg=ls"], ["agg=pivrg"], ["agg=cagrad"]], 0)
+    assert launched[-1] == [["agg=ls", "torch_threads=4"], ["agg=pivrg", "torch_threads=4"],
+                            ["agg=cagrad", "torch_threads=4"]]
+    launcher.launch([["agg=ls", "torch_threads=3"]], 0)                 # the user's choice stays
+    assert launched[-1] == [["agg=ls", "torch_threads=3"]]
+    launcher.config = OmegaConf.create({"seed": 0})                       # an app without the key (mtrl.supervised)
+    launcher.launch([["seed=1"]], 0)
+    assert launched[-1] == [["seed=1"]]
