@@ -72,7 +72,10 @@ def rl_report(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> dict[st
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mtrl.report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m mtrl.report",
+        description="Tables (report.md/.csv/.tex) and figures (per_task.png, curves.png, weights.png) of the runs "
+                    "below the given directories, grouped by everything but the seed.")
     parser.add_argument("paths", nargs="+", help="sweep or run directories, or glob patterns (quoted)")
     parser.add_argument("--out", default=None, help="where the report's files go (default: the first directory)")
     parser.add_argument("--no-plots", "--no-plot", dest="plots", action="store_false", help="write no PNG")
