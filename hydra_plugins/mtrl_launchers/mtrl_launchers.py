@@ -23,11 +23,13 @@ Hydra accepts launcher classes only from the ``hydra_plugins`` namespace package
 """
 
 
+# No `from __future__ import annotations`: Hydra's plugin scan executes this module before it is in
+# sys.modules, and dataclasses cannot resolve string annotations then.
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional   # Optional: OmegaConf reads dataclass fields
+from typing import Any, Optional   # Optional, not `X | None`: OmegaConf reads the presets' field types
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.config_search_path import ConfigSearchPath
@@ -40,12 +42,20 @@ from hydra_plugins.hydra_submitit_launcher import submitit_launcher
 from hydra_plugins.hydra_submitit_launcher.config import LocalQueueConf, SlurmQueueConf
 from omegaconf import OmegaConf, open_dict
 
-__all__ = ["JoblibLauncher", "LocalLauncher", "SlurmLauncher", "threads_per_job"]
+__all__ = ["JoblibLauncher", "LocalLauncher", "SlurmLauncher", "threads_per_job", "usable_cores"]
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask under SLURM or taskset, else all)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def threads_per_job(n_jobs: int, num_runs: int, cores: int | None = None) -> int:
-    """Torch threads for each of ``num_runs`` jobs run ``n_jobs`` at a time (-1: one per core) on ``cores``."""
-    cores = cores or os.cpu_count() or 1
+    """Torch threads for each of ``num_runs`` jobs run ``n_jobs`` at a time (-1: one per core) on ``cores``
+    (default: :func:`usable_cores`)."""
+    cores = cores or usable_cores()
     parallel = cores if n_jobs < 0 else n_jobs
     return max(1, cores // max(1, min(parallel, num_runs)))
 
@@ -107,7 +117,7 @@ class LocalLauncher(_ResumingMixin, submitit_launcher.LocalLauncher):
 
 
 # ------------------------------------------------------------------------------------------------ presets
-_HERE = "hydra_plugins.mtrl_launchers.mtrl_launchers"   # not __name__: Hydra's scan runs it before naming it
+_HERE = __name__
 
 
 @dataclass

@@ -141,7 +141,7 @@ def test_joblib_launcher_splits_torch_threads_unless_the_command_line_sets_them(
     launched = []
     monkeypatch.setattr(mtrl_launchers._JoblibLauncher, "launch",
                         lambda self, job_overrides, initial_job_idx: launched.append(job_overrides))
-    monkeypatch.setattr(mtrl_launchers.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(mtrl_launchers, "usable_cores", lambda: 8)
     launcher = mtrl_launchers.JoblibLauncher(n_jobs=2)
     launcher.config = OmegaConf.create({"torch_threads": None})
     launcher.launch([["agg=ls"], ["agg=pivrg"], ["agg=cagrad"]], 0)
