@@ -113,10 +113,9 @@ class ExcessMTL(Aggregator):
             assert self.baseline is not None
             baseline = self.baseline.to(gradients.device)
             missing = baseline <= 0
-            if bool(missing.any()):
-                self._count_fallback(True)
-                baseline = torch.where(missing, excess_risk, baseline)
-                self.baseline = baseline
+            self._count_fallback(missing.any())
+            baseline = torch.where(missing, excess_risk, baseline)
+            self.baseline = baseline
             relative = torch.where(baseline > 0, excess_risk / baseline.clamp_min(torch.finfo(torch.float64).tiny),
                                    torch.zeros_like(excess_risk))
             exponent = (self.robust_step_size * relative).clamp(max=MAX_EXPONENT)  # Eq. 9, in log space

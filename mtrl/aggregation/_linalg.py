@@ -1,144 +1,208 @@
 """Numerical routines shared by the Gramian-based aggregators and the learned loss weightings.
 
-* :func:`gramian` — the ``[k, k]`` Gramian ``K ∝ J Jᵀ`` in float64 (PCGrad, CAGrad, MGDA, IMTL-G).
-* :func:`min_norm_weights` — the minimum-norm point of the convex hull of the gradients, exactly
-  (MGDA; CAGrad's inner problem).
-* :func:`adam_step` — one step of Adam on a small parameter vector the aggregator owns (UW, FAMO),
-  written out so that its state is plain tensors that ``state_dict`` round-trips exactly.
+* :func:`gramian` — the ``[k, k]`` Gramian ``K ∝ J Jᵀ`` in float64 on the Jacobian's device.
+* :func:`simplex_active_set` — the minimiser over the simplex of ``½ wᵀKw`` (MGDA's min-norm point) or of
+  CAGrad's dual ``bᵀw + r ‖g_w‖``, by a primal active-set method whose face problems have closed forms.
+* :func:`least_squares` — the minimum-norm least-squares solution of a small system (IMTL-G).
+* :func:`adam_step` — one step of Adam on a small parameter vector the aggregator owns (UW, FAMO).
+* :func:`lowered_floor` — the floor below which a loss-weighting method never sees a loss (UW, FAMO, DWA).
 
-Everything works on ``k × k`` matrices in float64 on the CPU: with ``k`` up to a few hundred tasks this
-costs microseconds to milliseconds, far less than building the Jacobian.
+Every solver is written in torch on the input's device, in float64, with a fixed number of iterations
+and every branch taken by a mask (``torch.where``), so a call reads nothing back to the host and can
+be captured in a CUDA graph; on the CPU it is the CPU path. Whether a solve converged comes back as a
+0-dim bool tensor, which the aggregator counts through ``_count_fallback`` without reading it.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
-from scipy.optimize import nnls
 from torch import Tensor
 
-__all__ = [
-    "gramian", "coordinates", "min_norm_weights", "min_norm_weights_from_coordinates", "frank_wolfe_min_norm",
-    "adam_step", "TINY",
-]
+__all__ = ["gramian", "simplex_active_set", "min_norm_weights", "least_squares", "adam_step", "lowered_floor",
+           "TINY"]
 
 #: Squared norms at or below this (in the units of :func:`gramian`, where the largest entry of the
 #: Jacobian is 1) are treated as exact zeros: such a row is a zero gradient.
 TINY = 1e-300
 _BLOCK_ELEMENTS = 2**24
+#: Frank-Wolfe duality gap (relative to the largest diagonal entry) below which a simplex solve counts
+#: as converged. Rounding alone leaves ~1e-15.
+GAP_TOLERANCE = 1e-10
+#: Stand-in for "infinitely far" along an unbounded face of CAGrad's dual (see simplex_active_set).
+_FAR = 1e12
 
 
-def gramian(jacobian: Tensor) -> np.ndarray:
-    """``K = c · J Jᵀ`` in float64 for some ``c > 0`` (a symmetric ``[k, k]`` numpy array).
+def iteration_budget(k: int) -> int:
+    """Active-set iterations for ``k`` tasks: one index enters per iteration, so ``2k + 10`` covers a
+    support of any size with room for as many drops."""
+    return 2 * k + 10
+
+
+def gramian(jacobian: Tensor) -> Tensor:
+    """``K = c · J Jᵀ`` in float64 for some ``c > 0``: a symmetric ``[k, k]`` tensor on ``J``'s device.
 
     ``J`` is divided by its largest absolute entry before the product, so rows of magnitude 1e-8 next
     to rows of magnitude 1e8 neither underflow nor overflow (nor do float64 inputs far beyond that).
-    Every caller is invariant to a positive rescaling of ``K``. The product runs on the Jacobian's
-    device, over column blocks so that the float64 copy stays below 128 MiB; only the ``k × k``
-    result moves to the host.
+    Every caller is invariant to a positive rescaling of ``K``. The product runs over column blocks so
+    that the float64 copy stays below 128 MiB. An all-zero ``J`` gives ``K = 0``.
     """
     matrix = jacobian.detach()
     k = matrix.shape[0]
-    if matrix.numel() == 0:
-        return np.zeros((k, k))
-    scale = matrix.abs().max()
-    if not bool(scale > 0):
-        return np.zeros((k, k))
-    scale = scale.to(torch.float64)
-    columns = max(1, _BLOCK_ELEMENTS // max(k, 1))  # float64 copies of at most 128 MiB at a time
     product = torch.zeros(k, k, dtype=torch.float64, device=matrix.device)
+    if matrix.numel() == 0:
+        return product
+    scale = matrix.abs().max().to(torch.float64)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    columns = max(1, _BLOCK_ELEMENTS // max(k, 1))  # float64 copies of at most 128 MiB at a time
     for start in range(0, matrix.shape[1], columns):
         block = matrix[:, start:start + columns].to(torch.float64) / scale
         product += block @ block.T
-    product = product.cpu().numpy()
     return 0.5 * (product + product.T)
 
 
-def coordinates(K: np.ndarray) -> np.ndarray:
-    """``R`` with ``R Rᵀ = K`` (``K`` symmetric PSD up to rounding): row ``i`` stands for gradient ``i``."""
-    eigenvalues, eigenvectors = np.linalg.eigh(K)
-    return eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))
-
-
-def frank_wolfe_min_norm(K: np.ndarray, start: np.ndarray | None = None, iterations: int = 5000,
-                         tolerance: float = 1e-15) -> np.ndarray:
-    """Pairwise Frank-Wolfe with exact line search for ``min wᵀKw`` on the simplex.
-
-    Each step moves weight from the worst task in the support (largest ``(Kw)_i``) to the best one
-    (smallest ``(Kw)_i``), which converges linearly on the simplex, unlike the plain Frank-Wolfe of
-    Sener & Koltun. Always returns a point of the simplex; used as the fallback of
-    :func:`min_norm_weights`.
-    """
+def _face_solution(K: Tensor, b: Tensor, face: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """On the face ``{w : 1ᵀw = 1, w_i = 0 off face}``: the stationary points of ``½ wᵀKw + t bᵀw``
+    are ``a + t c`` with multiplier ``λ0 + t λ1`` (one bordered solve with two right-hand sides)."""
     k = K.shape[0]
-    w = np.full(k, 1.0 / k) if start is None else np.clip(start, 0.0, None)
-    w = w / w.sum() if w.sum() > 0 else np.full(k, 1.0 / k)
-    scale = float(np.max(np.abs(np.diag(K)))) or 1.0
-    for _ in range(iterations):
-        Kw = K @ w
-        toward = int(np.argmin(Kw))
-        support = np.flatnonzero(w > 0)
-        away = int(support[np.argmax(Kw[support])])
-        gap = float(Kw[away] - Kw[toward])  # duality gap of the pairwise direction
-        if gap <= tolerance * scale:
-            break
-        curvature = float(K[toward, toward] - 2.0 * K[toward, away] + K[away, away])
-        step = w[away] if curvature <= 0 else min(w[away], gap / curvature)
-        w[toward] += step
-        w[away] -= step
-    return w
+    on = face.to(K.dtype)
+    off = 1.0 - on
+    top = torch.cat([K * on[:, None] * on[None, :] + torch.diag(off), -on[:, None]], dim=1)
+    bottom = torch.cat([on, torch.zeros(1, dtype=K.dtype, device=K.device)])[None, :]
+    system = torch.cat([top, bottom], dim=0)
+    rhs = torch.zeros(k + 1, 2, dtype=K.dtype, device=K.device)
+    rhs[k, 0] = 1.0
+    rhs[:k, 1] = -b * on
+    solution = torch.linalg.solve_ex(system, rhs).result  # no error check: a failed solve is masked below
+    return solution[:k, 0] * on, solution[:k, 1] * on, solution[k, 0], solution[k, 1]
 
 
-def min_norm_weights(K: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Weights ``w`` of the minimum-norm point of the convex hull of the gradients: ``min wᵀKw`` over
-    the simplex, solved exactly.
+def simplex_active_set(K: Tensor, b: Tensor | None = None, radius: Tensor | None = None,
+                       iterations: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Minimise a convex function over the simplex by a primal active-set method (Lawson–Hanson style).
 
-    The problem reduces to non-negative least squares: for ``u ≥ 0`` write ``u = s·w`` with ``w`` on
-    the simplex; with ``R Rᵀ = K`` and ``q = wᵀKw``, ``‖Rᵀu‖² + (1ᵀu − 1)² = s²q + (s − 1)²`` is
-    smallest at ``s = 1/(1 + q)``, where it equals ``q/(1 + q)``, increasing in ``q``. So
-    ``u* = argmin_{u ≥ 0} ‖[Rᵀ; 1ᵀ] u − e_{k+1}‖²`` (Lawson–Hanson: finite, exact up to rounding, robust
-    to duplicated and linearly dependent rows) gives ``w* = u*/1ᵀu*``. The rows are first divided by
-    the largest row norm (the argmin is scale-free), so ``q ≤ 1`` and ``1ᵀu* ≥ 1/2``.
+    Two problems, both with ``g_w = Σ_i w_i g_i`` and ``K`` their Gramian:
+
+    * ``b = None``: ``F(w) = ½ wᵀKw`` — the min-norm point of the convex hull (MGDA);
+    * otherwise ``F(w) = bᵀw + r ‖g_w‖`` with ``b = K m``, ``r = radius`` — CAGrad's dual.
+
+    On a face (the support ``P`` fixed, ``1ᵀw = 1``) both have a closed-form minimiser. For CAGrad,
+    ``r‖x‖ = min_t ‖x‖²/(2t) + r²t/2`` makes the face's stationary points ``w(t) = a + t c`` (``a`` the
+    face's min-norm point, ``g_c = −`` the projection of ``g_0`` on the face's tangent space, so
+    ``‖g_w(t)‖² = ‖g_a‖² + t²‖g_c‖²``) and ``‖g_w‖ = r t`` gives ``t = ‖g_a‖ / √(r² − ‖g_c‖²)``. When
+    ``‖g_c‖ ≥ r`` the face has no minimiser (``F`` decreases along ``c`` without bound) and the method
+    steps along ``c`` to the face's boundary.
+
+    Each iteration either (the face minimiser ``z`` is feasible) moves to ``z`` and adds the index
+    with the most negative reduced gradient, or steps from the current point toward ``z`` until a
+    weight reaches 0 and drops it — every step descends ``F``. It starts from the best vertex and runs
+    ``iterations`` times (default ``2k + 10``; one index enters per iteration, so that covers
+    supports of any size with room for drops); once optimal it stays put.
 
     Returns:
-        ``(w, exact)``: ``exact`` is False when NNLS failed (iteration limit, non-finite output, or a
-        KKT violation above 1e-9) and the result comes from :func:`frank_wolfe_min_norm` instead; the
-        caller counts that as a fallback. All-zero ``K`` (every point has norm 0) gives ``1/k``.
+        ``(w, t, converged)``: the weights (on the simplex), CAGrad's ``t = ‖g_w‖/r`` (1 for MGDA) and
+        a 0-dim bool tensor: the Frank-Wolfe duality gap ``∇F(w)ᵀw − min_i ∇F(w)_i`` (an upper bound
+        on ``F(w) − F*``) is at most ``1e-10`` relative. Works for any positive scale of ``K``.
     """
     k = K.shape[0]
-    if k == 1:
-        return np.ones(1), True
-    if not np.isfinite(K).all() or not float(np.max(np.diag(K))) > TINY:
-        return np.full(k, 1.0 / k), True
-    return min_norm_weights_from_coordinates(coordinates(K / float(np.max(np.diag(K)))))
+    dtype, device = K.dtype, K.device
+    index = torch.arange(k, device=device)
+    scale = torch.diagonal(K).max().clamp_min(TINY)
+    K = K / scale  # largest diagonal entry 1; b and r scale along: √scale for r, scale for b
+    cagrad = b is not None
+    b = b / scale if cagrad else torch.zeros(k, dtype=dtype, device=device)
+    r2 = radius.square() / scale if cagrad else None
+    norms = torch.diagonal(K).clamp_min(0.0).sqrt()
+
+    start = torch.argmin(b + radius / scale.sqrt() * norms if cagrad else torch.diagonal(K))
+    face = index == start
+    w = face.to(dtype)
+
+    def stationary(face: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        a, c, lam0, lam1 = _face_solution(K, b, face)
+        if not cagrad:
+            return a, torch.ones((), dtype=dtype, device=device), lam0
+        ga2 = (a @ K @ a).clamp_min(0.0)
+        gc2 = (c @ K @ c).clamp_min(0.0)
+        room = r2 - gc2
+        bounded = room > 1e-14 * r2
+        t = torch.where(bounded, (ga2 / torch.where(bounded, room, r2)).sqrt(), torch.full_like(ga2, _FAR))
+        return a + t * c, t, lam0 + t * lam1
+
+    for _ in range(iteration_budget(k) if iterations is None else iterations):
+        z, t, lam = stationary(face)
+        feasible = ((z > 0) | ~face).all() & torch.isfinite(z).all()
+        # t-scaled reduced gradient t∇F(z) − λ: zero on the face, negative where adding an index descends.
+        reduced = t * b + K @ z - lam
+        tolerance = 1e-12 * (1.0 + t * b.abs().max())
+        candidate = torch.argmin(torch.where(face, torch.full_like(reduced, math.inf), reduced))
+        enter = feasible & (reduced[candidate] < -tolerance)
+        # Infeasible z: step from w toward z until the first weight on the face reaches 0.
+        blocking = face & (z <= 0)
+        ratios = torch.where(blocking, w / (w - z).clamp_min(TINY), torch.full_like(w, math.inf))
+        step = ratios.min().clamp(max=1.0)
+        stepped = torch.where(face, w + step * (z - w), torch.zeros_like(w))
+        leave = face & ((ratios <= step) | (stepped <= 0))
+        stepped = torch.where(leave, torch.zeros_like(w), stepped).clamp_min(0.0)
+        moved = torch.where(feasible, z.clamp_min(0.0), stepped)
+        moved = moved / moved.sum()
+        usable = torch.isfinite(moved).all()
+        w = torch.where(usable, moved, w)
+        grown = face | (enter & (index == candidate))
+        face = torch.where(usable, torch.where(feasible, grown, face & ~leave), face)
+
+    # Certificate: the Frank-Wolfe gap at the final point, for the t-scaled gradient t∇F = t b + K w.
+    Kw = K @ w
+    if cagrad:
+        t = (w @ Kw).clamp_min(0.0).sqrt() / radius * scale.sqrt()
+        gradient = b + Kw / t.clamp_min(TINY)
+    else:
+        t = torch.ones((), dtype=dtype, device=device)
+        gradient = Kw
+    gap = w @ gradient - gradient.min()
+    converged = gap <= GAP_TOLERANCE * (1.0 + gradient.abs().max())
+    return w, t, converged
 
 
-def min_norm_weights_from_coordinates(R: np.ndarray) -> tuple[np.ndarray, bool]:
-    """:func:`min_norm_weights` for points given by coordinates: row ``i`` of ``R`` is point ``i``."""
-    k = R.shape[0]
+def min_norm_weights(K: Tensor) -> tuple[Tensor, Tensor]:
+    """Weights of the minimum-norm point of the convex hull of the gradients: ``min wᵀKw`` over the simplex.
+
+    Solved by :func:`simplex_active_set`, exact up to rounding (each face's minimiser is a linear
+    solve), robust to duplicated and linearly dependent rows (a point in the affine hull of the
+    current face has reduced gradient 0 and never enters). All-zero ``K`` (every point has norm 0)
+    gives ``1/k``.
+
+    Returns:
+        ``(w, converged)``, ``converged`` a 0-dim bool tensor (False: the iteration budget ran out; ``w``
+        is still a point of the simplex, the best one found).
+    """
+    k = K.shape[0]
+    mean = torch.full((k,), 1.0 / k, dtype=K.dtype, device=K.device)
     if k == 1:
-        return np.ones(1), True
-    largest = float(np.max(np.einsum("ij,ij->i", R, R)))
-    if not np.isfinite(R).all() or not largest > TINY:
-        return np.full(k, 1.0 / k), True
-    R = R / math.sqrt(largest)
-    A = np.vstack([R.T, np.ones((1, k))])
-    target = np.zeros(k + 1)
-    target[-1] = 1.0
-    try:
-        u, _ = nnls(A, target, maxiter=50 * k)
-        total = float(u.sum())
-        if not (np.isfinite(u).all() and total > 0):
-            raise RuntimeError("non-finite NNLS solution")
-        w = u / total
-        x = R.T @ w
-        Kw = R @ x
-        if float(np.min(Kw) - x @ x) < -1e-9:
-            raise RuntimeError("KKT violated")
-        return w, True
-    except (RuntimeError, np.linalg.LinAlgError, ValueError):
-        return frank_wolfe_min_norm(R @ R.T), False
+        return torch.ones_like(mean), torch.ones((), dtype=torch.bool, device=K.device)
+    zero = torch.diagonal(K).max() <= TINY
+    w, _, converged = simplex_active_set(K)
+    return torch.where(zero, mean, w), converged | zero
+
+
+def least_squares(system: Tensor, rhs: Tensor, iterations: int = 8, ridge: float = 1e-13) -> Tensor:
+    """The minimum-norm least-squares solution of ``system @ x ≈ rhs`` (float64, any rank), on the device.
+
+    Iterated Tikhonov regularisation: ``x ← x + (AᵀA + δI)⁻¹ Aᵀ(rhs − A x)`` from ``x = 0`` with one
+    Cholesky factor; each iteration shrinks the error along a singular direction ``σ`` by
+    ``δ/(σ² + δ)`` and never enters the null space, so it converges to the pseudo-inverse solution
+    (``δ = 1e-13 · max diag(AᵀA)``). The residual is evaluated on ``A`` itself, which makes the
+    iteration an iterative refinement too.
+    """
+    normal = system.T @ system
+    ridge_value = ridge * torch.diagonal(normal).max().clamp_min(TINY)
+    eye = torch.eye(normal.shape[0], dtype=normal.dtype, device=normal.device)
+    factor = torch.linalg.cholesky_ex(normal + ridge_value * eye).L
+    x = torch.zeros(system.shape[1], dtype=system.dtype, device=system.device)
+    for _ in range(iterations):
+        x = x + torch.cholesky_solve((system.T @ (rhs - system @ x))[:, None], factor)[:, 0]
+    return x
 
 
 def adam_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: int, lr: float,
@@ -148,7 +212,8 @@ def adam_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, 
 
     Functional: returns ``(param, exp_avg, exp_avg_sq, step)`` as new tensors, the same arithmetic as
     the single-tensor path of ``torch.optim.Adam`` so that a method that owns its parameters (UW's
-    log-variances, FAMO's logits) follows its authors' optimizer exactly.
+    log-variances, FAMO's logits) follows its authors' optimizer exactly. ``step`` is a host counter
+    (no device read).
     """
     beta1, beta2 = betas
     if weight_decay != 0:
@@ -161,3 +226,17 @@ def adam_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, 
     denom = exp_avg_sq.sqrt() / math.sqrt(bias_correction2) + eps
     param = param - (lr / bias_correction1) * (exp_avg / denom)
     return param, exp_avg, exp_avg_sq, step
+
+
+def lowered_floor(floor: Tensor, losses: Tensor) -> Tensor:
+    """The floor after seeing ``losses``: where a loss is at or below its floor, the floor drops to
+    ``L_i − (|L_i| + 1)``, elsewhere it stays (it never rises).
+
+    UW, FAMO and DWA need positive ``L_i − floor_i`` (a log, a ratio, an inverse); for losses that can
+    be negative or zero (SAC actor losses) this keeps them defined at every step instead of falling
+    back. The headroom ``|L_i| + 1`` is one loss unit for small losses and proportional for large ones,
+    so a task that just reached a new low does not get an exploding weight; positive losses above the
+    initial floor never move it (the methods are then exactly their papers').
+    """
+    losses = losses.detach().to(floor)
+    return torch.where(losses <= floor, losses - (losses.abs() + 1.0), floor)
