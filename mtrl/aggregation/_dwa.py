@@ -79,11 +79,10 @@ class DWA(Aggregator):
         if self.calls < size:
             weights = torch.full((k,), 1.0 / k, dtype=torch.float64, device=losses.device)
         else:
-            newest = self.calls - 1  # ring positions of the last `window` calls, then the `window` before
-            recent = [(newest - i) % size for i in range(self.window)]
-            older = [(newest - self.window - i) % size for i in range(self.window)]
-            previous = self.history[older].mean(dim=0) - self.loss_floor
-            ratio = (self.history[recent].mean(dim=0) - self.loss_floor) / previous
+            # Rolled so that the oldest of the last 2·window calls comes first (no index tensor to copy over).
+            ordered = torch.roll(self.history, -(self.calls % size), dims=0)
+            previous = ordered[:self.window].mean(dim=0) - self.loss_floor
+            ratio = (ordered[self.window:].mean(dim=0) - self.loss_floor) / previous
             bad = ~(torch.isfinite(ratio) & (previous > 0))
             self._count_fallback(bad.any())
             ratio = torch.where(bad, torch.ones_like(ratio), ratio)

@@ -136,8 +136,10 @@ def simplex_active_set(K: Tensor, b: Tensor | None = None, radius: Tensor | None
         # t-scaled reduced gradient t∇F(z) − λ: zero on the face, negative where adding an index descends.
         reduced = t * b + K @ z - lam
         tolerance = 1e-12 * (1.0 + t * b.abs().max())
-        candidate = torch.argmin(torch.where(face, torch.full_like(reduced, math.inf), reduced))
-        enter = feasible & (reduced[candidate] < -tolerance)
+        # (A 0-dim tensor used as an index would be read back to the host: compare through min/argmin.)
+        outside = torch.where(face, torch.full_like(reduced, math.inf), reduced)
+        candidate = torch.argmin(outside)
+        enter = feasible & (outside.min() < -tolerance)
         # Infeasible z: step from w toward z until the first weight on the face reaches 0.
         blocking = face & (z <= 0)
         ratios = torch.where(blocking, w / (w - z).clamp_min(TINY), torch.full_like(w, math.inf))

@@ -34,10 +34,9 @@ def sample_random_weights(k: int, distribution: str, generator: torch.Generator)
     if distribution == "bernoulli":
         draws = (torch.rand(BERNOULLI_ROUNDS, k, **options) < 0.5).to(torch.float64)
         totals = draws.sum(dim=1)
-        first = torch.argmax((totals > 0).to(torch.int64))  # the first non-zero round (0 if none)
-        chosen = torch.where(totals[first] > 0, draws[first] / totals[first].clamp_min(1.0),
-                             torch.full_like(draws[first], 1.0 / k))
-        return chosen
+        first = torch.argmax((totals > 0).to(torch.int64))[None]  # the first non-zero round (0 if none)
+        draw, total = draws.index_select(0, first)[0], totals.index_select(0, first)[0]
+        return torch.where(total > 0, draw / total.clamp_min(1.0), torch.full_like(draw, 1.0 / k))
     choice = torch.randint(k, (1,), generator=generator, device=generator.device)
     return (torch.arange(k, device=generator.device) == choice).to(torch.float64)
 
