@@ -62,20 +62,10 @@ def gramian(jacobian: Tensor) -> Tensor:
     return 0.5 * (product + product.T)
 
 
-def _face_solution(K: Tensor, b: Tensor, face: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """On the face ``{w : 1ᵀw = 1, w_i = 0 off face}``: the stationary points of ``½ wᵀKw + t bᵀw``
-    are ``a + t c`` with multiplier ``λ0 + t λ1`` (one bordered solve with two right-hand sides)."""
-    k = K.shape[0]
-    on = face.to(K.dtype)
-    off = 1.0 - on
-    top = torch.cat([K * on[:, None] * on[None, :] + torch.diag(off), -on[:, None]], dim=1)
-    bottom = torch.cat([on, torch.zeros(1, dtype=K.dtype, device=K.device)])[None, :]
-    system = torch.cat([top, bottom], dim=0)
-    rhs = torch.zeros(k + 1, 2, dtype=K.dtype, device=K.device)
-    rhs[k, 0] = 1.0
-    rhs[:k, 1] = -b * on
-    solution = torch.linalg.solve_ex(system, rhs).result  # no error check: a failed solve is masked below
-    return solution[:k, 0] * on, solution[:k, 1] * on, solution[k, 0], solution[k, 1]
+#: On a CPU tensor, stop the active-set loop once it has settled (a read of a CPU tensor, which is no
+#: device synchronisation); on any other device the loop always runs its fixed count (capturable).
+#: Tests set it to False to run the device path on the CPU.
+EARLY_EXIT_ON_CPU = True
 
 
 def simplex_active_set(K: Tensor, b: Tensor | None = None, radius: Tensor | None = None,
@@ -87,77 +77,93 @@ def simplex_active_set(K: Tensor, b: Tensor | None = None, radius: Tensor | None
     * ``b = None``: ``F(w) = ½ wᵀKw`` — the min-norm point of the convex hull (MGDA);
     * otherwise ``F(w) = bᵀw + r ‖g_w‖`` with ``b = K m``, ``r = radius`` — CAGrad's dual.
 
-    On a face (the support ``P`` fixed, ``1ᵀw = 1``) both have a closed-form minimiser. For CAGrad,
-    ``r‖x‖ = min_t ‖x‖²/(2t) + r²t/2`` makes the face's stationary points ``w(t) = a + t c`` (``a`` the
-    face's min-norm point, ``g_c = −`` the projection of ``g_0`` on the face's tangent space, so
-    ``‖g_w(t)‖² = ‖g_a‖² + t²‖g_c‖²``) and ``‖g_w‖ = r t`` gives ``t = ‖g_a‖ / √(r² − ‖g_c‖²)``. When
-    ``‖g_c‖ ≥ r`` the face has no minimiser (``F`` decreases along ``c`` without bound) and the method
-    steps along ``c`` to the face's boundary.
+    On a face (the support ``P`` fixed, ``1ᵀw = 1``) both have a closed-form minimiser: the stationary
+    points of ``½ wᵀKw + t bᵀw`` on the face are ``a + t c`` (one bordered linear solve with two
+    right-hand sides; ``a`` is the face's min-norm point). For MGDA ``t = 0``. For CAGrad,
+    ``r‖x‖ = min_t ‖x‖²/(2t) + r²t/2``, ``g_c = −`` the projection of ``g_0`` on the face's tangent
+    space, so ``‖g_w(t)‖² = ‖g_a‖² + t²‖g_c‖²``, and ``‖g_w‖ = r t`` gives
+    ``t = ‖g_a‖ / √(r² − ‖g_c‖²)``. When ``‖g_c‖ ≥ r`` the face has no minimiser (``F`` decreases along
+    ``c`` without bound) and the method steps along ``c`` to the face's boundary.
 
     Each iteration either (the face minimiser ``z`` is feasible) moves to ``z`` and adds the index
     with the most negative reduced gradient, or steps from the current point toward ``z`` until a
-    weight reaches 0 and drops it — every step descends ``F``. It starts from the best vertex and runs
-    ``iterations`` times (default ``2k + 10``; one index enters per iteration, so that covers
-    supports of any size with room for drops); once optimal it stays put.
+    weight reaches 0 and drops it; every step descends ``F``. It starts from the best vertex and runs
+    :func:`iteration_budget` iterations; once optimal it stays put (on the CPU it stops there, see
+    ``EARLY_EXIT_ON_CPU``). A point in the affine hull of the face (a duplicated or dependent row) has
+    reduced gradient 0 and never enters, so the face systems stay non-singular.
 
     Returns:
-        ``(w, t, converged)``: the weights (on the simplex), CAGrad's ``t = ‖g_w‖/r`` (1 for MGDA) and
-        a 0-dim bool tensor: the Frank-Wolfe duality gap ``∇F(w)ᵀw − min_i ∇F(w)_i`` (an upper bound
-        on ``F(w) − F*``) is at most ``1e-10`` relative. Works for any positive scale of ``K``.
+        ``(w, t, converged)``: the weights (on the simplex), CAGrad's ``t = ‖g_w‖/r`` in the units of
+        ``K`` normalised by its largest diagonal entry (1 for MGDA) and a 0-dim bool tensor: the
+        Frank-Wolfe duality gap ``∇F(w)ᵀw − min_i ∇F(w)_i`` (an upper bound on ``F(w) − F*``) is at most
+        ``1e-10`` relative. Works for any positive scale of ``K``.
     """
     k = K.shape[0]
     dtype, device = K.dtype, K.device
     index = torch.arange(k, device=device)
     scale = torch.diagonal(K).max().clamp_min(TINY)
-    K = K / scale  # largest diagonal entry 1; b and r scale along: √scale for r, scale for b
+    K = K / scale  # largest diagonal entry 1; b scales along, r with √scale
+    eye = torch.eye(k, dtype=dtype, device=device)
+    infinity = torch.full((k,), math.inf, dtype=dtype, device=device)
     cagrad = b is not None
-    b = b / scale if cagrad else torch.zeros(k, dtype=dtype, device=device)
-    r2 = radius.square() / scale if cagrad else None
-    norms = torch.diagonal(K).clamp_min(0.0).sqrt()
-
-    start = torch.argmin(b + radius / scale.sqrt() * norms if cagrad else torch.diagonal(K))
+    if cagrad:
+        b = b / scale
+        radius = radius / scale.sqrt()
+        r2 = radius.square()
+        start = torch.argmin(b + radius * torch.diagonal(K).clamp_min(0.0).sqrt())
+        b_largest = b.abs().max()
+    else:
+        b = torch.zeros(k, dtype=dtype, device=device)
+        start = torch.argmin(torch.diagonal(K))
+        tolerance = 1e-12
     face = index == start
     w = face.to(dtype)
-
-    def stationary(face: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        a, c, lam0, lam1 = _face_solution(K, b, face)
-        if not cagrad:
-            return a, torch.ones((), dtype=dtype, device=device), lam0
-        ga2 = (a @ K @ a).clamp_min(0.0)
-        gc2 = (c @ K @ c).clamp_min(0.0)
-        room = r2 - gc2
-        bounded = room > 1e-14 * r2
-        t = torch.where(bounded, (ga2 / torch.where(bounded, room, r2)).sqrt(), torch.full_like(ga2, _FAR))
-        return a + t * c, t, lam0 + t * lam1
+    # The bordered face system [[K_PP, −1], [1ᵀ, 0]], identity rows and columns off the face.
+    system = torch.zeros(k + 1, k + 1, dtype=dtype, device=device)
+    rhs = torch.zeros(k + 1, 2, dtype=dtype, device=device)
+    rhs[k, 0] = 1.0
+    early_exit = EARLY_EXIT_ON_CPU and device.type == "cpu"
 
     for _ in range(iteration_budget(k) if iterations is None else iterations):
-        z, t, lam = stationary(face)
+        on = face.to(dtype)
+        system[:k, :k] = torch.where(face[:, None] & face[None, :], K, eye)
+        system[:k, k] = -on
+        system[k, :k] = on
+        rhs[:k, 1] = -b * on
+        solution = torch.linalg.solve_ex(system, rhs).result  # unchecked: a failed solve is masked below
+        a, c = solution[:k, 0] * on, solution[:k, 1] * on
+        if cagrad:
+            room = r2 - (c @ K @ c).clamp_min(0.0)
+            bounded = room > 1e-14 * r2
+            t = torch.where(bounded, ((a @ K @ a).clamp_min(0.0) / torch.where(bounded, room, r2)).sqrt(), _FAR)
+            z, lam = a + t * c, solution[k, 0] + t * solution[k, 1]
+            reduced = t * b + K @ z - lam  # t-scaled reduced gradient: 0 on the face, < 0 where entering descends
+            tolerance = 1e-12 * (1.0 + t * b_largest)
+        else:
+            z = a
+            reduced = K @ z - solution[k, 0]
         feasible = ((z > 0) | ~face).all() & torch.isfinite(z).all()
-        # t-scaled reduced gradient t∇F(z) − λ: zero on the face, negative where adding an index descends.
-        reduced = t * b + K @ z - lam
-        tolerance = 1e-12 * (1.0 + t * b.abs().max())
         # (A 0-dim tensor used as an index would be read back to the host: compare through min/argmin.)
-        outside = torch.where(face, torch.full_like(reduced, math.inf), reduced)
-        candidate = torch.argmin(outside)
+        outside = torch.where(face, infinity, reduced)
         enter = feasible & (outside.min() < -tolerance)
         # Infeasible z: step from w toward z until the first weight on the face reaches 0.
-        blocking = face & (z <= 0)
-        ratios = torch.where(blocking, w / (w - z).clamp_min(TINY), torch.full_like(w, math.inf))
+        ratios = torch.where(face & (z <= 0), w / (w - z).clamp_min(TINY), infinity)
         step = ratios.min().clamp(max=1.0)
-        stepped = torch.where(face, w + step * (z - w), torch.zeros_like(w))
+        stepped = torch.where(face, w + step * (z - w), 0.0)
         leave = face & ((ratios <= step) | (stepped <= 0))
-        stepped = torch.where(leave, torch.zeros_like(w), stepped).clamp_min(0.0)
-        moved = torch.where(feasible, z.clamp_min(0.0), stepped)
+        moved = torch.where(feasible, z, torch.where(leave, 0.0, stepped)).clamp_min(0.0)
         moved = moved / moved.sum()
         usable = torch.isfinite(moved).all()
         w = torch.where(usable, moved, w)
-        grown = face | (enter & (index == candidate))
+        grown = face | (enter & (index == torch.argmin(outside)))
         face = torch.where(usable, torch.where(feasible, grown, face & ~leave), face)
+        if early_exit and not bool(enter | ~feasible | ~usable):
+            break  # settled: further iterations would repeat this one
 
-    # Certificate: the Frank-Wolfe gap at the final point, for the t-scaled gradient t∇F = t b + K w.
+    # Certificate: the Frank-Wolfe gap at the final point.
     Kw = K @ w
     if cagrad:
-        t = (w @ Kw).clamp_min(0.0).sqrt() / radius * scale.sqrt()
+        t = (w @ Kw).clamp_min(0.0).sqrt() / radius
         gradient = b + Kw / t.clamp_min(TINY)
     else:
         t = torch.ones((), dtype=dtype, device=device)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import mtrl.aggregation as agg
-from mtrl.aggregation import TaskStats, mtl_backward, task_partitioned_jacobian
+from mtrl.aggregation import TaskStats, _linalg, mtl_backward, task_partitioned_jacobian
 
 #: Methods built on modules agg9 is rewriting (the α-fair solver, PIVRG's ω); they still read back.
 PENDING = {"nashmtl": "_alpha_fair", "fairgrad": "_alpha_fair", "pivrg": "_alpha_fair",
@@ -27,6 +27,12 @@ OPTIONS = {"dwa": {"window": 2}}  # leave DWA's warm-up within the calls below
 
 class HostRead(AssertionError):
     pass
+
+
+@pytest.fixture(autouse=True)
+def _device_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the solvers as on a GPU: the fixed iteration count, without the CPU's early exit."""
+    monkeypatch.setattr(_linalg, "EARLY_EXIT_ON_CPU", False)
 
 
 @contextlib.contextmanager
@@ -173,3 +179,18 @@ def test_mtl_backward_with_task_partitioned_jacobian_does_not_read_back(name: st
                          task_params=[heads], scale_task_gradients=False)
     assert all(torch.isfinite(p.grad).all() for p in [*trunk.parameters(), heads])
     method.check()
+
+
+@pytest.mark.parametrize("name", ["mgda", "cagrad"])
+def test_device_path_gives_the_cpu_path_weights(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fixed-count loop (GPU) and the early-exiting one (CPU) agree on the hard cases: once
+    settled, further iterations repeat the last one."""
+    from test_properties import HARD
+
+    for case, jacobian in HARD.items():
+        stats = TaskStats(torch.ones(jacobian.shape[0], dtype=torch.float64))
+        fixed = agg.make(name)(jacobian, stats)
+        monkeypatch.setattr(_linalg, "EARLY_EXIT_ON_CPU", True)
+        early = agg.make(name)(jacobian, stats)
+        monkeypatch.setattr(_linalg, "EARLY_EXIT_ON_CPU", False)
+        torch.testing.assert_close(fixed, early, rtol=0, atol=1e-12, msg=case)
