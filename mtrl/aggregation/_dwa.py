@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregation._base import Aggregator, TaskStats, check_int, check_positive, register
-from mtrl.aggregation._linalg import lowered_floor
+from mtrl.aggregation._linalg import as_state_tensor, lowered_floor
 
 
 @register("dwa")
@@ -42,9 +42,10 @@ class DWA(Aggregator):
        the ratio is defined at every step: a task falling towards its lowest level has ``r < 1``, a
        stagnating one ``r ≈ 1``. Only a non-finite ratio (non-finite inputs under
        ``deferred_checks``) is replaced by 1 and counted in ``fallbacks``.
-    .. note:: State (the last ``2 · window`` loss vectors and the floor, float64 on the device of the
-       losses, and the call count, a host integer: no device read) round-trips through
-       ``state_dict``; a different number of tasks later is an error.
+    .. note:: State (the last ``2 · window`` loss vectors, the floor and the call count, float64 on the
+       device of the losses, updated in place: the ring position and the warm-up are chosen on the
+       device, so the state can live in a CUDA graph) round-trips through ``state_dict``; a
+       different number of tasks later is an error.
     """
 
     needs_jacobian = False
@@ -66,25 +67,23 @@ class DWA(Aggregator):
         k = stats.num_tasks
         size = 2 * self.window
         losses = stats.losses.detach().to(torch.float64)
-        if self.history is None:
-            self.history = torch.zeros(size, k, dtype=torch.float64, device=losses.device)
-        elif self.history.shape[1] != k:
+        if self.history is not None and self.history.shape[1] != k:
             raise ValueError(f"dwa was set up for {self.history.shape[1]} tasks but got losses for {k} tasks.")
-        if self.loss_floor is None:
-            self.loss_floor = torch.zeros(k, dtype=torch.float64, device=losses.device)
-        self.history = self.history.to(losses.device)
-        self.loss_floor = lowered_floor(self.loss_floor.to(losses.device), losses)
-        self.history[self.calls % size] = losses
+        self.history = as_state_tensor(self.history, losses, shape=(size, k))
+        self.loss_floor = as_state_tensor(self.loss_floor, losses)
+        self.calls = as_state_tensor(self.calls, losses)
+        self.loss_floor.copy_(lowered_floor(self.loss_floor, losses))
+        position = torch.remainder(self.calls, size).to(torch.int64)
+        self.history.index_copy_(0, position.reshape(1), losses.reshape(1, k))
         self.calls += 1
-        if self.calls < size:
-            weights = torch.full((k,), 1.0 / k, dtype=torch.float64, device=losses.device)
-        else:
-            # Rolled so that the oldest of the last 2·window calls comes first (no index tensor to copy over).
-            ordered = torch.roll(self.history, -(self.calls % size), dims=0)
-            previous = ordered[:self.window].mean(dim=0) - self.loss_floor
-            ratio = (ordered[self.window:].mean(dim=0) - self.loss_floor) / previous
-            bad = ~(torch.isfinite(ratio) & (previous > 0))
-            self._count_fallback(bad.any())
-            ratio = torch.where(bad, torch.ones_like(ratio), ratio)
-            weights = torch.softmax(ratio / self.temperature, dim=0)
+        # The last 2·window calls, oldest first: the older window, then the recent one.
+        ordered = self.history.index_select(0, torch.remainder(self.calls.to(torch.int64) + torch.arange(
+            size, device=losses.device), size))
+        previous = ordered[:self.window].mean(dim=0) - self.loss_floor
+        ratio = (ordered[self.window:].mean(dim=0) - self.loss_floor) / previous
+        bad = ~(torch.isfinite(ratio) & (previous > 0))
+        ready = self.calls >= size  # until both windows hold real losses the weights are equal
+        self._count_fallback(ready & bad.any())
+        ratio = torch.where(bad, torch.ones_like(ratio), ratio)
+        weights = torch.where(ready, torch.softmax(ratio / self.temperature, dim=0), 1.0 / k)
         return weights.to(dtype=stats.losses.dtype)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from mtrl.aggregation._base import Aggregator, TaskStats, check_positive, register
-from mtrl.aggregation._linalg import adam_step, lowered_floor
+from mtrl.aggregation._linalg import adam_step_, as_state_tensor, lowered_floor
 
 #: Added to ``L_i − m_i`` before the logarithm, as in the authors' code.
 EPS = 1e-8
@@ -57,8 +58,9 @@ class FAMO(Aggregator):
     .. note:: The authors' ``famo.py`` also clips the shared gradient norm (``max_norm = 1``); that
        belongs to the training loop, not to the weights. Their MT10 agent applies FAMO to the critic
        losses only (the actor loss is a plain mean). The state (ξ, Adam moments, the last
-       gaps, the floor) is float64 on the device of the losses (the Adam step count is a host
-       integer: no device read) and round-trips through ``state_dict``.
+       gaps, NaN once consumed, the floor, the Adam step count) is float64 on the device of the
+       losses, updated in place without host reads (it can live in a CUDA graph), and round-trips
+       through ``state_dict``.
     """
 
     needs_jacobian = False
@@ -94,50 +96,55 @@ class FAMO(Aggregator):
         self.loss_floor: Tensor | None = None  # m, [k]: min_losses, lowered below losses that reach it
 
     def _lower_floor(self, losses: Tensor) -> Tensor:
-        """Lower the floor below ``losses`` where they reach it; returns the floor before that."""
+        """Lower the floor below ``losses`` where they reach it (in place); returns the floor before that."""
         k = losses.shape[0]
         if self.loss_floor is None:
             minimum = torch.as_tensor(self.min_losses, dtype=torch.float64).flatten()
             if minimum.numel() not in (1, k):
                 raise ValueError(f"famo has {minimum.numel()} min_losses but got losses for {k} tasks.")
-            self.loss_floor = minimum.expand(k).clone().to(losses.device)
-        before = self.loss_floor.to(losses.device)
-        self.loss_floor = lowered_floor(before, losses)
+            self.loss_floor = minimum.expand(k).clone()
+        self.loss_floor = as_state_tensor(self.loss_floor, losses)
+        before = self.loss_floor.clone()
+        self.loss_floor.copy_(lowered_floor(before, losses))
         return before
 
-    def _ensure_state(self, k: int, device: torch.device) -> None:
-        if self.logits is None:
-            self.logits = torch.zeros(k, dtype=torch.float64, device=device)
-            self.exp_avg = torch.zeros(k, dtype=torch.float64, device=device)
-            self.exp_avg_sq = torch.zeros(k, dtype=torch.float64, device=device)
-        elif self.logits.shape[0] != k:
+    def _ensure_state(self, losses: Tensor) -> None:
+        k = losses.shape[0]
+        if self.logits is not None and self.logits.shape[0] != k:
             raise ValueError(f"famo was set up for {self.logits.shape[0]} tasks but got losses for {k} tasks.")
+        self.logits = as_state_tensor(self.logits, losses)
+        self.exp_avg = as_state_tensor(self.exp_avg, losses)
+        self.exp_avg_sq = as_state_tensor(self.exp_avg_sq, losses)
+        self.adam_steps = as_state_tensor(self.adam_steps, losses)
+        self.last_gaps = as_state_tensor(self.last_gaps, losses, fill=math.nan)
 
     def _weights(self, jacobian: Tensor | None, stats: TaskStats) -> Tensor:
         losses = stats.losses.detach().to(torch.float64)
         self._lower_floor(losses)
-        self._ensure_state(stats.num_tasks, losses.device)
+        self._ensure_state(losses)
         gaps = losses - self.loss_floor + EPS
-        self.last_gaps = gaps
-        ratio = torch.softmax(self.logits.to(losses.device), dim=0) / gaps
+        self.last_gaps.copy_(gaps)
+        ratio = torch.softmax(self.logits, dim=0) / gaps
         weights = ratio / ratio.sum()
         return weights.to(dtype=stats.losses.dtype)
 
     def after_step(self, stats: TaskStats) -> None:
-        """Update the logits from the losses of the same batch after the optimizer step."""
+        """Update the logits from the losses of the same batch after the optimizer step.
+
+        A no-op unless a call's gaps are waiting (``last_gaps`` finite), decided on the device.
+        """
         if self.last_gaps is None:
-            return
+            return  # never called: no state yet
         self._validate(None, stats)
-        self._ensure_state(stats.num_tasks, stats.losses.device)
         losses = stats.losses.detach().to(torch.float64)
+        self._ensure_state(losses)
         before = self._lower_floor(losses)
+        pending = torch.isfinite(self.last_gaps).all()
         # Both losses above the same (possibly just lowered) floor.
-        previous_gaps = self.last_gaps.to(losses.device) + (before - self.loss_floor)
+        previous_gaps = torch.where(pending, self.last_gaps, 1.0) + (before - self.loss_floor)
         delta = previous_gaps.log() - (losses - self.loss_floor + EPS).log()
-        logits = self.logits.to(losses.device)
-        z = torch.softmax(logits, dim=0)
+        z = torch.softmax(self.logits, dim=0)
         grad = z * (delta - (z * delta).sum())  # vector-Jacobian product of softmax at ξ with δ
-        self.logits, self.exp_avg, self.exp_avg_sq, self.adam_steps = adam_step(
-            logits, grad, self.exp_avg.to(losses.device), self.exp_avg_sq.to(losses.device), self.adam_steps,
-            self.lr, weight_decay=self.weight_decay)
-        self.last_gaps = None
+        adam_step_(self.logits, grad, self.exp_avg, self.exp_avg_sq, self.adam_steps, self.lr,
+                   weight_decay=self.weight_decay, active=pending)
+        self.last_gaps.fill_(math.nan)

@@ -4,7 +4,7 @@
 * :func:`simplex_active_set` — the minimiser over the simplex of ``½ wᵀKw`` (MGDA's min-norm point) or of
   CAGrad's dual ``bᵀw + r ‖g_w‖``, by a primal active-set method whose face problems have closed forms.
 * :func:`least_squares` — the minimum-norm least-squares solution of a small system (IMTL-G).
-* :func:`adam_step` — one step of Adam on a small parameter vector the aggregator owns (UW, FAMO).
+* :func:`adam_step_` — one in-place step of Adam on a small parameter vector the aggregator owns (UW, FAMO).
 * :func:`lowered_floor` — the floor below which a loss-weighting method never sees a loss (UW, FAMO, DWA).
 
 Every solver is written in torch on the input's device, in float64, with a fixed number of iterations
@@ -20,8 +20,8 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["gramian", "simplex_active_set", "min_norm_weights", "least_squares", "adam_step", "lowered_floor",
-           "TINY"]
+__all__ = ["gramian", "simplex_active_set", "min_norm_weights", "least_squares", "adam_step_", "as_state_tensor",
+           "lowered_floor", "TINY"]
 
 #: Squared norms at or below this (in the units of :func:`gramian`, where the largest entry of the
 #: Jacobian is 1) are treated as exact zeros: such a row is a zero gradient.
@@ -43,21 +43,33 @@ def iteration_budget(k: int) -> int:
 def gramian(jacobian: Tensor) -> Tensor:
     """``K = c · J Jᵀ`` in float64 for some ``c > 0``: a symmetric ``[k, k]`` tensor on ``J``'s device.
 
-    ``J`` is divided by its largest absolute entry before the product, so rows of magnitude 1e-8 next
-    to rows of magnitude 1e8 neither underflow nor overflow (nor do float64 inputs far beyond that).
-    Every caller is invariant to a positive rescaling of ``K``. The product runs over column blocks so
-    that the float64 copy stays below 128 MiB. An all-zero ``J`` gives ``K = 0``.
+    Every caller is invariant to a positive rescaling of ``K``. The product is formed at the precision
+    of the data:
+
+    * float64 ``J`` (tests, small supervised models): ``J`` is divided by its largest absolute entry
+      first (``c = 1/max|J|²``), over column blocks of at most 128 MiB, so rows of magnitude 1e-8 next to
+      rows of magnitude 1e8 neither underflow nor overflow, nor do inputs far beyond that;
+    * float32 (or lower) ``J`` (the SAC agent): ``J Jᵀ`` in float32, then cast (``c = 1``). The data
+      carry float32 rounding already; a float64 copy of a 10 × 684,800 critic Jacobian costs two extra
+      passes over it and a float64 product, about 9× the float32 product on the CPU here. Entries
+      beyond ~1e17 (for ``n ~ 1e6``) would overflow float32: the weights are then not finite and the
+      call falls back to the mean (counted).
+
+    An all-zero ``J`` gives ``K = 0``.
     """
     matrix = jacobian.detach()
     k = matrix.shape[0]
-    product = torch.zeros(k, k, dtype=torch.float64, device=matrix.device)
     if matrix.numel() == 0:
-        return product
-    scale = matrix.abs().max().to(torch.float64)
+        return torch.zeros(k, k, dtype=torch.float64, device=matrix.device)
+    if matrix.dtype != torch.float64:
+        product = matrix.float() @ matrix.float().T
+        return (0.5 * (product + product.T)).to(torch.float64)
+    scale = matrix.abs().max()
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    columns = max(1, _BLOCK_ELEMENTS // max(k, 1))  # float64 copies of at most 128 MiB at a time
+    product = torch.zeros(k, k, dtype=torch.float64, device=matrix.device)
+    columns = max(1, _BLOCK_ELEMENTS // max(k, 1))
     for start in range(0, matrix.shape[1], columns):
-        block = matrix[:, start:start + columns].to(torch.float64) / scale
+        block = matrix[:, start:start + columns] / scale
         product += block @ block.T
     return 0.5 * (product + product.T)
 
@@ -215,27 +227,45 @@ def least_squares(system: Tensor, rhs: Tensor, iterations: int = 20, ridge: floa
     return x
 
 
-def adam_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: int, lr: float,
-              betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-              weight_decay: float = 0.0) -> tuple[Tensor, Tensor, Tensor, int]:
-    """One step of ``torch.optim.Adam`` (L2 ``weight_decay`` added to the gradient, not AdamW).
+def adam_step_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: Tensor, lr: float,
+               betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+               active: Tensor | None = None) -> None:
+    """One step of ``torch.optim.Adam`` (L2 ``weight_decay`` added to the gradient, not AdamW), in place.
 
-    Functional: returns ``(param, exp_avg, exp_avg_sq, step)`` as new tensors, the same arithmetic as
-    the single-tensor path of ``torch.optim.Adam`` so that a method that owns its parameters (UW's
-    log-variances, FAMO's logits) follows its authors' optimizer exactly. ``step`` is a host counter
-    (no device read).
+    The same arithmetic as the single-tensor path of ``torch.optim.Adam`` so that a method that owns
+    its parameters (UW's log-variances, FAMO's logits) follows its authors' optimizer exactly. Like
+    ``capturable`` Adam, the step count is a 0-dim float64 tensor on the device and every update is in
+    place, so the state can live in a CUDA graph; ``active`` (0-dim bool) makes the whole step a no-op
+    where it is False, without a host read.
     """
     beta1, beta2 = betas
     if weight_decay != 0:
         grad = grad + weight_decay * param
-    step += 1
-    exp_avg = exp_avg.lerp(grad, 1 - beta1)
-    exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * grad * grad
-    bias_correction1 = 1 - beta1 ** step
-    bias_correction2 = 1 - beta2 ** step
-    denom = exp_avg_sq.sqrt() / math.sqrt(bias_correction2) + eps
-    param = param - (lr / bias_correction1) * (exp_avg / denom)
-    return param, exp_avg, exp_avg_sq, step
+    new_step = step + 1
+    new_avg = exp_avg.lerp(grad, 1 - beta1)
+    new_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * grad * grad
+    bias_correction1 = 1 - beta1 ** new_step
+    bias_correction2 = 1 - beta2 ** new_step
+    denom = new_avg_sq.sqrt() / bias_correction2.sqrt() + eps
+    new_param = param - (lr / bias_correction1) * (new_avg / denom)
+    if active is not None:
+        new_step, new_avg, new_avg_sq, new_param = (torch.where(active, new, old) for new, old in (
+            (new_step, step), (new_avg, exp_avg), (new_avg_sq, exp_avg_sq), (new_param, param)))
+    step.copy_(new_step)
+    exp_avg.copy_(new_avg)
+    exp_avg_sq.copy_(new_avg_sq)
+    param.copy_(new_param)
+
+
+def as_state_tensor(value: Tensor | float | int | None, like: Tensor, fill: float = 0.0,
+                    shape: tuple[int, ...] | None = None) -> Tensor:
+    """A state entry as a float64 tensor on ``like``'s device: created (``fill``) when ``None``, converted
+    from a number (checkpoints written when counters were host integers), moved when elsewhere."""
+    if value is None:
+        return torch.full(like.shape if shape is None else shape, fill, dtype=torch.float64, device=like.device)
+    if not isinstance(value, Tensor):
+        return torch.tensor(float(value), dtype=torch.float64, device=like.device)
+    return value.to(device=like.device, dtype=torch.float64)
 
 
 def lowered_floor(floor: Tensor, losses: Tensor) -> Tensor:

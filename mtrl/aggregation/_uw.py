@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregation._base import Aggregator, TaskStats, check_choice, check_positive, register
-from mtrl.aggregation._linalg import adam_step, lowered_floor
+from mtrl.aggregation._linalg import adam_step_, as_state_tensor, lowered_floor
 
 #: The log-variances are kept in [-LOG_VAR_BOUND, LOG_VAR_BOUND] so that the weights stay finite.
 LOG_VAR_BOUND = 30.0
@@ -50,8 +50,9 @@ class UW(Aggregator):
        that step and the optimum ``σ_i² = L_i − f_i`` stays finite. ``s`` is also clipped to
        ``[−30, 30]`` so the weights stay finite whatever happens (at most ``½ e^30 ≈ 5·10¹²``).
     .. note:: The state (``s``, Adam moments, the floor) is sized on the first call; it lives on the
-       device of the losses in float64 (the Adam step count is a host integer: no device read) and
-       round-trips through ``state_dict``. A different number of tasks later is an error.
+       device of the losses in float64, the Adam step count too (a 0-dim tensor), all updated in
+       place (no host read; the state can live in a CUDA graph), and round-trips through
+       ``state_dict``. A different number of tasks later is an error.
     """
 
     needs_jacobian = False
@@ -81,21 +82,17 @@ class UW(Aggregator):
     def _weights(self, jacobian: Tensor | None, stats: TaskStats) -> Tensor:
         k = stats.num_tasks
         losses = stats.losses.detach().to(torch.float64)
-        like = {"dtype": torch.float64, "device": losses.device}
-        if self.log_var is None:
-            self.log_var = torch.full((k,), float(self.init_log_var), **like)
-            self.exp_avg = torch.zeros(k, **like)
-            self.exp_avg_sq = torch.zeros(k, **like)
-        elif self.log_var.shape[0] != k:
+        if self.log_var is not None and self.log_var.shape[0] != k:
             raise ValueError(f"uw was set up for {self.log_var.shape[0]} tasks but got losses for {k} tasks.")
-        if self.loss_floor is None:
-            self.loss_floor = torch.zeros(k, **like)
-        self.loss_floor = lowered_floor(self.loss_floor.to(losses.device), losses)
-        log_var, exp_avg, exp_avg_sq = (t.to(losses.device) for t in (self.log_var, self.exp_avg, self.exp_avg_sq))
-        precision = torch.exp(-log_var)
+        self.log_var = as_state_tensor(self.log_var, losses, fill=float(self.init_log_var))
+        self.exp_avg = as_state_tensor(self.exp_avg, losses)
+        self.exp_avg_sq = as_state_tensor(self.exp_avg_sq, losses)
+        self.adam_steps = as_state_tensor(self.adam_steps, losses)
+        self.loss_floor = as_state_tensor(self.loss_floor, losses)
+        self.loss_floor.copy_(lowered_floor(self.loss_floor, losses))
+        precision = torch.exp(-self.log_var)
         weights = 0.5 * precision / (k if self.reduction == "mean" else 1)
         grad = 0.5 * (1.0 - precision * (losses - self.loss_floor))
-        log_var, self.exp_avg, self.exp_avg_sq, self.adam_steps = adam_step(
-            log_var, grad, exp_avg, exp_avg_sq, self.adam_steps, self.lr)
-        self.log_var = log_var.clamp(-LOG_VAR_BOUND, LOG_VAR_BOUND)
+        adam_step_(self.log_var, grad, self.exp_avg, self.exp_avg_sq, self.adam_steps, self.lr)
+        self.log_var.clamp_(-LOG_VAR_BOUND, LOG_VAR_BOUND)
         return weights.to(dtype=stats.losses.dtype)
