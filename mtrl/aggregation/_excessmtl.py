@@ -52,7 +52,9 @@ class ExcessMTL(Aggregator):
        A task whose baseline excess risk is 0 (its gradient was exactly zero through the warm-up)
        takes its first non-zero excess risk as its baseline (relative excess risk 1 at that call)
        instead of dividing by zero; every call where a baseline is missing counts in ``fallbacks``.
-       The accumulator ``S`` is ``[k, n]`` float64 on the Jacobian's device (``8·k·n`` bytes).
+       The accumulator ``S`` is ``[k, n]`` on the Jacobian's device, in its precision (float64 for
+       float64 Jacobians, float32 otherwise, as ``torch.optim.Adagrad`` keeps its sum: ``4·k·n`` bytes
+       for the SAC agent); everything else is float64.
 
     .. note:: Label noise and mini-batch noise. Ê_i is computed from the mini-batch gradient, so its
        variance enters ``Σ_j g_ij²/√S_ij`` too. The paper's claim (the clean task ends with the larger
@@ -87,7 +89,9 @@ class ExcessMTL(Aggregator):
 
     def _weights(self, jacobian: Tensor | None, stats: TaskStats) -> Tensor:
         assert jacobian is not None
-        gradients = jacobian.detach().to(torch.float64)
+        gradients = jacobian.detach()
+        # The [k, n] accumulator in the Jacobian's precision (as torch.optim.Adagrad's), the [k] state in float64.
+        precision = torch.float64 if gradients.dtype == torch.float64 else torch.float32
         k, n = gradients.shape
         if self.squared_gradient_sum is not None and self.squared_gradient_sum.shape != (k, n):
             raise ValueError(
@@ -95,14 +99,15 @@ class ExcessMTL(Aggregator):
                 f"{self.squared_gradient_sum.shape[1]}] Jacobian but got [{k}, {n}]; call reset() to start over."
             )
         # State on the Jacobian's device, updated in place; the warm-up is chosen by mask (no host read).
-        self.squared_gradient_sum = as_state_tensor(self.squared_gradient_sum, gradients)
+        self.squared_gradient_sum = as_state_tensor(self.squared_gradient_sum, gradients, dtype=precision)
         self.log_weights = as_state_tensor(self.log_weights, gradients, shape=(k,))
         self.baseline_sum = as_state_tensor(self.baseline_sum, gradients, shape=(k,))
         self.baseline = as_state_tensor(self.baseline, gradients, shape=(k,))
         self.calls = as_state_tensor(self.calls, gradients)
-        squared = gradients.square()
+        squared = gradients.to(precision).square()
         self.squared_gradient_sum.add_(squared)  # in place: S is k·n floats (state_dict copies it)
-        excess_risk = (squared / torch.sqrt(self.squared_gradient_sum + self.eps)).sum(dim=1)  # Eq. 6, 7
+        # Eq. 6, 7: Σ_j g_ij² / √(S_ij + eps), in place on the temporaries (each is k·n floats).
+        excess_risk = squared.div_(self.squared_gradient_sum.add(self.eps).sqrt_()).sum(dim=1, dtype=torch.float64)
         self.calls += 1
 
         warmup = max(1, self.warmup_steps)

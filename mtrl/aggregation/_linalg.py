@@ -258,14 +258,14 @@ def adam_step_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
 
 
 def as_state_tensor(value: Tensor | float | int | None, like: Tensor, fill: float = 0.0,
-                    shape: tuple[int, ...] | None = None) -> Tensor:
-    """A state entry as a float64 tensor on ``like``'s device: created (``fill``) when ``None``, converted
+                    shape: tuple[int, ...] | None = None, dtype: torch.dtype = torch.float64) -> Tensor:
+    """A state entry as a ``dtype`` tensor on ``like``'s device: created (``fill``) when ``None``, converted
     from a number (checkpoints written when counters were host integers), moved when elsewhere."""
     if value is None:
-        return torch.full(like.shape if shape is None else shape, fill, dtype=torch.float64, device=like.device)
+        return torch.full(like.shape if shape is None else shape, fill, dtype=dtype, device=like.device)
     if not isinstance(value, Tensor):
-        return torch.tensor(float(value), dtype=torch.float64, device=like.device)
-    return value.to(device=like.device, dtype=torch.float64)
+        return torch.tensor(float(value), dtype=dtype, device=like.device)
+    return value.to(device=like.device, dtype=dtype)
 
 
 def lowered_floor(floor: Tensor, losses: Tensor) -> Tensor:
