@@ -27,6 +27,7 @@ __all__ = ["gramian", "simplex_active_set", "min_norm_weights", "least_squares",
 #: Jacobian is 1) are treated as exact zeros: such a row is a zero gradient.
 TINY = 1e-300
 _BLOCK_ELEMENTS = 2**24
+_CPU_BLOCK_COLUMNS = 2**14
 #: Frank-Wolfe duality gap (relative to the largest diagonal entry) below which a simplex solve counts
 #: as converged. Rounding alone leaves ~1e-15.
 GAP_TOLERANCE = 1e-10
@@ -47,7 +48,7 @@ def gramian(jacobian: Tensor) -> Tensor:
     of the data:
 
     * float64 ``J`` (tests, small supervised models): ``J`` is divided by its largest absolute entry
-      first (``c = 1/max|J|²``), over column blocks of at most 128 MiB, so rows of magnitude 1e-8 next to
+      first (``c = 1/max|J|²``), block by block, so rows of magnitude 1e-8 next to
       rows of magnitude 1e8 neither underflow nor overflow, nor do inputs far beyond that;
     * float32 (or lower) ``J`` (the SAC agent): ``J Jᵀ`` in float32, then cast (``c = 1``). The data
       carry float32 rounding already; a float64 copy of a 10 × 684,800 critic Jacobian costs two extra
@@ -61,16 +62,22 @@ def gramian(jacobian: Tensor) -> Tensor:
     k = matrix.shape[0]
     if matrix.numel() == 0:
         return torch.zeros(k, k, dtype=torch.float64, device=matrix.device)
+    # On the CPU, blocks of 16,384 columns stay in cache: 1.7x faster than one product for a 10 × 684,800
+    # Jacobian here. Elsewhere one product per 128 MiB.
+    columns = _CPU_BLOCK_COLUMNS if matrix.device.type == "cpu" else max(1, _BLOCK_ELEMENTS // max(k, 1))
     if matrix.dtype != torch.float64:
-        product = matrix.float() @ matrix.float().T
+        matrix = matrix.float()
+        product = torch.zeros(k, k, dtype=torch.float32, device=matrix.device)
+        for start in range(0, matrix.shape[1], columns):
+            block = matrix[:, start:start + columns]
+            product.addmm_(block, block.T)
         return (0.5 * (product + product.T)).to(torch.float64)
     scale = matrix.abs().max()
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     product = torch.zeros(k, k, dtype=torch.float64, device=matrix.device)
-    columns = max(1, _BLOCK_ELEMENTS // max(k, 1))
     for start in range(0, matrix.shape[1], columns):
         block = matrix[:, start:start + columns] / scale
-        product += block @ block.T
+        product.addmm_(block, block.T)
     return 0.5 * (product + product.T)
 
 
