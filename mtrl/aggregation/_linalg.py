@@ -98,11 +98,11 @@ def simplex_active_set(K: Tensor, b: Tensor | None = None, radius: Tensor | None
 
     On a face (the support ``P`` fixed, ``1ᵀw = 1``) both have a closed-form minimiser: the stationary
     points of ``½ wᵀKw + t bᵀw`` on the face are ``a + t c`` (one bordered linear solve with two
-    right-hand sides; ``a`` is the face's min-norm point). For MGDA ``t = 0``. For CAGrad,
+    right-hand sides; ``a`` is the face's min-norm point). For MGDA ``b = 0``: ``z = a``. For CAGrad,
     ``r‖x‖ = min_t ‖x‖²/(2t) + r²t/2``, ``g_c = −`` the projection of ``g_0`` on the face's tangent
     space, so ``‖g_w(t)‖² = ‖g_a‖² + t²‖g_c‖²``, and ``‖g_w‖ = r t`` gives
-    ``t = ‖g_a‖ / √(r² − ‖g_c‖²)``. When ``‖g_c‖ ≥ r`` the face has no minimiser (``F`` decreases along
-    ``c`` without bound) and the method steps along ``c`` to the face's boundary.
+    ``t = ‖g_a‖ / √(r² − ‖g_c‖²)``. When ``‖g_c‖ ≥ r`` the face has no minimiser (``F`` decreases
+    along ``c`` without bound) and the method steps along ``c`` to the face's boundary.
 
     Each iteration either (the face minimiser ``z`` is feasible) moves to ``z`` and adds the index
     with the most negative reduced gradient, or steps from the current point toward ``z`` until a

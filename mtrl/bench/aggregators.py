@@ -163,9 +163,11 @@ def _ours_fresh(name: str, **options: Any) -> Callable[[Tensor, TaskStats], np.n
 
 
 #: method -> (reference name, reference, what of ours it compares with)
-REFERENCES: dict[str, tuple[str, Callable[[Tensor, TaskStats], np.ndarray], Callable[[Tensor, TaskStats], np.ndarray]]] = {
+Weights = Callable[[Tensor, TaskStats], np.ndarray]
+REFERENCES: dict[str, tuple[str, Weights, Weights]] = {
     "ls": ("torchjd MeanWeighting", _torchjd("MeanWeighting"), _ours_fresh("ls")),
-    "pcgrad": ("torchjd PCGradWeighting", _torchjd("PCGradWeighting"), _ours_fresh("pcgrad", reduction="sum", seed=SEED)),
+    "pcgrad": ("torchjd PCGradWeighting", _torchjd("PCGradWeighting"),
+               _ours_fresh("pcgrad", reduction="sum", seed=SEED)),
     "mgda": ("torchjd MGDAWeighting", _torchjd("MGDAWeighting", epsilon=1e-12, max_iters=2000), _ours_fresh("mgda")),
     "imtlg": ("torchjd IMTLGWeighting", _torchjd("IMTLGWeighting"), _ours_fresh("imtlg")),
     "cagrad": ("torchjd CAGradWeighting", _torchjd("CAGradWeighting", factor=1 / 1.16, c=0.4), _ours_fresh("cagrad")),

@@ -111,8 +111,8 @@ def test_calls_do_not_read_back(name: str) -> None:
     k = 4
     for step in range(5):
         jacobian = torch.randn(k, 12, generator=generator)
-        stats = TaskStats(torch.rand(k, generator=generator) - 0.3, performance=10 * torch.randn(k, generator=generator),
-                          step=step)
+        losses = torch.rand(k, generator=generator) - 0.3  # some negative: DWA/UW/FAMO's floor moves too
+        stats = TaskStats(losses, performance=10 * torch.randn(k, generator=generator), step=step)
         with no_host_reads():
             weights = method(jacobian if method.needs_jacobian else None, stats)
             method.after_step(stats)
