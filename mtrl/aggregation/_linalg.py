@@ -217,7 +217,7 @@ def least_squares(system: Tensor, rhs: Tensor, iterations: int = 20, ridge: floa
     """The minimum-norm least-squares solution of ``system @ x ≈ rhs`` (float64, any rank), on the device.
 
     Iterated Tikhonov regularisation: ``x ← x + (AᵀA + δI)⁻¹ Aᵀ(rhs − A x)`` from ``x = 0`` with one
-    Cholesky factor; each iteration shrinks the error along a singular direction ``σ`` by
+    inverse of the (small, symmetric positive definite) regularised normal matrix; each iteration shrinks the error along a singular direction ``σ`` by
     ``δ/(σ² + δ)`` and never enters the null space, so it converges to the pseudo-inverse solution
     (``δ = 1e-8 · max diag(AᵀA)``: rounding along a null direction is amplified by at most 1e8·eps;
     20 iterations shrink directions with ``σ² ≥ δ`` below 1e-6 of their error, those with ``σ² ≥ 100δ``
@@ -227,10 +227,11 @@ def least_squares(system: Tensor, rhs: Tensor, iterations: int = 20, ridge: floa
     normal = system.T @ system
     ridge_value = ridge * torch.diagonal(normal).max().clamp_min(TINY)
     eye = torch.eye(normal.shape[0], dtype=normal.dtype, device=normal.device)
-    factor = torch.linalg.cholesky_ex(normal + ridge_value * eye).L
+    # inv_ex: no error check, so no host read (cholesky_solve checks its info on some backends).
+    inverse = torch.linalg.inv_ex(normal + ridge_value * eye).inverse
     x = torch.zeros(system.shape[1], dtype=system.dtype, device=system.device)
     for _ in range(iterations):
-        x = x + torch.cholesky_solve((system.T @ (rhs - system @ x))[:, None], factor)[:, 0]
+        x = x + inverse @ (system.T @ (rhs - system @ x))
     return x
 
 
