@@ -118,8 +118,9 @@ class Aggregator(ABC):
     #: which reads a value back to the host. ``True``: the call never reads back; the offending tasks
     #: are accumulated in a device mask and :meth:`check` raises the same error later (a training loop
     #: turns this on and calls ``check()`` at log time, so the update has no host synchronisation).
-    #: The deferred mask is built from row sums, so it also reports a finite row whose sum overflows
-    #: its dtype (float32 gradients summing beyond 3e38).
+    #: Calls traced by ``torch.compile`` or captured in a CUDA graph always defer. The deferred mask
+    #: is built from row sums, so it also reports a finite row whose sum overflows its dtype (float32
+    #: gradients summing beyond 3e38).
     deferred_checks: bool = False
 
     def __init__(self) -> None:
@@ -276,13 +277,20 @@ class Aggregator(ABC):
         # isfinite().all() on a 10 × 684,800 float32 Jacobian. It also flags a finite row whose sum
         # overflows its dtype (float32: |Σ| > 3e38); the eager path confirms entry by entry.
         bad = ~torch.isfinite(rows.detach().sum(dim=1))
-        if self.deferred_checks:
+        if self.deferred_checks or _tracing_or_capturing():
             seen = self._non_finite.get(what)
             self._non_finite[what] = bad if seen is None or seen.shape != bad.shape else seen | bad.to(seen.device)
         elif bad.any():
             bad = ~torch.isfinite(rows.detach()).all(dim=1)
             if bad.any():
                 raise ValueError(_non_finite_message(what, bad.nonzero().flatten().tolist()))
+
+
+def _tracing_or_capturing() -> bool:
+    """Inside ``torch.compile`` or a CUDA-graph capture a host read would break the graph: defer."""
+    if torch.compiler.is_compiling():
+        return True
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def _non_finite_message(what: str, tasks: list[int]) -> str:
