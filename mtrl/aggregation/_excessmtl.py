@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregation._base import Aggregator, TaskStats, check_int, check_positive, register
+from mtrl.aggregation._linalg import as_state_tensor
 
 #: Largest exponent ``η_α · r_i`` applied in one update: beyond it the weights are saturated anyway
 #: (e^700 ≈ 1e304) and a larger one would overflow.
@@ -51,7 +52,9 @@ class ExcessMTL(Aggregator):
        A task whose baseline excess risk is 0 (its gradient was exactly zero through the warm-up)
        takes its first non-zero excess risk as its baseline (relative excess risk 1 at that call)
        instead of dividing by zero; every call where a baseline is missing counts in ``fallbacks``.
-       The accumulator ``S`` is ``[k, n]`` float64 on the Jacobian's device (``8·k·n`` bytes).
+       The accumulator ``S`` is ``[k, n]`` on the Jacobian's device, in its precision (float64 for
+       float64 Jacobians, float32 otherwise, as ``torch.optim.Adagrad`` keeps its sum: ``4·k·n`` bytes
+       for the SAC agent); everything else is float64.
 
     .. note:: Label noise and mini-batch noise. Ê_i is computed from the mini-batch gradient, so its
        variance enters ``Σ_j g_ij²/√S_ij`` too. The paper's claim (the clean task ends with the larger
@@ -86,41 +89,40 @@ class ExcessMTL(Aggregator):
 
     def _weights(self, jacobian: Tensor | None, stats: TaskStats) -> Tensor:
         assert jacobian is not None
-        gradients = jacobian.detach().to(torch.float64)
+        gradients = jacobian.detach()
+        # The [k, n] accumulator in the Jacobian's precision (as torch.optim.Adagrad's), the [k] state in float64.
+        precision = torch.float64 if gradients.dtype == torch.float64 else torch.float32
         k, n = gradients.shape
-        if self.squared_gradient_sum is None:
-            self.squared_gradient_sum = torch.zeros(k, n, dtype=torch.float64, device=gradients.device)
-            self.log_weights = torch.zeros(k, dtype=torch.float64, device=gradients.device)
-            self.baseline_sum = torch.zeros(k, dtype=torch.float64, device=gradients.device)
-        elif self.squared_gradient_sum.shape != (k, n):
+        if self.squared_gradient_sum is not None and self.squared_gradient_sum.shape != (k, n):
             raise ValueError(
                 f"{self.name} has accumulated statistics for a [{self.squared_gradient_sum.shape[0]}, "
                 f"{self.squared_gradient_sum.shape[1]}] Jacobian but got [{k}, {n}]; call reset() to start over."
             )
-        assert self.log_weights is not None and self.baseline_sum is not None
-        squared = gradients.square()
-        self.squared_gradient_sum = self.squared_gradient_sum.to(gradients.device)
+        # State on the Jacobian's device, updated in place; the warm-up is chosen by mask (no host read).
+        self.squared_gradient_sum = as_state_tensor(self.squared_gradient_sum, gradients, dtype=precision)
+        self.log_weights = as_state_tensor(self.log_weights, gradients, shape=(k,))
+        self.baseline_sum = as_state_tensor(self.baseline_sum, gradients, shape=(k,))
+        self.baseline = as_state_tensor(self.baseline, gradients, shape=(k,))
+        self.calls = as_state_tensor(self.calls, gradients)
+        squared = gradients.to(precision).square()
         self.squared_gradient_sum.add_(squared)  # in place: S is k·n floats (state_dict copies it)
-        excess_risk = (squared / torch.sqrt(self.squared_gradient_sum + self.eps)).sum(dim=1)  # Eq. 6, 7
+        # Eq. 6, 7: Σ_j g_ij² / √(S_ij + eps), in place on the temporaries (each is k·n floats).
+        excess_risk = squared.div_(self.squared_gradient_sum.add(self.eps).sqrt_()).sum(dim=1, dtype=torch.float64)
         self.calls += 1
 
         warmup = max(1, self.warmup_steps)
-        if self.calls <= warmup:
-            self.baseline_sum = self.baseline_sum.to(gradients.device) + excess_risk
-            if self.calls == warmup:
-                self.baseline = self.baseline_sum / warmup
-        else:
-            assert self.baseline is not None
-            baseline = self.baseline.to(gradients.device)
-            missing = baseline <= 0
-            if bool(missing.any()):
-                self._count_fallback(True)
-                baseline = torch.where(missing, excess_risk, baseline)
-                self.baseline = baseline
-            relative = torch.where(baseline > 0, excess_risk / baseline.clamp_min(torch.finfo(torch.float64).tiny),
-                                   torch.zeros_like(excess_risk))
-            exponent = (self.robust_step_size * relative).clamp(max=MAX_EXPONENT)  # Eq. 9, in log space
-            log_weights = self.log_weights.to(gradients.device) + exponent
-            self.log_weights = (log_weights - log_weights.max()).clamp_min(-MAX_EXPONENT)
-        weights = torch.softmax(self.log_weights.to(gradients.device), dim=0)
+        warming = self.calls <= warmup
+        self.baseline_sum.add_(torch.where(warming, excess_risk, 0.0))
+        self.baseline.copy_(torch.where(self.calls == warmup, self.baseline_sum / warmup, self.baseline))
+        missing = ~warming & (self.baseline <= 0)
+        self._count_fallback(missing.any())
+        self.baseline.copy_(torch.where(missing, excess_risk, self.baseline))
+        baseline = self.baseline
+        relative = torch.where(baseline > 0, excess_risk / baseline.clamp_min(torch.finfo(torch.float64).tiny),
+                               torch.zeros_like(excess_risk))
+        exponent = (self.robust_step_size * relative).clamp(max=MAX_EXPONENT)  # Eq. 9, in log space
+        log_weights = self.log_weights + exponent
+        updated = (log_weights - log_weights.max()).clamp_min(-MAX_EXPONENT)
+        self.log_weights.copy_(torch.where(warming, self.log_weights, updated))
+        weights = torch.softmax(self.log_weights, dim=0)
         return weights.to(dtype=jacobian.dtype)

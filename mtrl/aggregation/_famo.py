@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from mtrl.aggregation._base import Aggregator, TaskStats, check_positive, register
-from mtrl.aggregation._linalg import adam_step
+from mtrl.aggregation._linalg import adam_step_, as_state_tensor, lowered_floor
 
 #: Added to ``L_i − m_i`` before the logarithm, as in the authors' code.
 EPS = 1e-8
@@ -47,18 +48,25 @@ class FAMO(Aggregator):
     .. note:: The authors' MT10 ``Agent`` signature defaults to ``gamma=1e-3`` and its yaml to
        ``w_lr=0.01``, but their MT10 launch script overrides both with 0.01 / 0.025, which are also the
        defaults of ``famo.py``; those are used here. QM9 used ``gamma=0.001``.
-    .. note:: The method needs ``L_i > m_i``. A loss at or below ``m_i`` gives ``D_i = 1e-8`` (instead of
-       a NaN logarithm), counted in ``fallbacks``; such a task takes almost all the weight, so set
-       ``min_losses`` below the losses (e.g. for SAC actor losses, which can be negative).
+    .. note:: Losses at or below ``min_losses`` (e.g. SAC actor losses, which are usually negative).
+       The method needs ``L_i > m_i``. Here ``m`` is a floor that starts at ``min_losses`` and, whenever
+       a loss is at or below it, drops to ``L − (|L| + 1)``
+       (:func:`~mtrl.aggregation._linalg.lowered_floor`), so ``D_i ≥ 1`` at that step and the log-losses
+       stay defined at every step (as the authors' ``set_min_losses`` shifts them by a known lower
+       bound); it never rises, and losses above ``min_losses`` never move it. :meth:`after_step`
+       lowers it too, and compares both losses above the same floor. Nothing falls back.
     .. note:: The authors' ``famo.py`` also clips the shared gradient norm (``max_norm = 1``); that
        belongs to the training loop, not to the weights. Their MT10 agent applies FAMO to the critic
-       losses only (the actor loss is a plain mean). The state (ξ, Adam moments and step, the last losses) is float64 on
-       the CPU and round-trips through ``state_dict``.
+       losses only (the actor loss is a plain mean). The state (ξ, Adam moments, the last
+       gaps, NaN once consumed, the floor, the Adam step count) is float64 on the device of the
+       losses, updated in place without host reads (it can live in a CUDA graph), and round-trips
+       through ``state_dict``.
     """
 
     needs_jacobian = False
     loss_weighting = True
-    _state_attributes = ("logits", "exp_avg", "exp_avg_sq", "adam_steps", "last_gaps")
+    _state_attributes = ("logits", "exp_avg", "exp_avg_sq", "adam_steps", "last_gaps", "loss_floor")
+    _added_state_attributes = ("loss_floor",)
 
     def __init__(self, lr: float = 0.025, weight_decay: float = 0.01,
                  min_losses: float | Sequence[float] = 0.0) -> None:
@@ -85,45 +93,58 @@ class FAMO(Aggregator):
         self.exp_avg_sq: Tensor | None = None
         self.adam_steps = 0
         self.last_gaps: Tensor | None = None  # D from the last call, consumed by after_step
+        self.loss_floor: Tensor | None = None  # m, [k]: min_losses, lowered below losses that reach it
 
-    def _gaps(self, losses: Tensor) -> Tensor:
-        """``D = L − m + 1e-8`` in float64 on the CPU, with the documented fallback for ``L ≤ m``."""
+    def _lower_floor(self, losses: Tensor) -> Tensor:
+        """Lower the floor below ``losses`` where they reach it (in place); returns the floor before that."""
         k = losses.shape[0]
-        minimum = torch.as_tensor(self.min_losses, dtype=torch.float64).flatten()
-        if minimum.numel() not in (1, k):
-            raise ValueError(f"famo has {minimum.numel()} min_losses but got losses for {k} tasks.")
-        gap = losses.detach().to("cpu", torch.float64) - minimum
-        if bool((gap <= 0).any()):
-            self._count_fallback(True)
-            gap = gap.clamp_min(0.0)
-        return gap + EPS
+        if self.loss_floor is None:
+            minimum = torch.as_tensor(self.min_losses, dtype=torch.float64).flatten()
+            if minimum.numel() not in (1, k):
+                raise ValueError(f"famo has {minimum.numel()} min_losses but got losses for {k} tasks.")
+            self.loss_floor = minimum.expand(k).clone()
+        self.loss_floor = as_state_tensor(self.loss_floor, losses)
+        before = self.loss_floor.clone()
+        self.loss_floor.copy_(lowered_floor(before, losses))
+        return before
 
-    def _ensure_state(self, k: int) -> None:
-        if self.logits is None:
-            self.logits = torch.zeros(k, dtype=torch.float64)
-            self.exp_avg = torch.zeros(k, dtype=torch.float64)
-            self.exp_avg_sq = torch.zeros(k, dtype=torch.float64)
-        elif self.logits.shape[0] != k:
+    def _ensure_state(self, losses: Tensor) -> None:
+        k = losses.shape[0]
+        if self.logits is not None and self.logits.shape[0] != k:
             raise ValueError(f"famo was set up for {self.logits.shape[0]} tasks but got losses for {k} tasks.")
+        self.logits = as_state_tensor(self.logits, losses)
+        self.exp_avg = as_state_tensor(self.exp_avg, losses)
+        self.exp_avg_sq = as_state_tensor(self.exp_avg_sq, losses)
+        self.adam_steps = as_state_tensor(self.adam_steps, losses)
+        self.last_gaps = as_state_tensor(self.last_gaps, losses, fill=math.nan)
 
     def _weights(self, jacobian: Tensor | None, stats: TaskStats) -> Tensor:
-        self._ensure_state(stats.num_tasks)
-        gaps = self._gaps(stats.losses)
-        self.last_gaps = gaps
+        losses = stats.losses.detach().to(torch.float64)
+        self._lower_floor(losses)
+        self._ensure_state(losses)
+        gaps = losses - self.loss_floor + EPS
+        self.last_gaps.copy_(gaps)
         ratio = torch.softmax(self.logits, dim=0) / gaps
         weights = ratio / ratio.sum()
-        return weights.to(dtype=stats.losses.dtype, device=stats.losses.device)
+        return weights.to(dtype=stats.losses.dtype)
 
     def after_step(self, stats: TaskStats) -> None:
-        """Update the logits from the losses of the same batch after the optimizer step."""
+        """Update the logits from the losses of the same batch after the optimizer step.
+
+        A no-op unless a call's gaps are waiting (``last_gaps`` finite), decided on the device.
+        """
         if self.last_gaps is None:
-            return
+            return  # never called: no state yet
         self._validate(None, stats)
-        self._ensure_state(stats.num_tasks)
-        delta = self.last_gaps.log() - self._gaps(stats.losses).log()
+        losses = stats.losses.detach().to(torch.float64)
+        self._ensure_state(losses)
+        before = self._lower_floor(losses)
+        pending = torch.isfinite(self.last_gaps).all()
+        # Both losses above the same (possibly just lowered) floor.
+        previous_gaps = torch.where(pending, self.last_gaps, 1.0) + (before - self.loss_floor)
+        delta = previous_gaps.log() - (losses - self.loss_floor + EPS).log()
         z = torch.softmax(self.logits, dim=0)
         grad = z * (delta - (z * delta).sum())  # vector-Jacobian product of softmax at ξ with δ
-        self.logits, self.exp_avg, self.exp_avg_sq, self.adam_steps = adam_step(
-            self.logits, grad, self.exp_avg, self.exp_avg_sq, self.adam_steps, self.lr,
-            weight_decay=self.weight_decay)
-        self.last_gaps = None
+        adam_step_(self.logits, grad, self.exp_avg, self.exp_avg_sq, self.adam_steps, self.lr,
+                   weight_decay=self.weight_decay, active=pending)
+        self.last_gaps.fill_(math.nan)

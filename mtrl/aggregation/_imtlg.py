@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
+import math
+
 import torch
 from torch import Tensor
 
 from mtrl.aggregation._base import Aggregator, TaskStats, register
-from mtrl.aggregation._linalg import TINY, gramian
+from mtrl.aggregation._linalg import TINY, gramian, least_squares
 
 
 @register("imtlg")
@@ -21,8 +22,9 @@ class IMTLG(Aggregator):
 
     Computed here on the Gramian: with ``g = Σ_i β_i u_i`` (``β_i = α_i ‖g_i‖``) the conditions are the
     linear system ``C β = c 1``, ``Σ_i β_i / ‖g_i‖ = 1`` in ``(β, c)``, ``C_ij = ⟨u_i, u_j⟩`` the cosine
-    matrix and ``c`` the common projection; it is solved by least squares (minimum-norm solution)
-    and accepted when its residual vanishes. This is the paper's system with ``α_1`` and the
+    matrix and ``c`` the common projection; it is solved by least squares (minimum-norm solution,
+    :func:`~mtrl.aggregation._linalg.least_squares`, on the Jacobian's device in float64 without host
+    reads) and accepted when its residual vanishes. This is the paper's system with ``α_1`` and the
     differences eliminated the other way, so it equals the closed form whenever that exists
     (tested), and extends it to duplicated or linearly dependent gradients. For linearly
     independent gradients it also equals torchjd's ``IMTLGWeighting`` (``K⁺ ‖g‖`` normalised), which
@@ -32,7 +34,8 @@ class IMTLG(Aggregator):
     orders of magnitude. No options.
 
     .. note:: A zero gradient has no unit direction; it gets weight 0 and the condition is imposed on
-       the others (all zero: ``1/k``). If the system has no solution (no combination with ``Σ α = 1``
+       the others (all zero: ``1/k``); the zero rows are masked out of the system (identity rows), so its
+       size stays ``k + 1``. If the system has no solution (no combination with ``Σ α = 1``
        has equal projections; the paper's inverse does not exist) the weights fall back to ``1/k``,
        counted in ``fallbacks`` (the Nash-MTL code adds ``1e-8 I`` to ``D Uᵀ`` before inverting).
        With linearly dependent gradients (e.g. more tasks than independent directions) the
@@ -47,37 +50,37 @@ class IMTLG(Aggregator):
 
     def _weights(self, jacobian: Tensor | None, stats: TaskStats) -> Tensor:
         assert jacobian is not None
-        weights = self.solve(gramian(jacobian))
-        if weights is None:
-            self._count_fallback(True)
-            weights = np.full(jacobian.shape[0], 1.0 / jacobian.shape[0])
-        return torch.from_numpy(weights).to(dtype=jacobian.dtype, device=jacobian.device)
+        weights, solved = self.solve(gramian(jacobian))
+        self._count_fallback(~solved)
+        return weights.to(dtype=jacobian.dtype)
 
     @staticmethod
-    def solve(K: np.ndarray) -> np.ndarray | None:
-        """IMTL-G weights from the Gramian (float64, any positive scale); ``None`` when undefined."""
+    def solve(K: Tensor) -> tuple[Tensor, Tensor]:
+        """IMTL-G weights from the Gramian (float64, any positive scale) and whether the system had a
+        solution (0-dim bool tensor); without one the weights are ``1/k``."""
         k = K.shape[0]
-        squared_norms = np.diag(K)
+        mean = torch.full((k,), 1.0 / k, dtype=K.dtype, device=K.device)
+        squared_norms = torch.diagonal(K)
         active = squared_norms > TINY
-        m = int(active.sum())
-        if m == 0:
-            return np.full(k, 1.0 / k)
-        norms = np.sqrt(squared_norms[active])
-        # Unknowns (β, c): C β − c 1 = 0 (equal projections c on every u_i), Σ_i β_i / ‖g_i‖ = 1.
-        # The last row is multiplied by min ‖g_i‖ (same solutions, better scaled).
-        system = np.zeros((m + 1, m + 1))
-        system[:m, :m] = K[np.ix_(active, active)] / np.outer(norms, norms)
-        system[:m, m] = -1.0
-        system[m, :m] = norms.min() / norms
-        rhs = np.zeros(m + 1)
-        rhs[m] = norms.min()
-        solution = np.linalg.lstsq(system, rhs, rcond=None)[0]
-        residual = np.linalg.norm(system @ solution - rhs)
-        alpha = solution[:m] / norms
-        total = float(alpha.sum())
-        if not (np.isfinite(solution).all() and residual <= 1e-8 * (norms.min() + np.linalg.norm(solution))
-                and abs(total) > 1e-12 * float(np.abs(alpha).sum())):
-            return None
-        weights = np.zeros(k)
-        weights[active] = alpha / total
-        return weights
+        on = active.to(K.dtype)
+        norms = torch.where(active, squared_norms, torch.ones_like(squared_norms)).sqrt()
+        smallest = torch.where(active, norms, torch.full_like(norms, math.inf)).min()
+        smallest = torch.where(active.any(), smallest, torch.ones_like(smallest))
+        # Unknowns (β, c): C β − c 1 = 0 (equal projections c on every u_i), Σ_i β_i / ‖g_i‖ = 1, over
+        # the nonzero rows; a zero row i keeps the identity row β_i = 0. The last row is multiplied by
+        # min ‖g_i‖ (same solutions, better scaled).
+        cosines = K / torch.outer(norms, norms) * torch.outer(on, on) + torch.diag(1.0 - on)
+        top = torch.cat([cosines, -on[:, None]], dim=1)
+        bottom = torch.cat([on * smallest / norms, torch.zeros(1, dtype=K.dtype, device=K.device)])[None, :]
+        system = torch.cat([top, bottom], dim=0)
+        rhs = torch.zeros(k + 1, dtype=K.dtype, device=K.device)
+        rhs[k] = smallest
+        solution = least_squares(system, rhs)
+        residual = torch.linalg.vector_norm(system @ solution - rhs)
+        alpha = solution[:k] / norms * on
+        total = alpha.sum()
+        solved = (torch.isfinite(solution).all()
+                  & (residual <= 1e-8 * (smallest + torch.linalg.vector_norm(solution)))
+                  & (total.abs() > 1e-12 * alpha.abs().sum()))
+        weights = torch.where(solved, alpha / torch.where(solved, total, torch.ones_like(total)), mean)
+        return torch.where(active.any(), weights, mean), solved | ~active.any()

@@ -1,163 +1,290 @@
 """Numerical routines shared by the Gramian-based aggregators and the learned loss weightings.
 
-* :func:`gramian` — the ``[k, k]`` Gramian ``K ∝ J Jᵀ`` in float64 (PCGrad, CAGrad, MGDA, IMTL-G).
-* :func:`min_norm_weights` — the minimum-norm point of the convex hull of the gradients, exactly
-  (MGDA; CAGrad's inner problem).
-* :func:`adam_step` — one step of Adam on a small parameter vector the aggregator owns (UW, FAMO),
-  written out so that its state is plain tensors that ``state_dict`` round-trips exactly.
+* :func:`gramian` — the ``[k, k]`` Gramian ``K ∝ J Jᵀ`` in float64 on the Jacobian's device.
+* :func:`simplex_active_set` — the minimiser over the simplex of ``½ wᵀKw`` (MGDA's min-norm point) or of
+  CAGrad's dual ``bᵀw + r ‖g_w‖``, by a primal active-set method whose face problems have closed forms.
+* :func:`least_squares` — the minimum-norm least-squares solution of a small system (IMTL-G).
+* :func:`adam_step_` — one in-place step of Adam on a small parameter vector the aggregator owns (UW, FAMO).
+* :func:`lowered_floor` — the floor below which a loss-weighting method never sees a loss (UW, FAMO, DWA).
 
-Everything works on ``k × k`` matrices in float64 on the CPU: with ``k`` up to a few hundred tasks this
-costs microseconds to milliseconds, far less than building the Jacobian.
+Every solver is written in torch on the input's device, in float64, with a fixed number of iterations
+and every branch taken by a mask (``torch.where``), so a call reads nothing back to the host and can
+be captured in a CUDA graph; on the CPU it is the CPU path. Whether a solve converged comes back as a
+0-dim bool tensor, which the aggregator counts through ``_count_fallback`` without reading it.
 """
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
-from scipy.optimize import nnls
 from torch import Tensor
 
-__all__ = [
-    "gramian", "coordinates", "min_norm_weights", "min_norm_weights_from_coordinates", "frank_wolfe_min_norm",
-    "adam_step", "TINY",
-]
+__all__ = ["gramian", "simplex_active_set", "min_norm_weights", "least_squares", "adam_step_", "as_state_tensor",
+           "lowered_floor", "TINY"]
 
 #: Squared norms at or below this (in the units of :func:`gramian`, where the largest entry of the
 #: Jacobian is 1) are treated as exact zeros: such a row is a zero gradient.
 TINY = 1e-300
 _BLOCK_ELEMENTS = 2**24
+_CPU_BLOCK_COLUMNS = 2**14
+#: Frank-Wolfe duality gap (relative to the largest diagonal entry) below which a simplex solve counts
+#: as converged. Rounding alone leaves ~1e-15.
+GAP_TOLERANCE = 1e-10
+#: Stand-in for "infinitely far" along an unbounded face of CAGrad's dual (see simplex_active_set).
+_FAR = 1e12
 
 
-def gramian(jacobian: Tensor) -> np.ndarray:
-    """``K = c · J Jᵀ`` in float64 for some ``c > 0`` (a symmetric ``[k, k]`` numpy array).
+def iteration_budget(k: int) -> int:
+    """Active-set iterations for ``k`` tasks: one index enters per iteration, so ``2k + 10`` covers a
+    support of any size with room for as many drops."""
+    return 2 * k + 10
 
-    ``J`` is divided by its largest absolute entry before the product, so rows of magnitude 1e-8 next
-    to rows of magnitude 1e8 neither underflow nor overflow (nor do float64 inputs far beyond that).
-    Every caller is invariant to a positive rescaling of ``K``. The product runs on the Jacobian's
-    device, over column blocks so that the float64 copy stays below 128 MiB; only the ``k × k``
-    result moves to the host.
+
+def gramian(jacobian: Tensor) -> Tensor:
+    """``K = c · J Jᵀ`` in float64 for some ``c > 0``: a symmetric ``[k, k]`` tensor on ``J``'s device.
+
+    Every caller is invariant to a positive rescaling of ``K``. The product is formed at the precision
+    of the data:
+
+    * float64 ``J`` (tests, small supervised models): ``J`` is divided by its largest absolute entry
+      first (``c = 1/max|J|²``), block by block, so rows of magnitude 1e-8 next to
+      rows of magnitude 1e8 neither underflow nor overflow, nor do inputs far beyond that;
+    * float32 (or lower) ``J`` (the SAC agent): ``J Jᵀ`` in float32, then cast (``c = 1``). The data
+      carry float32 rounding already; a float64 copy of a 10 × 684,800 critic Jacobian costs two extra
+      passes over it and a float64 product, about 9× the float32 product on the CPU here. Entries
+      beyond ~1e17 (for ``n ~ 1e6``) would overflow float32: the weights are then not finite and the
+      call falls back to the mean (counted).
+
+    An all-zero ``J`` gives ``K = 0``.
     """
     matrix = jacobian.detach()
     k = matrix.shape[0]
     if matrix.numel() == 0:
-        return np.zeros((k, k))
+        return torch.zeros(k, k, dtype=torch.float64, device=matrix.device)
+    # On the CPU, blocks of 16,384 columns stay in cache: 1.7x faster than one product for a 10 × 684,800
+    # Jacobian here. Elsewhere one product per 128 MiB.
+    columns = _CPU_BLOCK_COLUMNS if matrix.device.type == "cpu" else max(1, _BLOCK_ELEMENTS // max(k, 1))
+    if matrix.dtype != torch.float64:
+        matrix = matrix.float()
+        product = torch.zeros(k, k, dtype=torch.float32, device=matrix.device)
+        for start in range(0, matrix.shape[1], columns):
+            block = matrix[:, start:start + columns]
+            product.addmm_(block, block.T)
+        return (0.5 * (product + product.T)).to(torch.float64)
     scale = matrix.abs().max()
-    if not bool(scale > 0):
-        return np.zeros((k, k))
-    scale = scale.to(torch.float64)
-    columns = max(1, _BLOCK_ELEMENTS // max(k, 1))  # float64 copies of at most 128 MiB at a time
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     product = torch.zeros(k, k, dtype=torch.float64, device=matrix.device)
     for start in range(0, matrix.shape[1], columns):
-        block = matrix[:, start:start + columns].to(torch.float64) / scale
-        product += block @ block.T
-    product = product.cpu().numpy()
+        block = matrix[:, start:start + columns] / scale
+        product.addmm_(block, block.T)
     return 0.5 * (product + product.T)
 
 
-def coordinates(K: np.ndarray) -> np.ndarray:
-    """``R`` with ``R Rᵀ = K`` (``K`` symmetric PSD up to rounding): row ``i`` stands for gradient ``i``."""
-    eigenvalues, eigenvectors = np.linalg.eigh(K)
-    return eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))
+#: On a CPU tensor, stop the active-set loop once it has settled (a read of a CPU tensor, which is no
+#: device synchronisation); on any other device the loop always runs its fixed count (capturable).
+#: Tests set it to False to run the device path on the CPU.
+EARLY_EXIT_ON_CPU = True
 
 
-def frank_wolfe_min_norm(K: np.ndarray, start: np.ndarray | None = None, iterations: int = 5000,
-                         tolerance: float = 1e-15) -> np.ndarray:
-    """Pairwise Frank-Wolfe with exact line search for ``min wᵀKw`` on the simplex.
+def simplex_active_set(K: Tensor, b: Tensor | None = None, radius: Tensor | None = None,
+                       iterations: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Minimise a convex function over the simplex by a primal active-set method (Lawson–Hanson style).
 
-    Each step moves weight from the worst task in the support (largest ``(Kw)_i``) to the best one
-    (smallest ``(Kw)_i``), which converges linearly on the simplex, unlike the plain Frank-Wolfe of
-    Sener & Koltun. Always returns a point of the simplex; used as the fallback of
-    :func:`min_norm_weights`.
-    """
-    k = K.shape[0]
-    w = np.full(k, 1.0 / k) if start is None else np.clip(start, 0.0, None)
-    w = w / w.sum() if w.sum() > 0 else np.full(k, 1.0 / k)
-    scale = float(np.max(np.abs(np.diag(K)))) or 1.0
-    for _ in range(iterations):
-        Kw = K @ w
-        toward = int(np.argmin(Kw))
-        support = np.flatnonzero(w > 0)
-        away = int(support[np.argmax(Kw[support])])
-        gap = float(Kw[away] - Kw[toward])  # duality gap of the pairwise direction
-        if gap <= tolerance * scale:
-            break
-        curvature = float(K[toward, toward] - 2.0 * K[toward, away] + K[away, away])
-        step = w[away] if curvature <= 0 else min(w[away], gap / curvature)
-        w[toward] += step
-        w[away] -= step
-    return w
+    Two problems, both with ``g_w = Σ_i w_i g_i`` and ``K`` their Gramian:
 
+    * ``b = None``: ``F(w) = ½ wᵀKw`` — the min-norm point of the convex hull (MGDA);
+    * otherwise ``F(w) = bᵀw + r ‖g_w‖`` with ``b = K m``, ``r = radius`` — CAGrad's dual.
 
-def min_norm_weights(K: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Weights ``w`` of the minimum-norm point of the convex hull of the gradients: ``min wᵀKw`` over
-    the simplex, solved exactly.
+    On a face (the support ``P`` fixed, ``1ᵀw = 1``) both have a closed-form minimiser: the stationary
+    points of ``½ wᵀKw + t bᵀw`` on the face are ``a + t c`` (one bordered linear solve with two
+    right-hand sides; ``a`` is the face's min-norm point). For MGDA ``b = 0``: ``z = a``. For CAGrad,
+    ``r‖x‖ = min_t ‖x‖²/(2t) + r²t/2``, ``g_c = −`` the projection of ``g_0`` on the face's tangent
+    space, so ``‖g_w(t)‖² = ‖g_a‖² + t²‖g_c‖²``, and ``‖g_w‖ = r t`` gives
+    ``t = ‖g_a‖ / √(r² − ‖g_c‖²)``. When ``‖g_c‖ ≥ r`` the face has no minimiser (``F`` decreases
+    along ``c`` without bound) and the method steps along ``c`` to the face's boundary.
 
-    The problem reduces to non-negative least squares: for ``u ≥ 0`` write ``u = s·w`` with ``w`` on
-    the simplex; with ``R Rᵀ = K`` and ``q = wᵀKw``, ``‖Rᵀu‖² + (1ᵀu − 1)² = s²q + (s − 1)²`` is
-    smallest at ``s = 1/(1 + q)``, where it equals ``q/(1 + q)``, increasing in ``q``. So
-    ``u* = argmin_{u ≥ 0} ‖[Rᵀ; 1ᵀ] u − e_{k+1}‖²`` (Lawson–Hanson: finite, exact up to rounding, robust
-    to duplicated and linearly dependent rows) gives ``w* = u*/1ᵀu*``. The rows are first divided by
-    the largest row norm (the argmin is scale-free), so ``q ≤ 1`` and ``1ᵀu* ≥ 1/2``.
+    Each iteration either (the face minimiser ``z`` is feasible) moves to ``z`` and adds the index
+    with the most negative reduced gradient, or steps from the current point toward ``z`` until a
+    weight reaches 0 and drops it; every step descends ``F``. It starts from the best vertex and runs
+    :func:`iteration_budget` iterations; once optimal it stays put (on the CPU it stops there, see
+    ``EARLY_EXIT_ON_CPU``). A point in the affine hull of the face (a duplicated or dependent row) has
+    reduced gradient 0 and never enters, so the face systems stay non-singular.
 
     Returns:
-        ``(w, exact)``: ``exact`` is False when NNLS failed (iteration limit, non-finite output, or a
-        KKT violation above 1e-9) and the result comes from :func:`frank_wolfe_min_norm` instead; the
-        caller counts that as a fallback. All-zero ``K`` (every point has norm 0) gives ``1/k``.
+        ``(w, t, converged)``: the weights (on the simplex), CAGrad's ``t = ‖g_w‖/r`` in the units of
+        ``K`` normalised by its largest diagonal entry (1 for MGDA) and a 0-dim bool tensor: the
+        Frank-Wolfe duality gap ``∇F(w)ᵀw − min_i ∇F(w)_i`` (an upper bound on ``F(w) − F*``) is at most
+        ``1e-10`` relative. Works for any positive scale of ``K``.
     """
     k = K.shape[0]
+    dtype, device = K.dtype, K.device
+    index = torch.arange(k, device=device)
+    scale = torch.diagonal(K).max().clamp_min(TINY)
+    K = K / scale  # largest diagonal entry 1; b scales along, r with √scale
+    eye = torch.eye(k, dtype=dtype, device=device)
+    infinity = torch.full((k,), math.inf, dtype=dtype, device=device)
+    cagrad = b is not None
+    if cagrad:
+        b = b / scale
+        radius = radius / scale.sqrt()
+        r2 = radius.square()
+        start = torch.argmin(b + radius * torch.diagonal(K).clamp_min(0.0).sqrt())
+        b_largest = b.abs().max()
+    else:
+        b = torch.zeros(k, dtype=dtype, device=device)
+        start = torch.argmin(torch.diagonal(K))
+        tolerance = 1e-12
+    face = index == start
+    w = face.to(dtype)
+    # The bordered face system [[K_PP, −1], [1ᵀ, 0]], identity rows and columns off the face.
+    system = torch.zeros(k + 1, k + 1, dtype=dtype, device=device)
+    rhs = torch.zeros(k + 1, 2, dtype=dtype, device=device)
+    rhs[k, 0] = 1.0
+    early_exit = EARLY_EXIT_ON_CPU and device.type == "cpu"
+
+    for _ in range(iteration_budget(k) if iterations is None else iterations):
+        on = face.to(dtype)
+        system[:k, :k] = torch.where(face[:, None] & face[None, :], K, eye)
+        system[:k, k] = -on
+        system[k, :k] = on
+        rhs[:k, 1] = -b * on
+        solution = torch.linalg.solve_ex(system, rhs).result  # unchecked: a failed solve is masked below
+        a, c = solution[:k, 0] * on, solution[:k, 1] * on
+        if cagrad:
+            room = r2 - (c @ K @ c).clamp_min(0.0)
+            bounded = room > 1e-14 * r2
+            t = torch.where(bounded, ((a @ K @ a).clamp_min(0.0) / torch.where(bounded, room, r2)).sqrt(), _FAR)
+            z, lam = a + t * c, solution[k, 0] + t * solution[k, 1]
+            reduced = t * b + K @ z - lam  # t-scaled reduced gradient: 0 on the face, < 0 where entering descends
+            tolerance = 1e-12 * (1.0 + t * b_largest)
+        else:
+            z = a
+            reduced = K @ z - solution[k, 0]
+        feasible = ((z > 0) | ~face).all() & torch.isfinite(z).all()
+        # (A 0-dim tensor used as an index would be read back to the host: compare through min/argmin.)
+        outside = torch.where(face, infinity, reduced)
+        enter = feasible & (outside.min() < -tolerance)
+        # Infeasible z: step from w toward z until the first weight on the face reaches 0.
+        ratios = torch.where(face & (z <= 0), w / (w - z).clamp_min(TINY), infinity)
+        step = ratios.min().clamp(max=1.0)
+        stepped = torch.where(face, w + step * (z - w), 0.0)
+        leave = face & ((ratios <= step) | (stepped <= 0))
+        moved = torch.where(feasible, z, torch.where(leave, 0.0, stepped)).clamp_min(0.0)
+        moved = moved / moved.sum()
+        usable = torch.isfinite(moved).all()
+        w = torch.where(usable, moved, w)
+        grown = face | (enter & (index == torch.argmin(outside)))
+        face = torch.where(usable, torch.where(feasible, grown, face & ~leave), face)
+        if early_exit and not bool(enter | ~feasible | ~usable):
+            break  # settled: further iterations would repeat this one
+
+    # Certificate: the Frank-Wolfe gap at the final point.
+    Kw = K @ w
+    if cagrad:
+        t = (w @ Kw).clamp_min(0.0).sqrt() / radius
+        gradient = b + Kw / t.clamp_min(TINY)
+    else:
+        t = torch.ones((), dtype=dtype, device=device)
+        gradient = Kw
+    gap = w @ gradient - gradient.min()
+    converged = gap <= GAP_TOLERANCE * (1.0 + gradient.abs().max())
+    return w, t, converged
+
+
+def min_norm_weights(K: Tensor) -> tuple[Tensor, Tensor]:
+    """Weights of the minimum-norm point of the convex hull of the gradients: ``min wᵀKw`` over the simplex.
+
+    Solved by :func:`simplex_active_set`, exact up to rounding (each face's minimiser is a linear
+    solve), robust to duplicated and linearly dependent rows (a point in the affine hull of the
+    current face has reduced gradient 0 and never enters). All-zero ``K`` (every point has norm 0)
+    gives ``1/k``.
+
+    Returns:
+        ``(w, converged)``, ``converged`` a 0-dim bool tensor (False: the iteration budget ran out; ``w``
+        is still a point of the simplex, the best one found).
+    """
+    k = K.shape[0]
+    mean = torch.full((k,), 1.0 / k, dtype=K.dtype, device=K.device)
     if k == 1:
-        return np.ones(1), True
-    if not np.isfinite(K).all() or not float(np.max(np.diag(K))) > TINY:
-        return np.full(k, 1.0 / k), True
-    return min_norm_weights_from_coordinates(coordinates(K / float(np.max(np.diag(K)))))
+        return torch.ones_like(mean), torch.ones((), dtype=torch.bool, device=K.device)
+    zero = torch.diagonal(K).max() <= TINY
+    w, _, converged = simplex_active_set(K)
+    return torch.where(zero, mean, w), converged | zero
 
 
-def min_norm_weights_from_coordinates(R: np.ndarray) -> tuple[np.ndarray, bool]:
-    """:func:`min_norm_weights` for points given by coordinates: row ``i`` of ``R`` is point ``i``."""
-    k = R.shape[0]
-    if k == 1:
-        return np.ones(1), True
-    largest = float(np.max(np.einsum("ij,ij->i", R, R)))
-    if not np.isfinite(R).all() or not largest > TINY:
-        return np.full(k, 1.0 / k), True
-    R = R / math.sqrt(largest)
-    A = np.vstack([R.T, np.ones((1, k))])
-    target = np.zeros(k + 1)
-    target[-1] = 1.0
-    try:
-        u, _ = nnls(A, target, maxiter=50 * k)
-        total = float(u.sum())
-        if not (np.isfinite(u).all() and total > 0):
-            raise RuntimeError("non-finite NNLS solution")
-        w = u / total
-        x = R.T @ w
-        Kw = R @ x
-        if float(np.min(Kw) - x @ x) < -1e-9:
-            raise RuntimeError("KKT violated")
-        return w, True
-    except (RuntimeError, np.linalg.LinAlgError, ValueError):
-        return frank_wolfe_min_norm(R @ R.T), False
+def least_squares(system: Tensor, rhs: Tensor, iterations: int = 20, ridge: float = 1e-8) -> Tensor:
+    """The minimum-norm least-squares solution of ``system @ x ≈ rhs`` (float64, any rank), on the device.
+
+    Iterated Tikhonov regularisation: ``x ← x + (AᵀA + δI)⁻¹ Aᵀ(rhs − A x)`` from ``x = 0`` with one
+    inverse of the (small, symmetric positive definite) regularised normal matrix; each iteration shrinks the error along a singular direction ``σ`` by
+    ``δ/(σ² + δ)`` and never enters the null space, so it converges to the pseudo-inverse solution
+    (``δ = 1e-8 · max diag(AᵀA)``: rounding along a null direction is amplified by at most 1e8·eps;
+    20 iterations shrink directions with ``σ² ≥ δ`` below 1e-6 of their error, those with ``σ² ≥ 100δ``
+    to rounding). The residual is evaluated on ``A`` itself, which makes the
+    iteration an iterative refinement too.
+    """
+    normal = system.T @ system
+    ridge_value = ridge * torch.diagonal(normal).max().clamp_min(TINY)
+    eye = torch.eye(normal.shape[0], dtype=normal.dtype, device=normal.device)
+    # inv_ex: no error check, so no host read (cholesky_solve checks its info on some backends).
+    inverse = torch.linalg.inv_ex(normal + ridge_value * eye).inverse
+    x = torch.zeros(system.shape[1], dtype=system.dtype, device=system.device)
+    for _ in range(iterations):
+        x = x + inverse @ (system.T @ (rhs - system @ x))
+    return x
 
 
-def adam_step(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: int, lr: float,
-              betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-              weight_decay: float = 0.0) -> tuple[Tensor, Tensor, Tensor, int]:
-    """One step of ``torch.optim.Adam`` (L2 ``weight_decay`` added to the gradient, not AdamW).
+def adam_step_(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, step: Tensor, lr: float,
+               betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+               active: Tensor | None = None) -> None:
+    """One step of ``torch.optim.Adam`` (L2 ``weight_decay`` added to the gradient, not AdamW), in place.
 
-    Functional: returns ``(param, exp_avg, exp_avg_sq, step)`` as new tensors, the same arithmetic as
-    the single-tensor path of ``torch.optim.Adam`` so that a method that owns its parameters (UW's
-    log-variances, FAMO's logits) follows its authors' optimizer exactly.
+    The same arithmetic as the single-tensor path of ``torch.optim.Adam`` so that a method that owns
+    its parameters (UW's log-variances, FAMO's logits) follows its authors' optimizer exactly. Like
+    ``capturable`` Adam, the step count is a 0-dim float64 tensor on the device and every update is in
+    place, so the state can live in a CUDA graph; ``active`` (0-dim bool) makes the whole step a no-op
+    where it is False, without a host read.
     """
     beta1, beta2 = betas
     if weight_decay != 0:
         grad = grad + weight_decay * param
-    step += 1
-    exp_avg = exp_avg.lerp(grad, 1 - beta1)
-    exp_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * grad * grad
-    bias_correction1 = 1 - beta1 ** step
-    bias_correction2 = 1 - beta2 ** step
-    denom = exp_avg_sq.sqrt() / math.sqrt(bias_correction2) + eps
-    param = param - (lr / bias_correction1) * (exp_avg / denom)
-    return param, exp_avg, exp_avg_sq, step
+    new_step = step + 1
+    new_avg = exp_avg.lerp(grad, 1 - beta1)
+    new_avg_sq = exp_avg_sq * beta2 + (1 - beta2) * grad * grad
+    bias_correction1 = 1 - beta1 ** new_step
+    bias_correction2 = 1 - beta2 ** new_step
+    denom = new_avg_sq.sqrt() / bias_correction2.sqrt() + eps
+    new_param = param - (lr / bias_correction1) * (new_avg / denom)
+    if active is not None:
+        new_step, new_avg, new_avg_sq, new_param = (torch.where(active, new, old) for new, old in (
+            (new_step, step), (new_avg, exp_avg), (new_avg_sq, exp_avg_sq), (new_param, param)))
+    step.copy_(new_step)
+    exp_avg.copy_(new_avg)
+    exp_avg_sq.copy_(new_avg_sq)
+    param.copy_(new_param)
+
+
+def as_state_tensor(value: Tensor | float | int | None, like: Tensor, fill: float = 0.0,
+                    shape: tuple[int, ...] | None = None, dtype: torch.dtype = torch.float64) -> Tensor:
+    """A state entry as a ``dtype`` tensor on ``like``'s device: created (``fill``) when ``None``, converted
+    from a number (checkpoints written when counters were host integers), moved when elsewhere."""
+    if value is None:
+        return torch.full(like.shape if shape is None else shape, fill, dtype=dtype, device=like.device)
+    if not isinstance(value, Tensor):
+        return torch.tensor(float(value), dtype=dtype, device=like.device)
+    return value.to(device=like.device, dtype=dtype)
+
+
+def lowered_floor(floor: Tensor, losses: Tensor) -> Tensor:
+    """The floor after seeing ``losses``: where a loss is at or below its floor, the floor drops to
+    ``L_i − (|L_i| + 1)``, elsewhere it stays (it never rises).
+
+    UW, FAMO and DWA need positive ``L_i − floor_i`` (a log, a ratio, an inverse); for losses that can
+    be negative or zero (SAC actor losses) this keeps them defined at every step instead of falling
+    back. The headroom ``|L_i| + 1`` is one loss unit for small losses and proportional for large ones,
+    so a task that just reached a new low does not get an exploding weight; positive losses above the
+    initial floor never move it (the methods are then exactly their papers').
+    """
+    losses = losses.detach().to(floor)
+    return torch.where(losses <= floor, losses - (losses.abs() + 1.0), floor)

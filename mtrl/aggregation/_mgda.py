@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -37,9 +36,10 @@ class MGDA(Aggregator):
        codebase's MGDA, and torchjd's. The authors' own sample config uses ``"loss+"``.
     .. note:: Solver. The authors use projected gradient descent from the best 2-task solution
        (``MAX_ITER = 250``, ``STOP_CRIT = 1e-5``), or the paper's Frank-Wolfe. Here the QP is solved
-       exactly by non-negative least squares (:func:`~mtrl.aggregation._linalg.min_norm_weights`),
-       in float64; if NNLS fails, pairwise Frank-Wolfe (up to 5000 steps, linear convergence) is used
-       instead and the call is counted in ``fallbacks``.
+       exactly (up to rounding) by a primal active-set method on the Jacobian's device in float64
+       (:func:`~mtrl.aggregation._linalg.min_norm_weights`: each face's minimiser is one linear solve,
+       ``2k + 10`` iterations, no host read). If the Frank-Wolfe duality gap is still above 1e-10
+       after them, the best point found is used and the call is counted in ``fallbacks``.
     .. note:: Head gradients: the paper's algorithm updates each task-specific parameter with its
        own unweighted gradient, which is what ``loss_weighting = False`` gives; the authors' and the
        Nash-MTL code backpropagate ``Σ_i w_i L_i`` through the heads as well (and Nash-MTL multiplies
@@ -58,21 +58,19 @@ class MGDA(Aggregator):
         assert jacobian is not None
         K = gramian(jacobian)
         if self.normalization != "none":
-            normalizer = self._normalizers(K, stats.losses.detach().to("cpu", torch.float64).numpy())
-            K = K / np.outer(normalizer, normalizer)
-        weights, exact = min_norm_weights(K)
-        if not exact:
-            self._count_fallback(True)
-        return torch.from_numpy(weights).to(dtype=jacobian.dtype, device=jacobian.device)
+            normalizer = self._normalizers(K, stats.losses.detach().to(device=K.device, dtype=torch.float64))
+            K = K / torch.outer(normalizer, normalizer)
+        weights, converged = min_norm_weights(K)
+        self._count_fallback(~converged)
+        return weights.to(dtype=jacobian.dtype)
 
-    def _normalizers(self, K: np.ndarray, losses: np.ndarray) -> np.ndarray:
-        norms = np.sqrt(np.clip(np.diag(K), 0.0, None))
-        normalizer = np.ones(K.shape[0])
+    def _normalizers(self, K: Tensor, losses: Tensor) -> Tensor:
+        norms = torch.diagonal(K).clamp_min(0.0).sqrt()
+        normalizer = torch.ones_like(losses)
         if self.normalization in ("l2", "loss+"):
-            normalizer = np.where(norms**2 > TINY, norms, 1.0)
+            normalizer = torch.where(norms**2 > TINY, norms, normalizer)
         if self.normalization in ("loss", "loss+"):
             good = losses > 0
-            if not good.all():
-                self._count_fallback(True)
-            normalizer = normalizer * np.where(good, losses, 1.0)
+            self._count_fallback(~good.all())
+            normalizer = normalizer * torch.where(good, losses, torch.ones_like(losses))
         return normalizer / normalizer.max()  # only ratios matter; keeps K / (n nᵀ) finite

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from mtrl.aggregation._base import Aggregator, TaskStats, check_choice, check_seed, register, seeded_generator
+from mtrl.aggregation._base import (Aggregator, TaskStats, check_choice, check_seed, generator_on, register,
+                                    seeded_generator)
 from mtrl.aggregation._linalg import TINY, gramian
 
 
@@ -39,6 +39,10 @@ class PCGrad(Aggregator):
        seed the weights equal torchjd's ``PCGradWeighting`` under ``torch.manual_seed(seed)`` (÷ k).
     .. note:: A zero gradient ``g_j`` (``K_jj = 0``) never conflicts and is skipped, where
        ``⟨g_i, g_j⟩ / ‖g_j‖²`` would be 0/0. The Gramian is computed in float64.
+    .. note:: Device. The orders are drawn on the Jacobian's device (on a GPU from a generator there,
+       seeded once from the CPU one, so GPU and CPU runs draw different orders), and the ``k``
+       projections run for all tasks at once, one order position per step, with the conflict test
+       as a mask: no host read.
     """
 
     _state_attributes = ("generator",)
@@ -55,19 +59,20 @@ class PCGrad(Aggregator):
         assert jacobian is not None
         K = gramian(jacobian)
         k = K.shape[0]
-        diagonal = np.diag(K)
-        weights = np.zeros(k)
-        for i in range(k):
-            order = torch.randperm(k, generator=self.generator).tolist()
-            current = np.zeros(k)
-            current[i] = 1.0
-            for j in order:
-                if j == i or diagonal[j] <= TINY:
-                    continue
-                inner = float(K[j] @ current)
-                if inner < 0.0:
-                    current[j] -= inner / diagonal[j]
-            weights += current
+        self.generator = generator_on(self.generator, K.device)
+        # Row i: task i's projection order (the same draws, in the same sequence, as one randperm per task).
+        orders = torch.stack([torch.randperm(k, generator=self.generator, device=K.device) for _ in range(k)])
+        diagonal = torch.diagonal(K)
+        rows = torch.arange(k, device=K.device)
+        current = torch.eye(k, dtype=K.dtype, device=K.device)  # row i: c^(i), g_i^PC = c^(i) @ J
+        for position in range(k):
+            j = orders[:, position]
+            inner = (current @ K).gather(1, j[:, None])[:, 0]  # ⟨g_i^PC, g_j⟩ for every task i
+            project = (j != rows) & (diagonal[j] > TINY) & (inner < 0)
+            step = torch.where(project, inner / torch.where(project, diagonal[j], torch.ones_like(inner)),
+                               torch.zeros_like(inner))
+            current = current - torch.zeros_like(current).scatter_(1, j[:, None], step[:, None])
+        weights = current.sum(dim=0)
         if self.reduction == "mean":
-            weights /= k
-        return torch.from_numpy(weights).to(dtype=jacobian.dtype, device=jacobian.device)
+            weights = weights / k
+        return weights.to(dtype=jacobian.dtype)

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregation._base import Aggregator, TaskStats, check_choice, check_positive, register
-from mtrl.aggregation._linalg import adam_step
+from mtrl.aggregation._linalg import adam_step_, as_state_tensor, lowered_floor
 
 #: The log-variances are kept in [-LOG_VAR_BOUND, LOG_VAR_BOUND] so that the weights stay finite.
 LOG_VAR_BOUND = 30.0
@@ -41,19 +41,24 @@ class UW(Aggregator):
     .. note:: ``reduction="mean"`` rescales only the weights handed to the model; ``s`` always
        follows the gradient of the authors' sum objective (with Adam the two differ only through eps).
        At initialisation the mean-scale weights sum to ½ (the ½ of ``L/(2σ²)``).
-    .. note:: The method assumes positive losses: as ``L_i → 0`` the optimum ``s_i = log L_i → −∞``, and
-       for ``L_i < 0`` the objective is unbounded below in ``s_i``, so ``s_i`` decreases without bound
-       and the weight grows (the FAMO authors' MT10 code applies UW to SAC actor losses, which are
-       usually negative, anyway). ``s`` is clipped to ``[−30, 30]`` so the weights stay finite
-       (at most ``½ e^30 ≈ 5·10¹²``).
-    .. note:: The state (``s``, Adam moments, step) is sized on the first call; it lives on the
-       CPU in float64 and round-trips through ``state_dict``. A different number of tasks later is
-       an error.
+    .. note:: Negative or zero losses. The method assumes positive losses: as ``L_i → 0`` the optimum
+       ``s_i = log L_i → −∞``, and for ``L_i < 0`` the objective is unbounded below in ``s_i`` (the FAMO
+       authors' MT10 code applies UW to SAC actor losses, which are usually negative, anyway). Here
+       ``s`` follows the losses above a per-task floor, ``L_i − f_i``: the floor starts at 0 (positive
+       losses: the authors' method, unchanged) and, whenever a loss is at or below it, drops to
+       ``L − (|L| + 1)`` (:func:`~mtrl.aggregation._linalg.lowered_floor`), so ``L_i − f_i ≥ 1`` at
+       that step and the optimum ``σ_i² = L_i − f_i`` stays finite. ``s`` is also clipped to
+       ``[−30, 30]`` so the weights stay finite whatever happens (at most ``½ e^30 ≈ 5·10¹²``).
+    .. note:: The state (``s``, Adam moments, the floor) is sized on the first call; it lives on the
+       device of the losses in float64, the Adam step count too (a 0-dim tensor), all updated in
+       place (no host read; the state can live in a CUDA graph), and round-trips through
+       ``state_dict``. A different number of tasks later is an error.
     """
 
     needs_jacobian = False
     loss_weighting = True
-    _state_attributes = ("log_var", "exp_avg", "exp_avg_sq", "adam_steps")
+    _state_attributes = ("log_var", "exp_avg", "exp_avg_sq", "adam_steps", "loss_floor")
+    _added_state_attributes = ("loss_floor",)
 
     def __init__(self, lr: float = 0.025, init_log_var: float = 0.0, reduction: str = "mean") -> None:
         self.lr = check_positive("lr", lr)
@@ -72,20 +77,22 @@ class UW(Aggregator):
         self.exp_avg: Tensor | None = None
         self.exp_avg_sq: Tensor | None = None
         self.adam_steps = 0
+        self.loss_floor: Tensor | None = None
 
     def _weights(self, jacobian: Tensor | None, stats: TaskStats) -> Tensor:
         k = stats.num_tasks
-        losses = stats.losses.detach().to("cpu", torch.float64)
-        if self.log_var is None:
-            self.log_var = torch.full((k,), float(self.init_log_var), dtype=torch.float64)
-            self.exp_avg = torch.zeros(k, dtype=torch.float64)
-            self.exp_avg_sq = torch.zeros(k, dtype=torch.float64)
-        elif self.log_var.shape[0] != k:
+        losses = stats.losses.detach().to(torch.float64)
+        if self.log_var is not None and self.log_var.shape[0] != k:
             raise ValueError(f"uw was set up for {self.log_var.shape[0]} tasks but got losses for {k} tasks.")
+        self.log_var = as_state_tensor(self.log_var, losses, fill=float(self.init_log_var))
+        self.exp_avg = as_state_tensor(self.exp_avg, losses)
+        self.exp_avg_sq = as_state_tensor(self.exp_avg_sq, losses)
+        self.adam_steps = as_state_tensor(self.adam_steps, losses)
+        self.loss_floor = as_state_tensor(self.loss_floor, losses)
+        self.loss_floor.copy_(lowered_floor(self.loss_floor, losses))
         precision = torch.exp(-self.log_var)
         weights = 0.5 * precision / (k if self.reduction == "mean" else 1)
-        grad = 0.5 * (1.0 - precision * losses)
-        log_var, self.exp_avg, self.exp_avg_sq, self.adam_steps = adam_step(
-            self.log_var, grad, self.exp_avg, self.exp_avg_sq, self.adam_steps, self.lr)
-        self.log_var = log_var.clamp(-LOG_VAR_BOUND, LOG_VAR_BOUND)
-        return weights.to(dtype=stats.losses.dtype, device=stats.losses.device)
+        grad = 0.5 * (1.0 - precision * (losses - self.loss_floor))
+        adam_step_(self.log_var, grad, self.exp_avg, self.exp_avg_sq, self.adam_steps, self.lr)
+        self.log_var.clamp_(-LOG_VAR_BOUND, LOG_VAR_BOUND)
+        return weights.to(dtype=stats.losses.dtype)

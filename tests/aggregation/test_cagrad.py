@@ -103,18 +103,19 @@ def test_scale_invariance_over_sixteen_orders_of_magnitude() -> None:
         np.testing.assert_allclose(weights_of(CAGrad(), G * scale), reference, rtol=1e-7, atol=1e-12)
 
 
-def test_solver_failure_is_a_counted_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
-    """If NNLS fails, the inner problems use pairwise Frank-Wolfe: still optimal to ~1e-9."""
-    def failing(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("Maximum number of iterations reached.")
-
-    monkeypatch.setattr(_linalg, "nnls", failing)
-    G = random_matrix(5, 9, seed=8, shift=0.3)
+def test_exhausted_iteration_budget_is_a_counted_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With too few active-set iterations the duality gap stays open: the call is counted and the
+    direction is still finite; with the full budget the same input is solved to the cvxpy optimum."""
+    G = random_matrix(10, 30, seed=8, shift=0.3)
+    monkeypatch.setattr(_linalg, "iteration_budget", lambda k: 1)
     method = CAGrad(c=0.4, rescale=0)
+    assert np.isfinite(weights_of(method, G)).all()
+    assert method.fallbacks == 1
+    monkeypatch.undo()
     d = weights_of(method, G) @ G
     assert method.fallbacks == 1
     _, optimum = cagrad_primal(G, 0.4)
-    assert (G @ d).min() >= optimum - 1e-6 * np.abs(G).max() * np.linalg.norm(G.mean(axis=0))
+    assert (G @ d).min() >= optimum - 1e-7 * np.abs(G).max() * np.linalg.norm(G.mean(axis=0))
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -53,12 +53,29 @@ def test_temperature_controls_the_spread() -> None:
     assert np.ptp(sharp) > 0.9 and np.ptp(soft) < 0.01
 
 
-def test_non_positive_losses_are_a_counted_fallback() -> None:
+def test_non_positive_losses_take_ratios_above_a_lowered_floor() -> None:
+    """Task 1's losses 0 and −1 lower its floor to −1 (0 − (0 + 1)), then to −3 (−1 − (1 + 1)); the
+    ratio is taken above the final floor, no fallback. Task 0 (positive) keeps floor 0: the paper's ratio."""
     sequence = np.array([[1.0, 0.0], [1.0, -1.0], [0.5, 2.0], [0.5, 3.0]])
     method = DWA(window=2)
     weights = run(method, sequence)[-1]
-    assert method.fallbacks == 1
-    np.testing.assert_allclose(weights, dwa_by_hand(np.array([0.5, 1.0]), np.array([1.0, 1.0]), 2.0))
+    assert method.fallbacks == 0
+    floor = np.array([0.0, -3.0])
+    np.testing.assert_allclose(weights, dwa_by_hand(np.array([0.5, 2.5]) - floor, np.array([1.0, -0.5]) - floor, 2.0))
+
+
+def test_negative_losses_weight_the_stagnating_task() -> None:
+    """SAC-actor-like losses, all negative: task 0 keeps falling, task 1 stagnates around −20.
+    Every step is defined (no fallback) and the stagnating task gets the larger weight, as DWA
+    gives a task whose positive loss falls more slowly."""
+    rng = np.random.default_rng(2)
+    steps = np.arange(200)
+    sequence = np.stack([-10.0 - 0.5 * steps, -20.0 + 0.1 * rng.standard_normal(200)], axis=1)
+    method = DWA(window=10)
+    weights = run(method, sequence)
+    assert method.fallbacks == 0
+    assert all(np.isfinite(w).all() and abs(w.sum() - 1) <= 1e-12 for w in weights)
+    assert all(w[1] > w[0] for w in weights[20:])
 
 
 def test_state_round_trip_mid_window() -> None:

@@ -96,12 +96,30 @@ def test_shared_gradient_is_the_gradient_of_the_log_objective() -> None:
         torch.testing.assert_close(got, expected)
 
 
-def test_loss_below_min_losses_is_a_counted_fallback() -> None:
+def test_loss_below_min_losses_lowers_the_floor_instead_of_falling_back() -> None:
+    """Task 1's loss 0.5 is below its min_loss 1: the floor drops to 0.5 − 1.5 = −1, so D = (0.5, 1.5)."""
     method = FAMO(min_losses=[0.0, 1.0])
     weights = method(None, stats([0.5, 0.5]))
-    assert method.fallbacks == 1 and torch.isfinite(weights).all()
+    assert method.fallbacks == 0
+    gaps = torch.tensor([0.5, 1.5], dtype=torch.float64) + 1e-8
+    torch.testing.assert_close(weights, (1 / gaps) / (1 / gaps).sum())
     method.after_step(stats([0.4, 0.2]))
     assert torch.isfinite(method.logits).all()
+
+
+def test_negative_losses_toy_is_defined_at_every_step_and_adapts() -> None:
+    """SAC-actor-like negative losses: no fallback, weights on the simplex at every step, and the task
+    whose loss falls faster (task 0) loses logit weight, as with positive losses."""
+    method = FAMO()
+    losses = torch.tensor([-5.0, -5.0, -5.0], dtype=torch.float64)
+    for _ in range(100):
+        weights = method(None, TaskStats(losses))
+        assert torch.isfinite(weights).all() and abs(float(weights.sum()) - 1) <= 1e-12
+        losses = losses - torch.tensor([0.5, 0.1, 0.0], dtype=torch.float64)
+        method.after_step(TaskStats(losses))
+    assert method.fallbacks == 0
+    z = torch.softmax(method.logits, dim=0)
+    assert z[0] < z[1] < z[2]
 
 
 def test_a_different_number_of_tasks_is_an_error() -> None:

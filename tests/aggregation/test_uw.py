@@ -47,15 +47,27 @@ def test_starts_at_half_and_the_mean_scale() -> None:
                                torch.full((5,), 0.5 * torch.e**-1, dtype=torch.float64))
 
 
-def test_negative_losses_keep_finite_weights() -> None:
-    """For L < 0 the objective is unbounded below in s: s falls to its clip, the weights stay finite."""
-    method = UW(lr=1.0)
+def test_negative_losses_are_weighted_above_a_lowered_floor() -> None:
+    """L = −5 lowers task 0's floor to −5 − 6 = −11 (task 1, positive, keeps floor 0); s then converges
+    to log(L − floor) = log 6 instead of falling without bound, with no fallback."""
+    method = UW(reduction="sum", lr=0.05)
     losses = torch.tensor([-5.0, 1.0], dtype=torch.float64)
-    for _ in range(200):
+    for _ in range(3000):
         weights = method(None, TaskStats(losses))
-    assert torch.isfinite(weights).all() and (weights > 0).all()
-    assert method.log_var[0] == -30.0
-    assert weights[0] == 0.5 * torch.exp(torch.tensor(30.0, dtype=torch.float64)) / 2
+    assert method.fallbacks == 0
+    torch.testing.assert_close(method.loss_floor, torch.tensor([-11.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(method.log_var, torch.tensor([6.0, 1.0], dtype=torch.float64).log(), rtol=0, atol=1e-3)
+    torch.testing.assert_close(weights, 0.5 / torch.tensor([6.0, 1.0], dtype=torch.float64), rtol=2e-3, atol=0)
+
+
+def test_old_checkpoints_without_a_floor_still_load() -> None:
+    method = UW()
+    method(None, TaskStats(torch.ones(2)))
+    saved = method.state_dict()
+    del saved["loss_floor"]
+    fresh = UW()
+    fresh.load_state_dict(saved)
+    assert torch.equal(fresh(None, TaskStats(torch.ones(2))), method(None, TaskStats(torch.ones(2))))
 
 
 def test_a_different_number_of_tasks_is_an_error() -> None:

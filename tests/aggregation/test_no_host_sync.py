@@ -1,0 +1,196 @@
+"""No aggregator call reads a value back to the host when ``deferred_checks`` is on (issue 11 item 1).
+
+CUDA is not needed: every way a tensor's value reaches Python (``item``, ``tolist``, ``numpy``,
+``cpu``, ``.to("cpu")``, ``bool``/``int``/``float``/``index``) is patched to raise during the calls. On a GPU
+each of them is a device synchronisation; a method that passes here can run inside a captured graph
+as far as host reads go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import nn
+
+import mtrl.aggregation as agg
+from mtrl.aggregation import TaskStats, _linalg, mtl_backward, task_partitioned_jacobian
+
+#: Methods built on modules agg9 is rewriting (the α-fair solver, PIVRG's ω); they still read back.
+PENDING = {"nashmtl": "_alpha_fair", "fairgrad": "_alpha_fair", "pivrg": "_alpha_fair",
+           "pi_nashmtl": "_alpha_fair", "pi_ls": "_alpha_fair/_performance", "pi_rlw": "_alpha_fair/_performance"}
+HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__")
+OPTIONS = {"dwa": {"window": 2}}  # leave DWA's warm-up within the calls below
+
+
+class HostRead(AssertionError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _device_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the solvers as on a GPU: the fixed iteration count, without the CPU's early exit."""
+    monkeypatch.setattr(_linalg, "EARLY_EXIT_ON_CPU", False)
+
+
+@contextlib.contextmanager
+def no_host_reads() -> Iterator[None]:
+    """Make every read of a tensor's value from Python raise :class:`HostRead`."""
+    originals = {name: getattr(torch.Tensor, name) for name in (*HOST_READS, "to", "__getitem__", "__setitem__")}
+
+    def forbid(name: str):  # noqa: ANN202
+        def raiser(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            raise HostRead(f"Tensor.{name} reads the device back to the host")
+        return raiser
+
+    def to(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        # Only a literal "cpu" is a certain copy to the host: `.to(x.device)` is device-agnostic code
+        # (and indistinguishable from a host copy when everything is on the CPU).
+        targets = [*args, kwargs.get("device")]
+        if any(isinstance(t, str) and torch.device(t).type == "cpu" for t in targets):
+            raise HostRead("Tensor.to('cpu') copies the device back to the host")
+        return originals["to"](self, *args, **kwargs)
+
+    def scalar_index(index: object) -> bool:
+        """A 0-dim integer tensor as an index is read back (in C++, past the patches above)."""
+        parts = index if isinstance(index, tuple) else (index,)
+        return any(isinstance(p, torch.Tensor) and p.ndim == 0 and not p.is_floating_point() for p in parts)
+
+    def getitem(self, index):  # noqa: ANN001, ANN202
+        if scalar_index(index):
+            raise HostRead("indexing with a 0-dim tensor reads it back to the host")
+        return originals["__getitem__"](self, index)
+
+    def setitem(self, index, value):  # noqa: ANN001, ANN202
+        if scalar_index(index):
+            raise HostRead("indexing with a 0-dim tensor reads it back to the host")
+        return originals["__setitem__"](self, index, value)
+
+    try:
+        for name in HOST_READS:
+            setattr(torch.Tensor, name, forbid(name))
+        torch.Tensor.to = to
+        torch.Tensor.__getitem__ = getitem
+        torch.Tensor.__setitem__ = setitem
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(torch.Tensor, name, original)
+
+
+def test_the_instrument_catches_reads() -> None:
+    x = torch.ones(2)
+    with no_host_reads():
+        for read in (lambda: bool(x.sum()), lambda: x.sum().item(), lambda: x.tolist(), lambda: x.to("cpu"),
+                     lambda: float(x[0]), lambda: x.cpu(), lambda: x[x.argmax()]):
+            with pytest.raises(HostRead):
+                read()
+    assert bool(x.sum() > 0)  # restored
+
+
+def build(name: str) -> agg.Aggregator:
+    options = dict(OPTIONS.get(name, {}))
+    if "seed" in agg.options(name):
+        options["seed"] = 0
+    method = agg.make(name, **options)
+    method.deferred_checks = True
+    return method
+
+
+def params(names: list[str]) -> list:
+    return [pytest.param(n, marks=pytest.mark.xfail(strict=False, reason=f"{PENDING[n]} still reads back (agg9)"))
+            if n in PENDING else n for n in names]
+
+
+@pytest.mark.parametrize("name", params(agg.available()))
+def test_calls_do_not_read_back(name: str) -> None:
+    generator = torch.Generator().manual_seed(0)
+    method = build(name)
+    k = 4
+    for step in range(5):
+        jacobian = torch.randn(k, 12, generator=generator)
+        losses = torch.rand(k, generator=generator) - 0.3  # some negative: DWA/UW/FAMO's floor moves too
+        stats = TaskStats(losses, performance=10 * torch.randn(k, generator=generator), step=step)
+        with no_host_reads():
+            weights = method(jacobian if method.needs_jacobian else None, stats)
+            method.after_step(stats)
+        assert weights.shape == (k,) and torch.isfinite(weights).all()
+    method.check()  # every input was finite
+
+
+@pytest.mark.parametrize("name", params(agg.available()))
+def test_non_finite_input_is_reported_by_check(name: str) -> None:
+    """With deferred checks the call does not raise; ``check()`` raises the eager error, naming the task."""
+    method = build(name)
+    jacobian = torch.randn(3, 6, generator=torch.Generator().manual_seed(1))
+    losses = torch.ones(3)
+    losses[2] = float("nan")
+    with no_host_reads():
+        method(jacobian if method.needs_jacobian else None, TaskStats(losses))
+    with pytest.raises(ValueError, match=r"Non-finite loss .*task\(s\) \[2\]"):
+        method.check()
+
+
+def test_check_reports_gradients_and_reset_clears() -> None:
+    method = build("mgda")
+    jacobian = torch.randn(3, 6)
+    jacobian[1, 0] = float("inf")
+    method(jacobian, TaskStats(torch.ones(3)))
+    method(torch.randn(3, 6), TaskStats(torch.ones(3)))  # masks accumulate: task 1 stays reported
+    with pytest.raises(ValueError, match=r"Non-finite gradient .*task\(s\) \[1\]"):
+        method.check()
+    method.reset()
+    method.check()
+
+
+def test_fallback_counter_stays_on_the_device_and_reads_as_an_int() -> None:
+    method = build("famo")
+    with no_host_reads():
+        for _ in range(3):
+            method._count_fallback(torch.tensor(True))
+        method._count_fallback(torch.tensor(False))
+    assert method.fallbacks == 3 and isinstance(method.fallbacks, int)
+    assert method.state_dict()["fallbacks"] == 3
+    method.fallbacks = 0
+    assert method.fallbacks == 0
+
+
+@pytest.mark.parametrize("name", params(["ls", "rlw", "dwa", "famo", "mgda", "cagrad", "imtlg", "pcgrad",
+                                         "excessmtl", "pivrg"]))
+def test_mtl_backward_with_task_partitioned_jacobian_does_not_read_back(name: str) -> None:
+    """The agent's route: vmap'd per-task Jacobian of a trunk, heads by autograd, ``mtl_backward``."""
+    torch.manual_seed(0)
+    k, batch = 3, 5
+    trunk = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8))
+    heads = nn.Parameter(torch.randn(k, 8) * 0.3)
+    x, y = torch.randn(k, batch, 4), torch.randn(k, batch)
+
+    def task_loss(shared: dict, rows: torch.Tensor, target: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+        return ((torch.func.functional_call(trunk, shared, (rows,)) @ head - target) ** 2).mean()
+
+    method = build(name)
+    shared = dict(trunk.named_parameters())
+    for _ in range(5):
+        with no_host_reads():
+            losses, jacobian = task_partitioned_jacobian(task_loss, shared, x, y, heads)
+            mtl_backward(losses, shared.values(), method, TaskStats(losses.detach()), jacobian=jacobian,
+                         task_params=[heads], scale_task_gradients=False)
+    assert all(torch.isfinite(p.grad).all() for p in [*trunk.parameters(), heads])
+    method.check()
+
+
+@pytest.mark.parametrize("name", ["mgda", "cagrad"])
+def test_device_path_gives_the_cpu_path_weights(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fixed-count loop (GPU) and the early-exiting one (CPU) agree on the hard cases: once
+    settled, further iterations repeat the last one."""
+    from test_properties import HARD
+
+    for case, jacobian in HARD.items():
+        stats = TaskStats(torch.ones(jacobian.shape[0], dtype=torch.float64))
+        fixed = agg.make(name)(jacobian, stats)
+        monkeypatch.setattr(_linalg, "EARLY_EXIT_ON_CPU", True)
+        early = agg.make(name)(jacobian, stats)
+        monkeypatch.setattr(_linalg, "EARLY_EXIT_ON_CPU", False)
+        torch.testing.assert_close(fixed, early, rtol=0, atol=1e-12, msg=case)
