@@ -482,3 +482,6 @@ class MultiTaskSAC:
         self.act_generator.set_state(state["act_generator"])
         self.updates = int(state["updates"])
         self._last_actor = {name: value.to(self.device).clone() for name, value in state["last_actor"].items()}
+        # The optimizers hold new state tensors now: graphs captured before would update the old ones.
+        self._graphs.clear()
+        self._compiled.clear()

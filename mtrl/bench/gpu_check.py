@@ -10,9 +10,11 @@ timeout, its failure recorded, the next phase run):
 1. ``install``: the MuJoCo / Meta-World / Hydra stack from ``.whl/*.whl`` into ``/tmp/site`` and the
    trimmed EnvPool from ``.whl/envpool-metaworld.tar.xz`` into ``/tmp/ep`` (as
    ``../shared/tools/device-wheels.sh --envpool`` prepares them), skipped when already importable;
-2. ``update``: ``python -m mtrl.bench update`` for the aggregators (``ls``, ``pivrg``) per compile mode;
-3. ``train``: ``python -m mtrl.bench train`` (skipped with a message while that benchmark does not exist);
-4. ``learn``: an MT10 ``python -m mtrl.train`` run per aggregator, side by side, stopped by ctrl-C
+2. ``tests``: the CUDA-only tests of ``agent.compile`` (captured updates agree with eager and never
+   sync with the host; actions through pinned buffers), which CI cannot run;
+3. ``update``: ``python -m mtrl.bench update`` for the aggregators (``ls``, ``pivrg``) per compile mode;
+4. ``train``: ``python -m mtrl.bench train`` (skipped with a message while that benchmark does not exist);
+5. ``learn``: an MT10 ``python -m mtrl.train`` run per aggregator, side by side, stopped by ctrl-C
    (which saves its summary) when the phase's time is up; their evaluations are the success curves.
 
 Everything lands in ``--out-dir`` as two files: ``gpu_check.json`` (every phase's status, time and
@@ -39,9 +41,9 @@ from mtrl.bench._common import positive_int, print_table, usage_error, write_jso
 
 HELP = "the prepared GPU-machine check: install, bench update, bench train, MT10 learning runs (one output dir)"
 
-PHASES = ("install", "update", "train", "learn")
+PHASES = ("install", "tests", "update", "train", "learn")
 #: Share of --budget-s per phase; what a phase leaves unused goes to the later ones.
-SHARES = {"install": 0.1, "update": 0.3, "train": 0.2, "learn": 0.4}
+SHARES = {"install": 0.05, "tests": 0.07, "update": 0.23, "train": 0.17, "learn": 0.48}
 #: Seconds a learning run gets after ctrl-C to write its checkpoint and summary.
 STOP_GRACE_S = 20
 #: What the learning phase needs; the install phase is skipped when all of these import.
@@ -53,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out-dir", default=os.environ.get("OUT") or "runs/gpu-check",
                         help="where gpu_check.json and gpu_check.log go (default: $OUT, else runs/gpu-check)")
-    parser.add_argument("--budget-s", type=positive_int, default=450, help="wall time for all phases together")
+    parser.add_argument("--budget-s", type=positive_int, default=420, help="wall time for all phases together")
     parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")
     parser.add_argument("--aggs", default="ls,pivrg", help="aggregators of every phase (ls first: the reference)")
     parser.add_argument("--modes", default=None, help="agent.compile modes of the update phase (default: bench update's)")
@@ -123,6 +125,19 @@ def _run_logged(command: list[str], log: Any, timeout: float) -> None:
     log.write(f"$ {shlex.join(command)}\n")
     log.flush()
     subprocess.run(command, check=True, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT)
+
+
+def cuda_tests(log: Any, timeout: float) -> dict[str, Any]:
+    """``pytest -k test_cuda_`` on the agent's tests; the summary line (a failure raises, with the log)."""
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "test_cuda_", "-rs",
+               "tests/agents/test_compile.py"]
+    log.write(f"$ {shlex.join(command)}\n")
+    log.flush()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    log.write(done.stdout + done.stderr)
+    if done.returncode not in (0, 5):   # 5: nothing collected
+        raise RuntimeError(f"CUDA tests failed: {done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.returncode}")
+    return {"summary": done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""}
 
 
 def update(args: argparse.Namespace, aggs: list[str], work: Path, log: Any, timeout: float) -> dict[str, Any]:
@@ -227,6 +242,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             try:
                 if phase == "install":
                     entry["result"] = install(Path(args.wheels), log)
+                elif phase == "tests":
+                    entry["result"] = cuda_tests(log, budget)
                 elif phase == "update":
                     entry["result"] = update(args, aggs, work, log, budget)
                 elif phase == "train":

@@ -137,3 +137,55 @@ def test_outside_compile_keeps_the_aggregator_interface() -> None:
     from mtrl.aggregation import TaskStats
     stats = TaskStats(torch.rand(K), torch.tensor([30.0, 0.0, 5.0]))
     torch.testing.assert_close(wrapped(jacobian, stats), make("pivrg")(jacobian, stats))
+
+
+# ------------------------------------------------------------------ CUDA only (run by the GPU check)
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (python -m mtrl.bench gpu-check runs these)")
+
+
+def _cuda_agent(mode: str, **config) -> MultiTaskSAC:
+    torch.manual_seed(0)
+    config = SACConfig(**{"hidden_dim": HIDDEN, "batch_size": K * B, "compile": mode, **config})
+    return MultiTaskSAC(OBS, ACT, K, config, None, None, device="cuda", seed=0)
+
+
+def _cuda_buffer() -> ReplayBuffer:
+    rng = np.random.default_rng(0)
+    buffer = ReplayBuffer(K, OBS, ACT, K * 1000, device="cuda", seed=0)
+    for _ in range(64):
+        buffer.add(rng.normal(size=(K, OBS)), rng.uniform(-1, 1, (K, ACT)), rng.normal(size=K),
+                   rng.normal(size=(K, OBS)), rng.random(K) < 0.1)
+    return buffer
+
+
+@cuda
+def test_cuda_graph_updates_agree_with_eager_and_never_sync() -> None:
+    """Without aggregators every phase is captured: sample, critic, actor + temperatures, targets."""
+    agents = {mode: _cuda_agent(mode, aggregate=()) for mode in ("none", "cudagraphs")}
+    buffers = {mode: _cuda_buffer() for mode in agents}
+    for _ in range(6):   # 3 warm-up calls, the capture, then replays
+        outputs = {mode: agent.update(buffers[mode]) for mode, agent in agents.items()}
+    assert sorted(phase.name for phase in agents["cudagraphs"]._graphs.values() if phase.captured) == \
+        ["actor", "critic", "sample", "target"]
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        outputs["cudagraphs"] = agents["cudagraphs"].update(buffers["cudagraphs"])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    outputs["none"] = agents["none"].update(buffers["none"])
+    for eager, replayed in zip(_state(agents["none"]), _state(agents["cudagraphs"])):
+        torch.testing.assert_close(replayed, eager, rtol=1e-5, atol=1e-5)
+    for name, eager in outputs["none"].items():
+        torch.testing.assert_close(outputs["cudagraphs"][name], eager, rtol=1e-5, atol=1e-5)
+
+
+@cuda
+def test_cuda_act_through_pinned_buffers_matches_the_actor() -> None:
+    agent = _cuda_agent("cudagraphs")
+    obs = np.random.default_rng(0).normal(size=(K, OBS))
+    action = agent.act(obs, deterministic=True)
+    with torch.no_grad():
+        expected = agent.actor(torch.as_tensor(obs, dtype=torch.float32, device="cuda").unsqueeze(1),
+                               torch.zeros(K, 1, ACT, device="cuda"))[2].squeeze(1).cpu().numpy()
+    np.testing.assert_allclose(action, expected, rtol=1e-6)
+    assert isinstance(action, np.ndarray) and action.shape == (K, ACT)

@@ -15,7 +15,8 @@ def test_quick_gpu_check_on_the_cpu_bundles_every_phase(tmp_path) -> None:
     assert sorted(path.name for path in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.log"]
     bundle = json.loads((tmp_path / "gpu_check.json").read_text())
     phases = bundle["phases"]
-    assert list(phases) == ["install", "update", "train", "learn"] == list(result["phases"])
+    assert list(phases) == ["install", "tests", "update", "train", "learn"] == list(result["phases"])
+    assert phases["tests"]["status"] == "ok" and "skipped" in phases["tests"]["result"]["summary"]   # no CUDA here
     assert phases["install"]["status"] == "ok" and phases["install"]["result"]["stack"] == "already importable"
     assert phases["update"]["status"] == "ok" and phases["update"]["result"]["none"]["ls"]["ms"] > 0
     assert phases["train"]["status"] in ("ok", "skipped")
