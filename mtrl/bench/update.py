@@ -9,14 +9,17 @@ equal weights through the task-partitioned Jacobian, which tells the Jacobian's 
 aggregator's own solve. Per mode, ``ratio_to_ls`` is an aggregator's time over ``ls``'s; per
 aggregator, ``ratio_to_eager`` is a mode's time over ``none``'s (its speed-up is the inverse).
 ``warmup_s`` covers the first calls: compilation (``compile``) or warm-up and capture (``cudagraphs``).
-Times are medians over ``--repeats`` updates on random replay contents (the cost does not depend on them).
+Times are medians over ``--repeats`` rounds that time every (mode, aggregator) once, interleaved so that
+all rows see the same load, on random replay contents (the cost does not depend on them).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -69,8 +72,8 @@ def _aggregator(name: str) -> Aggregator:
     return EqualWeightsThroughJacobian() if name == "jacobian" else make(name)
 
 
-def time_update(aggregator: str, mode: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Build an agent and a filled buffer, then time ``agent.update(buffer, Δm)``."""
+def prepare(aggregator: str, mode: str, args: argparse.Namespace) -> tuple[Callable[[], Any], dict[str, Any]]:
+    """An agent and a filled buffer, warmed up (compiled or captured); returns one update as a call."""
     device, k = torch.device(args.device), args.tasks
     torch.manual_seed(0)
     config = SACConfig(hidden_dim=args.hidden_dim, batch_size=args.batch_size, compile=mode)
@@ -83,15 +86,18 @@ def time_update(aggregator: str, mode: str, args: argparse.Namespace) -> dict[st
         buffer.add(rng.normal(size=(k, args.obs_dim)), rng.uniform(-1, 1, (k, args.action_dim)), rng.normal(size=k),
                    rng.normal(size=(k, args.obs_dim)), np.zeros(k, dtype=bool))
     performance = torch.linspace(0.0, 90.0, k, device=device)
+
+    def update() -> None:
+        agent.update(buffer, performance)
+
     synchronize(device)
     started = time.perf_counter()
     for _ in range(max(args.warmup, MIN_WARMUP)):
-        agent.update(buffer, performance)
+        update()
     synchronize(device)
     warmup_s = time.perf_counter() - started
-    seconds = timed_median(lambda: agent.update(buffer, performance), args.repeats, warmup=0, device=device)
     captured = sorted(phase.name for phase in agent._graphs.values() if phase.captured)
-    return {"ms": 1e3 * seconds, "warmup_s": warmup_s, "captured": ",".join(captured) if mode == "cudagraphs" else None}
+    return update, {"warmup_s": warmup_s, "captured": ",".join(captured) if mode == "cudagraphs" else None}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -118,14 +124,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         modes = [mode for mode in modes if mode != "cudagraphs"]
 
     results: dict[str, dict[str, Any]] = {mode: {} for mode in modes}
+    updates: dict[tuple[str, str], Callable[[], Any]] = {}
     for mode in modes:
         for name in aggregators:
             try:
-                results[mode][name] = time_update(name, mode, args)
+                updates[mode, name], results[mode][name] = prepare(name, mode, args)
             except Exception as error:  # noqa: BLE001 - one failing row must not lose the others
                 traceback.print_exc()
                 results[mode][name] = {"error": f"{type(error).__name__}: {error}"}
-            print(f"{mode:>10} {name:>10}: {results[mode][name]}", flush=True)
+            print(f"{mode:>10} {name:>10}: ready {results[mode][name]}", flush=True)
+    # Interleaved rounds: every row sees the same load on a shared machine, so the ratios hold.
+    samples: dict[tuple[str, str], list[float]] = {key: [] for key in updates}
+    for _ in range(args.repeats):
+        for key, update in updates.items():
+            samples[key].append(timed_median(update, 1, warmup=0, device=args.device))
+    for (mode, name), times in samples.items():
+        results[mode][name]["ms"] = 1e3 * statistics.median(times)
 
     rows = []
     for mode in modes:
