@@ -282,23 +282,30 @@ class MultiTaskSAC:
         critic = self._run("critic", self._critic_phase, batch.obs, batch.action, batch.reward, batch.next_obs,
                            batch.done, performance)
         if step % self.config.actor_update_every == 0 or not self._last_actor:
-            actor = self._run("actor", self._actor_phase, batch.obs, critic["alpha"], performance)
-            self._last_actor = {name: value.clone() for name, value in actor.items()}
+            self._last_actor = self._own(self._run("actor", self._actor_phase, batch.obs, critic["alpha"], performance))
         if step % self.config.target_update_every == 0:
             self._run("target", self._target_phase)
-        return {"loss/critic": critic["loss/critic"].clone(), "weights/critic": critic["weights/critic"].clone(),
-                **self._last_actor, "alpha": self.alpha}
+        critic = self._own(critic)
+        return {"loss/critic": critic["loss/critic"], "weights/critic": critic["weights/critic"], **self._last_actor,
+                "alpha": self.alpha}
+
+    def _own(self, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Copies of a CUDA graph's static outputs, which its next replay overwrites (other modes: as is)."""
+        if self.compile_mode != "cudagraphs":
+            return outputs
+        return {name: value.clone() for name, value in outputs.items()}
 
     def _run(self, name: str, phase: Callable[..., Any], *args: Any) -> Any:
         """Run one phase of the update in the agent's ``compile_mode``."""
         if self.compile_mode == "none" or (self.compile_mode == "compile" and name == "sample"):
-            # The sample is one randint and a gather; compiling it would recompile as the buffer grows.
+            # The sample is one rand and a gather; compiling it would recompile as the buffer grows.
             return phase(*args)
         if self.compile_mode == "compile":
             if name not in self._compiled:
                 self._compiled[name] = torch.compile(phase, backend=self.compile_backend)
             return self._compiled[name](*args)
-        key = (name, tuple(arg is None for arg in args))
+        # One graph per input layout (Δm given or not) and, for the sample, per buffer (its storage is baked in).
+        key = (name, id(args[0]) if name == "sample" else tuple(arg is None for arg in args))
         if key not in self._graphs:
             generators = [self.update_generator] + ([args[0].generator] if name == "sample" else [])
             blocker = None
