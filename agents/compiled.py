@@ -157,7 +157,7 @@ class GraphedPhase:
             for generator in self.generators:
                 graph.register_generator_state(generator)
             torch.cuda.synchronize()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):   # other threads may use CUDA
                 self._static_out = self.fn(*self._static_args)
             self.graph = graph
             log.info("agent.compile=cudagraphs: the %s phase is captured.", self.name)
