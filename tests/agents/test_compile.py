@@ -63,6 +63,13 @@ def test_auto_is_eager_on_the_cpu_and_bad_modes_are_refused() -> None:
         SACConfig(compile="graphs")
 
 
+def test_inductor_without_a_cpp_compiler_is_refused_before_any_update(monkeypatch) -> None:
+    monkeypatch.setattr("agents.compiled.shutil.which", lambda name: None)
+    with pytest.raises(ValueError, match="needs a C\\+\\+ compiler"):
+        _agent("compile")
+    assert _agent("compile", backend="aot_eager").compile_mode == "compile"   # generates no C++
+
+
 def test_update_from_the_buffer_samples_what_the_buffer_would() -> None:
     first, second = _agent(), _agent()
     buffer_a, buffer_b = _buffer(), _buffer()
