@@ -135,9 +135,10 @@ def cuda_tests(log: Any, timeout: float) -> dict[str, Any]:
     log.flush()
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     log.write(done.stdout + done.stderr)
+    lines = done.stdout.strip().splitlines() or [f"exit code {done.returncode}"]
     if done.returncode not in (0, 5):   # 5: nothing collected
-        raise RuntimeError(f"CUDA tests failed: {done.stdout.strip().splitlines()[-1] if done.stdout.strip() else done.returncode}")
-    return {"summary": done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""}
+        raise RuntimeError("CUDA tests failed: " + " | ".join(lines[-15:]))   # the assertion, in the bundle
+    return {"summary": lines[-1]}
 
 
 def update(args: argparse.Namespace, aggs: list[str], work: Path, log: Any, timeout: float) -> dict[str, Any]:

@@ -5,6 +5,8 @@ import json
 import sys
 import textwrap
 
+import torch
+
 from mtrl.bench import gpu_check
 from mtrl.bench.__main__ import main
 
@@ -16,7 +18,8 @@ def test_quick_gpu_check_on_the_cpu_bundles_every_phase(tmp_path) -> None:
     bundle = json.loads((tmp_path / "gpu_check.json").read_text())
     phases = bundle["phases"]
     assert list(phases) == ["install", "tests", "update", "train", "learn"] == list(result["phases"])
-    assert phases["tests"]["status"] == "ok" and "skipped" in phases["tests"]["result"]["summary"]   # no CUDA here
+    assert phases["tests"]["status"] == "ok"
+    assert ("2 passed" in phases["tests"]["result"]["summary"]) == torch.cuda.is_available()   # else 2 skipped
     assert phases["install"]["status"] == "ok" and phases["install"]["result"]["stack"] == "already importable"
     assert phases["update"]["status"] == "ok" and phases["update"]["result"]["none"]["ls"]["ms"] > 0
     assert phases["train"]["status"] in ("ok", "skipped")
