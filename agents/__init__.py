@@ -1,12 +1,14 @@
 """Multi-task SAC with per-task heads, whose per-task losses go through a gradient aggregator.
 
 ``MultiTaskSAC`` (the agent), ``SACConfig`` (its hyperparameters), ``ReplayBuffer`` and ``Batch``
-(stratified per-task sampling on the training device); the networks are in :mod:`agents.networks`.
+(stratified per-task sampling on the training device); the networks are in :mod:`agents.networks`,
+and how ``SACConfig.compile`` runs the update (eager, ``torch.compile``, CUDA graphs) in
+:mod:`agents.compiled`.
 """
 
 from agents.networks import Actor, MultiHeadLinear, MultiHeadMLP, TwinCritic
 from agents.replay import Batch, ReplayBuffer
-from agents.sac import MultiTaskSAC, SACConfig, soft_q_target
+from agents.sac import COMPILE_MODES, MultiTaskSAC, SACConfig, soft_q_target
 
-__all__ = ["MultiTaskSAC", "SACConfig", "ReplayBuffer", "Batch", "soft_q_target",
+__all__ = ["MultiTaskSAC", "SACConfig", "COMPILE_MODES", "ReplayBuffer", "Batch", "soft_q_target",
            "Actor", "TwinCritic", "MultiHeadMLP", "MultiHeadLinear"]

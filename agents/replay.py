@@ -5,8 +5,9 @@ transitions and the storage is a ring buffer per task, laid out ``[k, capacity_p
 :meth:`ReplayBuffer.sample` draws exactly ``batch_per_task`` rows of each task (uniformly, with
 replacement, as SB3 and the mtrl codebase do) and returns them as ``[k, b, ...]`` tensors: row block
 ``i`` is task ``i``'s, which is what the multi-head agent and the task-partitioned Jacobian expect.
-Indices come from a ``torch.Generator`` on the buffer's device, so sampling is reproducible and
-never leaves the device.
+Indices come from a ``torch.Generator`` on the buffer's device and are scaled by a device-side count
+of the filled slots, so sampling is reproducible, never reads a value back to the host, and can be
+captured in a CUDA graph whose replays still see the buffer grow.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class ReplayBuffer:
         self.next_obs = torch.zeros(*shape, obs_dim, dtype=torch.float32, device=self.device)
         self.done = torch.zeros(*shape, dtype=torch.float32, device=self.device)
         self._task_index = torch.arange(num_tasks, device=self.device).unsqueeze(1)  # [k, 1]
+        self._filled = torch.zeros((), dtype=torch.int64, device=self.device)   # = _size, on the device
+        self._staging: Tensor | None = None   # CUDA: page-locked host row of one step (see add)
         self.generator = torch.Generator(device=self.device)
         if seed is None:
             self.generator.seed()  # non-deterministic, and leaves torch's global generator alone
@@ -92,6 +95,16 @@ class ReplayBuffer:
             self.generator.manual_seed(int(seed))
         self._position = 0   # next slot to write, per task (the same for every task)
         self._size = 0       # filled slots per task
+
+    @property
+    def _size(self) -> int:
+        """Filled slots per task. Setting it also updates the device-side copy that sampling reads."""
+        return self._size_value
+
+    @_size.setter
+    def _size(self, value: int) -> None:
+        self._size_value = int(value)
+        self._filled.fill_(self._size_value)   # a kernel argument, no host sync
 
     # ------------------------------------------------------------------------------------ writing
     def add(self, obs: np.ndarray | Tensor, action: np.ndarray | Tensor, reward: np.ndarray | Tensor,
@@ -108,15 +121,32 @@ class ReplayBuffer:
             "reward": (reward, (k,)), "next_obs": (next_obs, (k, self.obs_dim)), "terminated": (terminated, (k,)),
         }
         slot = self._position
+        rows: list[Tensor] = []
         for name, (value, shape) in items.items():
             tensor = torch.as_tensor(np.asarray(value) if not isinstance(value, Tensor) else value)
             if tuple(tensor.shape) != shape:
                 raise ValueError(f"ReplayBuffer.add: `{name}` should have shape {shape} (one row per task), "
                                  f"got {tuple(tensor.shape)}.")
-            storage = self.done if name == "terminated" else getattr(self, name)
-            storage[:, slot].copy_(tensor.to(dtype=torch.float32), non_blocking=False)
+            rows.append(tensor.reshape(k, -1))
+        if self.device.type == "cuda" and not any(row.is_cuda for row in rows):
+            rows = self._through_pinned(rows)
+        for storage, row in zip((self.obs, self.action, self.reward, self.next_obs, self.done), rows):
+            storage[:, slot].copy_(row.reshape(storage[:, slot].shape))   # casts to float32
         self._position = (slot + 1) % self.capacity_per_task
         self._size = min(self._size + 1, self.capacity_per_task)
+
+    def _through_pinned(self, rows: list[Tensor]) -> list[Tensor]:
+        """Move one step's host rows to the device in one copy from a page-locked buffer (CUDA)."""
+        widths = [row.shape[1] for row in rows]
+        if self._staging is None:
+            self._staging = torch.empty(self.num_tasks, sum(widths), pin_memory=True)
+            self._staged = torch.empty(self.num_tasks, sum(widths), device=self.device)
+            self._staging_copied = torch.cuda.Event()
+        self._staging_copied.synchronize()   # the last step's copy has left the pinned buffer
+        torch.cat([row.to(torch.float32) for row in rows], dim=1, out=self._staging)
+        self._staged.copy_(self._staging, non_blocking=True)
+        self._staging_copied.record()
+        return list(self._staged.split(widths, dim=1))
 
     # ----------------------------------------------------------------------------------- sampling
     def sample(self, batch_per_task: int, generator: torch.Generator | None = None) -> Batch:
@@ -135,8 +165,10 @@ class ReplayBuffer:
         if self._size == 0:
             raise ValueError("ReplayBuffer.sample: the buffer is empty; add transitions (warm-up steps) first.")
         generator = self.generator if generator is None else generator
-        rows = torch.randint(0, self._size, (self.num_tasks, batch_per_task), generator=generator,
-                             device=self.device)                                  # [k, b]
+        uniform = torch.rand((self.num_tasks, batch_per_task), generator=generator, device=self.device,
+                             dtype=torch.float64)                                  # [k, b] in [0, 1)
+        # floor(u · size) is uniform on {0, ..., size - 1}; the minimum guards the rounding of u · size to size.
+        rows = torch.minimum((uniform * self._filled).long(), self._filled - 1)   # [k, b]
         index = (self._task_index, rows)
         return Batch(obs=self.obs[index], action=self.action[index], reward=self.reward[index],
                      next_obs=self.next_obs[index], done=self.done[index])

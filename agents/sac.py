@@ -19,7 +19,10 @@ the stacked heads are task inputs), then :func:`mtrl.aggregation.mtl_backward` w
 ``ls``) skip the Jacobian: one backward of the weighted loss. A loss left out of
 ``SACConfig.aggregate`` is minimised as the plain mean over tasks, ``(1/k) Σ_i L_i``.
 
-The update never moves data to the host: it returns detached ``[k]`` device tensors.
+The update never moves data to the host: it returns detached ``[k]`` device tensors. It runs in
+phases (sample, critic, actor and temperatures, targets), each a plain function of tensors that
+``SACConfig.compile`` runs eagerly, through ``torch.compile`` or as a CUDA-graph replay
+(:mod:`agents.compiled`).
 """
 
 from __future__ import annotations
@@ -34,13 +37,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from agents.compiled import (GraphedPhase, OutsideCompile, capture_blocker, check_compile_toolchain,
+                             resolve_compile_mode)
 from agents.networks import Actor, TwinCritic, policy_apply, twin_q_apply
-from agents.replay import Batch
+from agents.replay import Batch, ReplayBuffer
 from mtrl.aggregation import Aggregator, TaskStats, mtl_backward, task_partitioned_jacobian
 
-__all__ = ["SACConfig", "MultiTaskSAC", "soft_q_target"]
+__all__ = ["SACConfig", "MultiTaskSAC", "soft_q_target", "COMPILE_MODES"]
 
 _AGGREGATABLE = ("critic", "actor")
+#: Values of ``SACConfig.compile``.
+COMPILE_MODES = ("auto", "none", "compile", "cudagraphs")
 
 
 @dataclass
@@ -64,6 +71,10 @@ class SACConfig:
     # Clip the norm of the trunk's aggregated gradient before each step. None: no clipping (mtrl codebase);
     # 1.0 reproduces the MT10 code of Nash-MTL / FAMO / FairGrad (`max_norm` of their aggregators).
     max_grad_norm: float | None = None
+    # How the update runs (LeanRL's pattern: the same update function, wrapped from outside).
+    # auto: CUDA graphs on CUDA, eager on the CPU; none: eager; compile: torch.compile (inductor);
+    # cudagraphs: each update phase captured once in a CUDA graph and replayed (CUDA only).
+    compile: str = "auto"
 
     def __post_init__(self) -> None:
         self.aggregate = tuple(self.aggregate)
@@ -90,6 +101,8 @@ class SACConfig:
                 isinstance(self.max_grad_norm, (int, float)) and self.max_grad_norm > 0 and math.isfinite(self.max_grad_norm)):
             raise ValueError(f"SACConfig: `max_grad_norm` should be a positive number or null. "
                              f"Found `max_grad_norm = {self.max_grad_norm!r}`.")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"SACConfig: `compile` should be one of {COMPILE_MODES}. Found `compile = {self.compile!r}`.")
         low, high = self.log_std_bounds
         if not low < high:
             raise ValueError(f"SACConfig: `log_std_bounds` should be (low, high) with low < high. Found {self.log_std_bounds!r}.")
@@ -119,11 +132,14 @@ class MultiTaskSAC:
         device: the training device (CPU or CUDA); the networks are float32.
         seed: seeds the agent's own random generators (policy noise in updates and in :meth:`act`);
             the networks' initialisation uses torch's global generator, so seed that too.
+        compile_backend: the ``torch.compile`` backend of ``config.compile = "compile"`` (``inductor``;
+            ``aot_eager`` traces without generating code, which the tests use to stay fast).
     """
 
     def __init__(self, obs_dim: int, action_dim: int, num_tasks: int, config: SACConfig | None = None,
                  critic_aggregator: Aggregator | None = None, actor_aggregator: Aggregator | None = None,
-                 device: torch.device | str = "cpu", seed: int | None = None) -> None:
+                 device: torch.device | str = "cpu", seed: int | None = None,
+                 compile_backend: str = "inductor") -> None:
         config = SACConfig() if config is None else config
         for name, value in (("obs_dim", obs_dim), ("action_dim", action_dim), ("num_tasks", num_tasks)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -144,7 +160,15 @@ class MultiTaskSAC:
 
         self.obs_dim, self.action_dim, self.num_tasks, self.config = obs_dim, action_dim, num_tasks, config
         self.device = torch.device(device)
+        self.compile_mode = resolve_compile_mode(config.compile, self.device)
+        self.compile_backend = compile_backend
+        if self.compile_mode == "compile":
+            check_compile_toolchain(self.device, compile_backend)
         self.critic_aggregator, self.actor_aggregator = critic_aggregator, actor_aggregator
+        for aggregator in (critic_aggregator, actor_aggregator):
+            if self.compile_mode != "none" and hasattr(aggregator, "deferred_checks"):
+                # Validation without host syncs; errors surface at the next Aggregator.check() (log time).
+                aggregator.deferred_checks = True
         self.target_entropy = float(-action_dim if config.target_entropy is None else config.target_entropy)
 
         sizes = dict(hidden_dim=config.hidden_dim, trunk_layers=config.trunk_layers, head_layers=config.head_layers)
@@ -156,9 +180,11 @@ class MultiTaskSAC:
         self.log_alpha = torch.nn.Parameter(
             torch.full((num_tasks,), math.log(config.init_temperature), dtype=torch.float32, device=self.device))
 
-        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=config.lr)
-        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=config.lr)
-        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=config.lr)
+        # capturable: Adam's step counter lives on the device, so that a step neither syncs nor freezes in a graph.
+        adam = dict(lr=config.lr, capturable=self.device.type == "cuda" and self.compile_mode != "none")
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), **adam)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), **adam)
+        self.alpha_optimizer = torch.optim.Adam([self.log_alpha], **adam)
 
         # Two streams, so that acting (and evaluating) does not shift the noise the updates draw.
         self.update_generator = torch.Generator(device=self.device)
@@ -172,6 +198,9 @@ class MultiTaskSAC:
 
         self.updates = 0  # gradient updates done; the aggregators' TaskStats.step
         self._last_actor: dict[str, Tensor] = {}
+        self._compiled: dict[str, Callable[..., Any]] = {}     # compile: phase -> torch.compile'd phase
+        self._graphs: dict[tuple[Any, ...], GraphedPhase] = {}  # cudagraphs: (phase, inputs) -> its graph
+        self._pinned: dict[tuple[str, tuple[int, ...]], Tensor] = {}  # act's page-locked host buffers (CUDA)
 
     # ---------------------------------------------------------------------------------- properties
     @property
@@ -189,8 +218,13 @@ class MultiTaskSAC:
     def act(self, obs: np.ndarray | Tensor, deterministic: bool = False) -> np.ndarray:
         """Actions for ``obs [k, obs_dim]`` (row ``i`` through head ``i``) or ``[k, n, obs_dim]``.
 
-        ``deterministic`` returns ``tanh(mu)`` (evaluation) and draws no noise.
+        ``deterministic`` returns ``tanh(mu)`` (evaluation) and draws no noise. On CUDA, host
+        observations go up and actions come back through page-locked buffers, one copy each way.
         """
+        if self.device.type == "cuda" and not (isinstance(obs, Tensor) and obs.is_cuda):
+            host = self._pinned_buffer("obs", tuple(np.shape(obs)))
+            host.copy_(torch.as_tensor(obs))                          # casts to float32
+            obs = host.to(self.device, non_blocking=True)
         obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         if obs.ndim not in (2, 3) or obs.shape[0] != self.num_tasks or obs.shape[-1] != self.obs_dim:
             raise ValueError(f"MultiTaskSAC.act: obs should be [k={self.num_tasks}, {self.obs_dim}] (row i is task i) "
@@ -202,16 +236,31 @@ class MultiTaskSAC:
         else:
             noise = torch.randn(noise_shape, generator=self.act_generator, device=self.device)
         action, _, mean_action = self.actor(rows, noise)
-        chosen = mean_action if deterministic else action
-        return chosen.reshape(*obs.shape[:-1], self.action_dim).cpu().numpy()
+        chosen = (mean_action if deterministic else action).reshape(*obs.shape[:-1], self.action_dim)
+        if self.device.type != "cuda":
+            return chosen.numpy()
+        host = self._pinned_buffer("action", tuple(chosen.shape))
+        host.copy_(chosen, non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()   # the one wait per step: the action must be on the host
+        return host.numpy().copy()   # the pinned buffer is reused by the next call
+
+    def _pinned_buffer(self, name: str, shape: tuple[int, ...]) -> Tensor:
+        """A page-locked float32 host tensor per (name, shape), reused across calls."""
+        key = (name, shape)
+        if key not in self._pinned:
+            self._pinned[key] = torch.empty(shape, dtype=torch.float32, pin_memory=True)
+        return self._pinned[key]
 
     # ---------------------------------------------------------------------------------- the update
-    def update(self, batch: Batch, performance: Tensor | None = None) -> dict[str, Tensor]:
+    def update(self, batch: Batch | ReplayBuffer, performance: Tensor | None = None) -> dict[str, Tensor]:
         """One gradient step of the critic, then (every ``actor_update_every``) the actor and the
         temperatures, then (every ``target_update_every``) the target critic.
 
         Args:
-            batch: a stratified :class:`~agents.replay.Batch` (``[k, b, ...]``) on the agent's device.
+            batch: a stratified :class:`~agents.replay.Batch` (``[k, b, ...]``) on the agent's device,
+                or the :class:`~agents.replay.ReplayBuffer` itself: the agent then samples
+                ``batch_per_task`` rows per task with device-side indices, inside the captured region
+                under ``compile=cudagraphs``.
             performance: ``[k]`` per-task performance drops Δm in percent for aggregators that read
                 them (PIVRG); ``None`` means Δm = 0.
 
@@ -220,7 +269,9 @@ class MultiTaskSAC:
             ``weights/critic``, ``weights/actor``, ``alpha`` (after this step), ``entropy``
             (``−mean log π``). On steps that skip the actor, the actor entries repeat the last ones.
         """
-        k, b = self._check_batch(batch)
+        if isinstance(batch, ReplayBuffer):
+            batch = self._run("sample", self._sample_phase, batch)
+        k, _ = self._check_batch(batch)
         if performance is not None:
             performance = torch.as_tensor(performance, dtype=torch.float32, device=self.device)
             if performance.shape != (k,):
@@ -228,45 +279,86 @@ class MultiTaskSAC:
                                  f"got shape {tuple(performance.shape)}.")
         self.updates += 1
         step = self.updates
-        alpha = self.alpha  # [k], the temperatures before this step's temperature update
-
-        # 1. critic
-        target_q = self.compute_target_q(batch, alpha)                            # [k, b]
-        critic_losses, critic_weights = self._optimize(
-            "critic", self._critic_task_loss, self.critic.named_trunk_parameters(), self.critic.head_parameters(),
-            (batch.obs, batch.action, target_q), performance, step)
-
-        # 2. actor and temperatures
+        critic = self._run("critic", self._critic_phase, batch.obs, batch.action, batch.reward, batch.next_obs,
+                           batch.done, performance)
         if step % self.config.actor_update_every == 0 or not self._last_actor:
-            noise = torch.randn((k, b, self.action_dim), generator=self.update_generator, device=self.device)
-            critic_trunk = [p.detach() for p in self.critic.trunk_parameters()]
-            critic_heads = [p.detach() for p in self.critic.head_parameters()]
-
-            def actor_task_loss(trunk: Mapping[str, Tensor], *inputs: Tensor) -> Tensor:
-                return self._actor_task_loss(critic_trunk, trunk, *inputs)
-
-            with torch.no_grad():  # log π of the same samples, for the temperature loss
-                _, log_prob, _ = self.actor(batch.obs, noise)                       # [k, b]
-            actor_losses, actor_weights = self._optimize(
-                "actor", actor_task_loss, self.actor.named_trunk_parameters(), self.actor.head_parameters(),
-                (*critic_heads, alpha, batch.obs, noise), performance, step)
-
-            # mtrl codebase form: α_i (not log α_i) times the detached entropy gap.
-            alpha_losses = (self.log_alpha.exp().unsqueeze(-1) * (-log_prob - self.target_entropy)).mean(-1)  # [k]
-            self.alpha_optimizer.zero_grad(set_to_none=True)
-            alpha_losses.sum().backward()  # each log α_i gets its own task's gradient
-            self.alpha_optimizer.step()
-            self._last_actor = {"loss/actor": actor_losses, "weights/actor": actor_weights,
-                                "loss/alpha": alpha_losses.detach(), "entropy": -log_prob.mean(-1)}
-
-        # 3. target critic
+            self._last_actor = self._own(self._run("actor", self._actor_phase, batch.obs, critic["alpha"], performance))
         if step % self.config.target_update_every == 0:
-            with torch.no_grad():
-                for target, online in zip(self.critic_target.parameters(), self.critic.parameters()):
-                    target.lerp_(online, self.config.tau)
-
-        return {"loss/critic": critic_losses, "weights/critic": critic_weights, **self._last_actor,
+            self._run("target", self._target_phase)
+        critic = self._own(critic)
+        return {"loss/critic": critic["loss/critic"], "weights/critic": critic["weights/critic"], **self._last_actor,
                 "alpha": self.alpha}
+
+    def _own(self, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Copies of a CUDA graph's static outputs, which its next replay overwrites (other modes: as is)."""
+        if self.compile_mode != "cudagraphs":
+            return outputs
+        return {name: value.clone() for name, value in outputs.items()}
+
+    def _run(self, name: str, phase: Callable[..., Any], *args: Any) -> Any:
+        """Run one phase of the update in the agent's ``compile_mode``."""
+        if self.compile_mode == "none" or (self.compile_mode == "compile" and name == "sample"):
+            # The sample is one rand and a gather; compiling it would recompile as the buffer grows.
+            return phase(*args)
+        if self.compile_mode == "compile":
+            if name not in self._compiled:
+                self._compiled[name] = torch.compile(phase, backend=self.compile_backend)
+            return self._compiled[name](*args)
+        # One graph per input layout (Δm given or not) and, for the sample, per buffer (its storage is baked in).
+        key = (name, id(args[0]) if name == "sample" else tuple(arg is None for arg in args))
+        if key not in self._graphs:
+            generators = [self.update_generator] + ([args[0].generator] if name == "sample" else [])
+            blocker = None
+            if name in self.config.aggregate:
+                blocker = capture_blocker(self.critic_aggregator if name == "critic" else self.actor_aggregator)
+            self._graphs[key] = GraphedPhase(phase, name, generators, blocker)
+        return self._graphs[key](*args)
+
+    # ------------------------------------------------------------------ the phases of one update
+    # Each is a function of tensors that reads like the pseudo-code above; `_run` executes it eagerly,
+    # compiled or as a CUDA-graph replay (agents.compiled). Outputs may be a graph's static buffers.
+    def _sample_phase(self, buffer: ReplayBuffer) -> Batch:
+        return buffer.sample(self.batch_per_task)
+
+    def _critic_phase(self, obs: Tensor, action: Tensor, reward: Tensor, next_obs: Tensor, done: Tensor,
+                      performance: Tensor | None) -> dict[str, Tensor]:
+        """1. The critic's aggregated step; returns its losses, weights and the temperatures it used."""
+        batch = Batch(obs, action, reward, next_obs, done)
+        alpha = self.alpha  # [k], the temperatures before this step's temperature update
+        target_q = self.compute_target_q(batch, alpha)                            # [k, b]
+        losses, weights = self._optimize(
+            "critic", self._critic_task_loss, self.critic.named_trunk_parameters(), self.critic.head_parameters(),
+            (obs, action, target_q), performance)
+        return {"loss/critic": losses, "weights/critic": weights, "alpha": alpha}
+
+    def _actor_phase(self, obs: Tensor, alpha: Tensor, performance: Tensor | None) -> dict[str, Tensor]:
+        """2. The actor's aggregated step against the updated critic, then the temperatures."""
+        k, b = obs.shape[:2]
+        noise = torch.randn((k, b, self.action_dim), generator=self.update_generator, device=self.device)
+        critic_trunk = [p.detach() for p in self.critic.trunk_parameters()]
+        critic_heads = [p.detach() for p in self.critic.head_parameters()]
+
+        def actor_task_loss(trunk: Mapping[str, Tensor], *inputs: Tensor) -> Tensor:
+            return self._actor_task_loss(critic_trunk, trunk, *inputs)
+
+        with torch.no_grad():  # log π of the same samples, for the temperature loss
+            _, log_prob, _ = self.actor(obs, noise)                                # [k, b]
+        losses, weights = self._optimize(
+            "actor", actor_task_loss, self.actor.named_trunk_parameters(), self.actor.head_parameters(),
+            (*critic_heads, alpha, obs, noise), performance)
+
+        # mtrl codebase form: α_i (not log α_i) times the detached entropy gap.
+        alpha_losses = (self.log_alpha.exp().unsqueeze(-1) * (-log_prob - self.target_entropy)).mean(-1)  # [k]
+        self.alpha_optimizer.zero_grad(set_to_none=True)
+        alpha_losses.sum().backward()  # each log α_i gets its own task's gradient
+        self.alpha_optimizer.step()
+        return {"loss/actor": losses, "weights/actor": weights, "loss/alpha": alpha_losses.detach(),
+                "entropy": -log_prob.mean(-1)}
+
+    @torch.no_grad()
+    def _target_phase(self) -> None:
+        """3. Polyak averaging of the target critic, θ' ← θ' + τ (θ − θ'), in place (one fused kernel)."""
+        torch._foreach_lerp_(list(self.critic_target.parameters()), list(self.critic.parameters()), self.config.tau)
 
     @torch.no_grad()
     def compute_target_q(self, batch: Batch, alpha: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
@@ -301,8 +393,10 @@ class MultiTaskSAC:
 
     def _optimize(self, network: str, task_loss: Callable[..., Tensor], trunk: dict[str, Tensor],
                   heads: list[Tensor], data: tuple[Tensor, ...], performance: Tensor | None,
-                  step: int) -> tuple[Tensor, Tensor]:
-        """One optimizer step of ``network`` on its ``k`` losses; returns (losses, weights), detached."""
+                  step: int | None = None) -> tuple[Tensor, Tensor]:
+        """One optimizer step of ``network`` on its ``k`` losses; returns (losses, weights), detached.
+
+        ``step`` (the aggregators' ``TaskStats.step``) defaults to :attr:`updates`."""
         k = self.num_tasks
         optimizer = self.critic_optimizer if network == "critic" else self.actor_optimizer
         optimizer.zero_grad(set_to_none=True)
@@ -313,11 +407,13 @@ class MultiTaskSAC:
             return losses.detach(), torch.full((k,), 1.0 / k, device=self.device)
 
         aggregator = self.critic_aggregator if network == "critic" else self.actor_aggregator
+        if self.compile_mode == "compile" and not getattr(aggregator, "capturable", False):
+            aggregator = OutsideCompile(aggregator)
         if aggregator.needs_jacobian:
             losses, jacobian = task_partitioned_jacobian(task_loss, trunk, *heads, *data)  # [k], [k, n_trunk]
         else:
             losses, jacobian = task_loss(trunk, *heads, *data), None
-        weights = mtl_backward(losses, list(trunk.values()), aggregator, TaskStats(losses.detach(), performance, step),
+        weights = mtl_backward(losses, list(trunk.values()), aggregator, self._task_stats(losses, performance, step),
                                jacobian=jacobian, task_params=heads, scale_task_gradients=False)
         if self.config.max_grad_norm is not None:
             # No host sync: clip_grad_norm_ scales by a device-side clamp.
@@ -326,8 +422,14 @@ class MultiTaskSAC:
         if aggregator.learns_from_steps:
             # Methods that learn from the step's effect (FAMO) get the same batch's losses after it.
             with torch.no_grad():
-                aggregator.after_step(TaskStats(task_loss(trunk, *heads, *data), performance, step))
+                aggregator.after_step(self._task_stats(task_loss(trunk, *heads, *data), performance, step))
         return losses.detach(), weights
+
+    @torch.compiler.disable
+    def _task_stats(self, losses: Tensor, performance: Tensor | None, step: int | None) -> TaskStats:
+        # Outside torch.compile: reading the changing step counter in a traced frame would recompile.
+        # Under a CUDA graph the step is read once, at capture (agents.compiled).
+        return TaskStats(losses.detach(), performance, self.updates if step is None else step)
 
     # --------------------------------------------------------------------------------------- checks
     def _check_batch(self, batch: Batch) -> tuple[int, int]:
@@ -387,3 +489,6 @@ class MultiTaskSAC:
         self.act_generator.set_state(state["act_generator"])
         self.updates = int(state["updates"])
         self._last_actor = {name: value.to(self.device).clone() for name, value in state["last_actor"].items()}
+        # The optimizers hold new state tensors now: graphs captured before would update the old ones.
+        self._graphs.clear()
+        self._compiled.clear()

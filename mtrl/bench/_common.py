@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -91,3 +93,20 @@ def write_json(result: dict[str, Any], path: str | Path) -> Path:
     tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: a bad value ends in argparse's one-line error and exit code 2."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"should be a positive integer, got {text!r}")
+    return value
+
+
+def usage_error(message: str) -> NoReturn:
+    """Bad options found after parsing: one line on stderr that says what to change, exit code 2."""
+    print(f"mtrl.bench: error: {message}", file=sys.stderr)
+    sys.exit(2)

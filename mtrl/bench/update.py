@@ -1,0 +1,159 @@
+"""Wall time of one full multi-task SAC update per aggregator and per ``agent.compile`` mode.
+
+    python -m mtrl.bench update [--aggregators ls,pivrg] [--modes none,compile] [--device cuda]
+
+One update is what training does per vector step: the replay sample (device-side indices), the
+critic's aggregated step, the actor's aggregated step, the temperatures and the target critics
+(:meth:`agents.MultiTaskSAC.update` with the buffer as its source). ``jacobian`` is not a method:
+equal weights through the task-partitioned Jacobian, which tells the Jacobian's cost apart from an
+aggregator's own solve. Per mode, ``ratio_to_ls`` is an aggregator's time over ``ls``'s; per
+aggregator, ``ratio_to_eager`` is a mode's time over ``none``'s (its speed-up is the inverse).
+``warmup_s`` covers the first calls: compilation (``compile``) or warm-up and capture (``cudagraphs``).
+Times are medians over ``--repeats`` rounds that time every (mode, aggregator) once, interleaved so that
+all rows see the same load, on random replay contents (the cost does not depend on them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from agents import COMPILE_MODES, MultiTaskSAC, ReplayBuffer, SACConfig
+from mtrl.aggregation import Aggregator, TaskStats, available, make
+from mtrl.bench._common import positive_int, print_table, synchronize, timed_median, usage_error
+
+HELP = "one full SAC update (sample, critic, actor, temperatures, targets) per aggregator and compile mode"
+
+#: Calls before timing: a CUDA-graph phase warms up 3 times and is captured on the 4th.
+MIN_WARMUP = 5
+
+
+class EqualWeightsThroughJacobian(Aggregator):
+    """Equal weights, but declared as needing the Jacobian: times the Jacobian path alone."""
+
+    name = "jacobian"
+    needs_jacobian = True
+
+    def _weights(self, jacobian: torch.Tensor | None, stats: TaskStats) -> torch.Tensor:
+        return torch.full((stats.num_tasks,), 1.0 / stats.num_tasks, dtype=stats.losses.dtype,
+                          device=stats.losses.device)
+
+    def __repr__(self) -> str:
+        return "EqualWeightsThroughJacobian()"
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--aggregators", type=_names, default=None,
+                        help="comma-separated registered names, or 'jacobian' (default: ls, jacobian and every method)")
+    parser.add_argument("--modes", type=_names, default=None,
+                        help="comma-separated agent.compile modes (default: none,compile; none,cudagraphs,compile on CUDA)")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend of mode 'compile'")
+    parser.add_argument("--tasks", type=positive_int, default=10)
+    parser.add_argument("--obs-dim", type=positive_int, default=49, help="Meta-World 39 + one-hot")
+    parser.add_argument("--action-dim", type=positive_int, default=4)
+    parser.add_argument("--batch-size", type=positive_int, default=1280)
+    parser.add_argument("--hidden-dim", type=positive_int, default=400)
+    parser.add_argument("--warmup", type=positive_int, default=MIN_WARMUP)
+    parser.add_argument("--repeats", type=positive_int, default=20)
+
+
+def _aggregator(name: str) -> Aggregator:
+    return EqualWeightsThroughJacobian() if name == "jacobian" else make(name)
+
+
+def prepare(aggregator: str, mode: str, args: argparse.Namespace) -> tuple[Callable[[], Any], dict[str, Any]]:
+    """An agent and a filled buffer, warmed up (compiled or captured); returns one update as a call."""
+    device, k = torch.device(args.device), args.tasks
+    torch.manual_seed(0)
+    config = SACConfig(hidden_dim=args.hidden_dim, batch_size=args.batch_size, compile=mode)
+    agent = MultiTaskSAC(args.obs_dim, args.action_dim, k, config, _aggregator(aggregator), _aggregator(aggregator),
+                         device=device, seed=0, compile_backend=args.compile_backend)
+    steps = 500
+    buffer = ReplayBuffer(k, args.obs_dim, args.action_dim, capacity=k * steps, device=device, seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        buffer.add(rng.normal(size=(k, args.obs_dim)), rng.uniform(-1, 1, (k, args.action_dim)), rng.normal(size=k),
+                   rng.normal(size=(k, args.obs_dim)), np.zeros(k, dtype=bool))
+    performance = torch.linspace(0.0, 90.0, k, device=device)
+
+    def update() -> None:
+        agent.update(buffer, performance)
+
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(max(args.warmup, MIN_WARMUP)):
+        update()
+    synchronize(device)
+    warmup_s = time.perf_counter() - started
+    captured = sorted(phase.name for phase in agent._graphs.values() if phase.captured)
+    return update, {"warmup_s": warmup_s, "captured": ",".join(captured) if mode == "cudagraphs" else None}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    cuda = args.device.startswith("cuda")
+    if args.quick:
+        args.tasks, args.batch_size, args.hidden_dim, args.repeats, args.warmup = 3, 24, 16, 2, MIN_WARMUP
+        args.aggregators = args.aggregators or ["ls", "pivrg"]
+        args.modes = args.modes or ["none"]
+    aggregators = args.aggregators or ["ls", "jacobian", *[name for name in available() if name != "ls"]]
+    modes = args.modes or (["none", "cudagraphs", "compile"] if cuda else ["none", "compile"])
+    unknown = [name for name in aggregators if name != "jacobian" and name not in available()]
+    if unknown:
+        usage_error(f"update: unknown aggregator(s) {unknown}; choose from jacobian, {', '.join(available())}.")
+    if "ls" not in aggregators:
+        usage_error("update: --aggregators should include ls, the reference of ratio_to_ls.")
+    bad_modes = [mode for mode in modes if mode not in COMPILE_MODES]
+    if bad_modes:
+        usage_error(f"update: unknown mode(s) {bad_modes}; choose from {', '.join(COMPILE_MODES)}.")
+    if args.batch_size % args.tasks:
+        usage_error(f"update: --batch-size {args.batch_size} should be a multiple of --tasks {args.tasks} "
+                    f"(the batch is stratified by task).")
+    if "cudagraphs" in modes and not cuda:
+        print("mode cudagraphs needs --device cuda: skipped")
+        modes = [mode for mode in modes if mode != "cudagraphs"]
+
+    results: dict[str, dict[str, Any]] = {mode: {} for mode in modes}
+    updates: dict[tuple[str, str], Callable[[], Any]] = {}
+    for mode in modes:
+        for name in aggregators:
+            try:
+                updates[mode, name], results[mode][name] = prepare(name, mode, args)
+            except Exception as error:  # noqa: BLE001 - one failing row must not lose the others
+                traceback.print_exc()
+                results[mode][name] = {"error": f"{type(error).__name__}: {error}"}
+            print(f"{mode:>10} {name:>10}: ready {results[mode][name]}", flush=True)
+    # Interleaved rounds: every row sees the same load on a shared machine, so the ratios hold.
+    samples: dict[tuple[str, str], list[float]] = {key: [] for key in updates}
+    for _ in range(args.repeats):
+        for key, update in updates.items():
+            samples[key].append(timed_median(update, 1, warmup=0, device=args.device))
+    for (mode, name), times in samples.items():
+        results[mode][name]["ms"] = 1e3 * statistics.median(times)
+
+    rows = []
+    for mode in modes:
+        ls_ms = results[mode].get("ls", {}).get("ms")
+        for name in aggregators:
+            row = results[mode][name]
+            if "ms" not in row:
+                continue
+            eager_ms = results.get("none", {}).get(name, {}).get("ms")
+            row["ratio_to_ls"] = row["ms"] / ls_ms if ls_ms else None
+            row["ratio_to_eager"] = row["ms"] / eager_ms if eager_ms else None
+            rows.append({"mode": mode, "aggregator": name, **row})
+    print_table(rows, ["mode", "aggregator", "ms", "ratio_to_ls", "ratio_to_eager", "warmup_s", "captured"],
+                title=f"One SAC update, k={args.tasks}, batch {args.batch_size}, 3x{args.hidden_dim} trunks, {args.device}")
+    return {"tasks": args.tasks, "batch_size": args.batch_size, "hidden_dim": args.hidden_dim,
+            "device": args.device, "repeats": args.repeats, "compile_backend": args.compile_backend,
+            "results": results}
