@@ -122,6 +122,11 @@ def test_envpool_task_ids() -> None:
 
     assert envpool_task_id("pick-place-v3") == "MetaWorld/PickPlace-v3"
     assert envpool_task_id("button-press-topdown-v3") == "MetaWorld/ButtonPressTopdown-v3"
+    if envs.envpool_available():   # MT1 / MT10 / MT50: every Meta-World v3 task has its pool
+        import envpool
+
+        registered = set(envpool.list_all_envs())
+        assert [name for name in envs.BENCHMARKS["mt50"] if envpool_task_id(name) not in registered] == []
 
 
 @needs_envpool
@@ -147,7 +152,6 @@ def test_evaluation_episodes_end_at_their_first_success() -> None:
 
     protocol = envs.make_protocol("mtrl")
     with envs.make_eval_env("mt1", protocol, 0, task="reach-v3", vector_strategy="sync") as env:
-        goal = None
         env.reset()
         goal = env.vector_env.envs[0]._env._target_pos
         records = envs.run_episodes(scripted_reach, env, episodes_per_task=2)
