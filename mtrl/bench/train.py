@@ -6,7 +6,8 @@
 For each aggregator (and each loop order), one :class:`mtrl.training.Trainer` is built from the repository's
 config exactly as ``python -m mtrl.train`` builds it, and trained for ``--warmup`` steps (replay warm-up and
 the first updates, untimed), then for ``--window`` steps, timed: the figure is vector steps per second over
-that window. The shares split the window's wall time into ``env`` (sending actions and waiting for the
+that window. With several ``--orders`` they take turns every ``--chunk`` steps of the same run, so that
+they share the machine's load and its ratio holds. The shares split the window's wall time into ``env`` (sending actions and waiting for the
 environments: with EnvPool's threads only the part the update did not hide), ``act``, ``update``,
 ``store`` (replay buffer and episode bookkeeping), ``evaluation`` (inline evaluations, or waiting for one)
 and ``other`` (logging, checkpoints, the loop). Before training, the same environment is stepped alone
@@ -43,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", default="mt10", help="mt10 | mt50 | mt1 (configs/env/)")
     parser.add_argument("--backend", default="auto", help="env.backend: auto | envpool | gymnasium")
     parser.add_argument("--warmup", type=int, default=300, help="untimed steps first (replay warm-up included)")
-    parser.add_argument("--window", type=int, default=300, help="timed vector steps")
+    parser.add_argument("--window", type=int, default=300, help="timed vector steps (all orders together)")
+    parser.add_argument("--chunk", type=int, default=10, help="the orders take turns every this many steps")
     parser.add_argument("--eval-every", type=int, default=None,
                         help="evaluate every this many steps inside the window (default: never)")
     parser.add_argument("--override", action="append", default=[],
@@ -81,22 +83,22 @@ def _compose(overrides: list[str]) -> Any:
 
 
 class _PhaseClock:
-    """Wall time per phase once ``active``; wraps bound methods of the trainer and its environment."""
+    """Wall time per (order, phase) inside the window; wraps bound methods of the trainer and its environment."""
 
     def __init__(self, device: str) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.active = False
+        self.seconds: dict[tuple[str, str], float] = defaultdict(float)
+        self.order: str | None = None   # None: outside the window
         self.device = device
 
     def wrap(self, phase: str, function: Callable[..., Any], sync: bool = False) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
-            if not self.active:
+            if self.order is None:
                 return function(*args, **kwargs)
             started = time.perf_counter()
             value = function(*args, **kwargs)
             if sync:   # the update's GPU kernels belong to the update
                 synchronize(self.device)
-            self.seconds[phase] += time.perf_counter() - started
+            self.seconds[self.order, phase] += time.perf_counter() - started
             return value
         return timed
 
@@ -113,8 +115,9 @@ def _sequential_iteration(trainer: Any) -> Callable[[np.ndarray], np.ndarray]:
     return iteration
 
 
-def measure(args: argparse.Namespace, agg: str, order: str) -> dict[str, Any]:
-    from envs import make_multitask_env  # noqa: F401  (fail early if the envs do not import)
+def measure(args: argparse.Namespace, agg: str, orders: list[str]) -> list[dict[str, Any]]:
+    """One run of ``agg``; inside the window the orders take turns every ``--chunk`` steps, so that they
+    share the machine's load (this machine is shared); one row per order."""
     from mtrl.bench.env import vector_steps_per_second
     from mtrl.training import Trainer, prepare
 
@@ -132,56 +135,71 @@ def measure(args: argparse.Namespace, agg: str, order: str) -> dict[str, Any]:
         trainer.evaluate = clock.wrap("evaluation", trainer.evaluate)
         trainer.env.step_async = clock.wrap("env", trainer.env.step_async)
         trainer.env.step_wait = clock.wrap("env", trainer.env.step_wait)
-        if order == "sequential":
-            trainer._iteration = _sequential_iteration(trainer)
-        window: dict[str, float] = {}
+        iterations = {"overlap": trainer._iteration, "sequential": _sequential_iteration(trainer)}
+        wall: dict[str, float] = defaultdict(float)
+        steps: dict[str, int] = defaultdict(int)
+        started = [0.0]
         after_step = trainer._after_step
 
-        def timed_after_step() -> None:
-            after_step()
-            if trainer.step == args.warmup:
+        def iteration(obs: np.ndarray) -> np.ndarray:
+            offset = trainer.step - args.warmup
+            in_window = 0 <= offset < args.window
+            clock.order = orders[(offset // args.chunk) % len(orders)] if in_window else None
+            if clock.order is not None:
                 synchronize(args.device)
-                clock.active, window["start"] = True, time.perf_counter()
-            elif trainer.step == args.warmup + args.window:
-                synchronize(args.device)
-                clock.active, window["end"] = False, time.perf_counter()
+                started[0] = time.perf_counter()
+            return iterations[clock.order or "overlap"](obs)
 
-        trainer._after_step = timed_after_step
+        def timed_after_step() -> None:   # logging, evaluations, checkpoints count to the step's order
+            after_step()
+            if clock.order is not None:
+                synchronize(args.device)
+                wall[clock.order] += time.perf_counter() - started[0]
+                steps[clock.order] += 1
+            clock.order = None
+
+        trainer._iteration, trainer._after_step = iteration, timed_after_step
         trainer.train()
-    wall = window["end"] - window["start"]
-    shares = {f"{phase}_share": clock.seconds[phase] / wall for phase in PHASES}
-    shares["other_share"] = max(0.0, 1.0 - sum(shares.values()))
-    steps_per_s = args.window / wall
-    return {"agg": agg, "order": order, "backend": settings.backend, "vector_steps_per_s": steps_per_s,
-            "env_only_vector_steps_per_s": env_only, "train_over_env_only_ratio": steps_per_s / env_only,
-            "window_s": wall, **shares}
+    rows = []
+    for order in orders:
+        shares = {f"{phase}_share": clock.seconds[order, phase] / wall[order] for phase in PHASES}
+        shares["other_share"] = max(0.0, 1.0 - sum(shares.values()))
+        steps_per_s = steps[order] / wall[order]
+        rows.append({"agg": agg, "order": order, "backend": settings.backend, "steps": steps[order],
+                     "vector_steps_per_s": steps_per_s, "env_only_vector_steps_per_s": env_only,
+                     "train_over_env_only_ratio": steps_per_s / env_only, "window_s": wall[order], **shares})
+    return rows
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
-        args.env, args.warmup, args.window = "mt1", 8, 12
+        args.env, args.warmup, args.window, args.chunk = "mt1", 8, 12, 3
     aggs = [a.strip() for a in args.aggs.split(",") if a.strip()]
     orders = [o.strip() for o in args.orders.split(",") if o.strip()]
     if not aggs:
         _usage_error("--aggs names no aggregator (e.g. --aggs ls,pivrg).")
     if unknown := sorted(set(orders) - set(ORDERS)):
         _usage_error(f"unknown order(s) {unknown}; use --orders {','.join(ORDERS)} (or one of them).")
-    if args.warmup < 2 or args.window < 1:
-        _usage_error("--warmup should be at least 2 and --window positive.")
+    if args.warmup < 2 or args.window < len(orders) or args.chunk < 1:
+        _usage_error("--warmup should be at least 2, --chunk positive and --window at least one step per order.")
     from mtrl.training import ConfigError
 
     configs = Path(__file__).resolve().parents[2] / "configs" / "agg"
     valid = sorted(path.stem for path in configs.glob("*.yaml"))
     if unknown := sorted(set(aggs) - set(valid)):
         _usage_error(f"unknown aggregator(s) {unknown}; valid: {', '.join(valid)}.")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for agg in aggs:
-        for order in orders:
-            try:
-                rows.append(measure(args, agg, order))
-            except ConfigError as error:
-                _usage_error(str(error))
-    result: dict[str, Any] = {"env": args.env, "warmup": args.warmup, "window": args.window, "rows": rows}
+        try:
+            measured = measure(args, agg, orders)
+        except ConfigError as error:
+            _usage_error(str(error))
+        rows += measured
+        for row in measured:   # as they come: a long run that gets stopped still leaves its first rows
+            print(f"{agg} {row['order']} ({row['backend']}): {row['vector_steps_per_s']:.4g} vector steps/s",
+                  flush=True)
+    result: dict[str, Any] = {"env": args.env, "warmup": args.warmup, "window": args.window, "chunk": args.chunk,
+                              "rows": rows}
     for agg in aggs:
         by_order = {row["order"]: row for row in rows if row["agg"] == agg}
         if len(by_order) == 2:

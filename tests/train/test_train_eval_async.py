@@ -36,8 +36,8 @@ def evaluations(run_dir: Path) -> list[dict]:
 def test_async_evaluation_records_what_inline_evaluation_records(tmp_path: Path, monkeypatch, config,
                                                                   tensorboard_scalars) -> None:
     monkeypatch.setattr(envs, "evaluate", policy_fingerprint)
-    inline = run(config("agg=ls", "eval_async=false"), run_dir=tmp_path / "inline")
-    threaded = run(config("agg=ls", "eval_async=true"), run_dir=tmp_path / "async")
+    inline = run(config("env=mt1", "agg=ls", "eval_async=false"), run_dir=tmp_path / "inline")
+    threaded = run(config("env=mt1", "agg=ls", "eval_async=true"), run_dir=tmp_path / "async")
     assert [record["step"] for record in threaded["evaluations"]] == [6, 12]
     # The same numbers: the thread evaluated the actor of step 6 and 12, not a later one.
     assert threaded["evaluations"] == inline["evaluations"]
@@ -56,7 +56,7 @@ def test_evaluation_in_flight_at_ctrl_c_is_rerun_on_resume(tmp_path: Path, monke
     import agents
 
     monkeypatch.setattr(envs, "evaluate", policy_fingerprint)
-    reference = run(config("agg=ls", "eval_async=false"), run_dir=tmp_path / "reference")["evaluations"]
+    reference = run(config("env=mt1", "agg=ls", "eval_async=false"), run_dir=tmp_path / "reference")["evaluations"]
 
     calls = {"evaluate": 0, "update": 0}
 
@@ -77,7 +77,7 @@ def test_evaluation_in_flight_at_ctrl_c_is_rerun_on_resume(tmp_path: Path, monke
         patch.setattr(envs, "evaluate", first_blocks)
         patch.setattr(agents.MultiTaskSAC, "update", update)
         with pytest.raises(TrainingInterrupted):
-            run(config("agg=ls", "eval_async=true"), run_dir=stopped)
+            run(config("env=mt1", "agg=ls", "eval_async=true"), run_dir=stopped)
     checkpoint = load_checkpoint(stopped / "checkpoint.pt")
     assert checkpoint["step"] == 7 and checkpoint["pending_evaluation"]["step"] == 6
     assert checkpoint["history"]["history"] == []          # not finished, so not recorded
