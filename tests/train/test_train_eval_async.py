@@ -1,5 +1,6 @@
 """Evaluation off the critical path: a snapshot of the policy at the evaluation step, evaluated on a thread,
-recorded at a fixed step and logged at its own; an evaluation in flight at ctrl-C is re-run on resume."""
+recorded at a fixed step and logged at its own; an evaluation in flight at ctrl-C is re-run on resume;
+env.backend is checked with the config."""
 
 from __future__ import annotations
 
@@ -85,3 +86,13 @@ def test_evaluation_in_flight_at_ctrl_c_is_rerun_on_resume(tmp_path: Path, monke
     resumed = run(config(f"resume={stopped}"))
     assert [record["step"] for record in resumed["evaluations"]] == [6, 12]
     assert resumed["evaluations"][0] == reference[0]       # the saved actor of step 6, evaluated again
+
+
+def test_bad_env_backend_is_refused_before_any_env(config, no_envs) -> None:
+    from mtrl.training import ConfigError, prepare
+
+    with pytest.raises(ConfigError, match="env.backend should be one of auto, envpool, gymnasium"):
+        prepare(config("env.backend=cuda"))
+    with pytest.raises(ConfigError, match="v2 reward" if envs.envpool_available() else "does not import"):
+        prepare(config("env.backend=envpool", "protocol.reward_function_version=v1"))
+    assert prepare(config("env.backend=auto", "protocol=mtrl")).backend == "gymnasium"   # one goal per task
