@@ -88,7 +88,8 @@ class MetaWorldTaskEnv(gym.Env):
     Each reset sets one of ``goals`` (drawn uniformly from this environment's own generator when there are
     several) and resets the simulation; episodes are truncated after ``max_episode_steps`` steps and never
     terminate (Meta-World has no terminal states, and success does not end an episode: the episode's success is
-    ``info["success"]`` at any step). ``info`` holds only ``"success"`` (bool).
+    ``info["success"]`` at any step). With ``stop_on_success`` (evaluation) an episode is truncated at its first
+    success instead, as Meta-World's own evaluation does. ``info`` holds only ``"success"`` (bool).
 
     Seeding happens at construction (metaworld ignores ``reset(seed=)``); ``reset(seed=s)`` here re-seeds both
     generators as gymnasium specifies.
@@ -106,6 +107,7 @@ class MetaWorldTaskEnv(gym.Env):
         max_episode_steps: int,
         seed: int,
         reward_function_version: str = "v2",
+        stop_on_success: bool = False,
     ) -> None:
         benchmark_tasks("mt1", task_name)
         if not goals or any(goal.env_name != task_name for goal in goals):
@@ -114,6 +116,7 @@ class MetaWorldTaskEnv(gym.Env):
             raise ValueError(f"Parameter `max_episode_steps` should be a positive integer. Found `{max_episode_steps!r}`.")
         self.task_name = task_name
         self.max_episode_steps = max_episode_steps
+        self.stop_on_success = bool(stop_on_success)
         self._goals = tuple(goals)
         self._env = _env_dict.ALL_V3_ENVIRONMENTS[task_name](reward_function_version=reward_function_version)
         # Meta-World raises on a step past its own horizon (500); ours is the protocol's.
@@ -141,8 +144,11 @@ class MetaWorldTaskEnv(gym.Env):
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict]:
         obs, reward, _, _, info = self._env.step(action)
         self._elapsed_steps += 1
-        truncated = self._elapsed_steps >= self.max_episode_steps
-        return obs.astype(np.float32), float(reward), False, truncated, {"success": bool(info["success"])}
+        success = bool(info["success"])
+        # An evaluation episode stops at its first success: a rule of the evaluation, not a terminal state of
+        # the task, hence truncation.
+        truncated = self._elapsed_steps >= self.max_episode_steps or (self.stop_on_success and success)
+        return obs.astype(np.float32), float(reward), False, truncated, {"success": success}
 
     @property
     def rng_state(self) -> dict:

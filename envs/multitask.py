@@ -27,7 +27,7 @@ from functools import partial
 import gymnasium as gym
 import numpy as np
 
-from envs.metaworld import MetaWorldTaskEnv, benchmark_tasks, task_env_kwargs
+from envs.metaworld import MetaWorldTaskEnv, benchmark_tasks, derive_seed, task_env_kwargs
 from envs.normalization import RewardNormalizer
 from envs.protocols import ProtocolConfig
 
@@ -40,6 +40,10 @@ EVAL_SEED_OFFSET = 10_000
 """The evaluation environment's generators use ``seed + EVAL_SEED_OFFSET`` (its goals stay those of ``seed``)."""
 
 VECTOR_STRATEGIES = ("auto", "sync", "async")
+
+BACKENDS = ("auto", "envpool", "gymnasium")
+"""``env.backend``: ``envpool`` (EnvPool's C++ Meta-World, :mod:`envs.envpool_backend`), ``gymnasium``
+(the official Meta-World environments in a gymnasium vector env) or ``auto`` (see :func:`resolve_backend`)."""
 
 
 @dataclass
@@ -90,6 +94,30 @@ def resolve_vector_strategy(vector_strategy: str, num_tasks: int) -> str:
     return "async" if num_tasks > 1 and cpus >= ASYNC_MIN_CPUS else "sync"
 
 
+def resolve_backend(backend: str, protocol: ProtocolConfig) -> str:
+    """``"envpool"`` or ``"gymnasium"``.
+
+    ``"auto"`` is EnvPool where it imports, unless the protocol holds each task to one goal (``mtrl``), which
+    EnvPool cannot do (its resets always draw a fresh goal). ``"envpool"`` refuses what EnvPool cannot run:
+    a missing install and Meta-World's v1 reward; under a fixed-goal protocol it trains on fresh goals.
+    """
+    from envs.envpool_backend import envpool_available
+
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown env backend `{backend}`. Valid backends: {', '.join(BACKENDS)}.")
+    if backend == "auto":
+        usable = envpool_available() and not protocol.fixed_goal and protocol.reward_function_version == "v2"
+        return "envpool" if usable else "gymnasium"
+    if backend == "envpool":
+        if not envpool_available():
+            raise ValueError("env.backend=envpool but EnvPool does not import here (pip install envpool==1.2.5, "
+                             "Linux x86-64 only); use env.backend=gymnasium or auto.")
+        if protocol.reward_function_version != "v2":
+            raise ValueError("EnvPool computes Meta-World's v2 reward only; use env.backend=gymnasium with "
+                             f"reward_function_version={protocol.reward_function_version}.")
+    return backend
+
+
 class MultiTaskEnv:
     """One sub-environment per task, row ``i`` = task ``i`` = ``task_names[i]``, task one-hot appended.
 
@@ -136,6 +164,15 @@ class MultiTaskEnv:
         self._episode_success = np.zeros(self.num_tasks, dtype=bool)
         self._needs_reset = True
         self._pending_actions: np.ndarray | None = None
+        # Async gymnasium vector envs and EnvPool step between step_async and step_wait; a sync one in step_wait.
+        self._steps_in_background = callable(getattr(vector_env, "step_async", None))
+
+    @property
+    def backend(self) -> str:
+        """``"envpool"`` or ``"gymnasium"``: what steps the simulations."""
+        from envs.envpool_backend import EnvPoolVectorEnv
+
+        return "envpool" if isinstance(self.vector_env, EnvPoolVectorEnv) else "gymnasium"
 
     def _observation(self, raw: np.ndarray) -> np.ndarray:
         raw = np.asarray(raw, dtype=np.float32)
@@ -145,7 +182,7 @@ class MultiTaskEnv:
 
     def reset(self) -> np.ndarray:
         """Starts a new episode in every task (episodes in flight are dropped): obs [k, obs_dim] float32."""
-        if self._pending_actions is not None and isinstance(self.vector_env, gym.vector.AsyncVectorEnv):
+        if self._pending_actions is not None and self._steps_in_background:
             self.vector_env.step_wait()  # drain the step in flight before resetting
         self._pending_actions = None
         obs, _ = self.vector_env.reset()
@@ -163,8 +200,8 @@ class MultiTaskEnv:
     def step_async(self, actions: np.ndarray) -> None:
         """Sends ``actions`` to the sub-environments; :meth:`step_wait` collects the result.
 
-        With worker processes (``async``) the environments step while the caller does other work (e.g. a
-        gradient update); in one process (``sync``) the step happens in :meth:`step_wait`.
+        With EnvPool's threads or worker processes (``async``) the environments step while the caller does
+        other work (e.g. a gradient update); in one process (``sync``) the step happens in :meth:`step_wait`.
         """
         if self._needs_reset:
             raise RuntimeError("Call reset() before step().")
@@ -174,7 +211,7 @@ class MultiTaskEnv:
         if actions.shape != (self.num_tasks, self.action_dim):
             raise ValueError(f"Expected actions of shape ({self.num_tasks}, {self.action_dim}), got {actions.shape}.")
         actions = np.clip(actions, self.action_low, self.action_high)
-        if isinstance(self.vector_env, gym.vector.AsyncVectorEnv):
+        if self._steps_in_background:
             self.vector_env.step_async(actions)
         self._pending_actions = actions
 
@@ -183,7 +220,7 @@ class MultiTaskEnv:
         if self._pending_actions is None:
             raise RuntimeError("step_wait() without step_async().")
         actions, self._pending_actions = self._pending_actions, None
-        if isinstance(self.vector_env, gym.vector.AsyncVectorEnv):
+        if self._steps_in_background:
             raw_obs, raw_reward, terminated, truncated, info = self.vector_env.step_wait()
         else:
             raw_obs, raw_reward, terminated, truncated, info = self.vector_env.step(actions)
@@ -266,7 +303,7 @@ class MultiTaskEnv:
 
     def __repr__(self) -> str:
         return (
-            f"MultiTaskEnv(tasks={self.num_tasks}, protocol={self.protocol.name!r}, "
+            f"MultiTaskEnv(tasks={self.num_tasks}, protocol={self.protocol.name!r}, backend={self.backend!r}, "
             f"vector_env={type(self.vector_env).__name__})"
         )
 
@@ -280,6 +317,8 @@ def make_multitask_env(
     *,
     goal_seed: int | None = None,
     one_hot: bool = True,
+    backend: str = "gymnasium",
+    stop_on_success: bool = False,
 ) -> MultiTaskEnv:
     """The environment of ``benchmark`` (``"mt10"``, ``"mt50"``, ``"mt1"`` with ``task``) under ``protocol``.
 
@@ -288,16 +327,29 @@ def make_multitask_env(
             seed gives the same goals, resets and, given the same actions, observations.
         vector_strategy: ``"sync"`` (one process), ``"async"`` (one worker process per task) or ``"auto"``
             (see :func:`resolve_vector_strategy`).
-        goal_seed: the seed of the tasks' goals, default ``seed``.
+        goal_seed: the seed of the tasks' goals, default ``seed`` (gymnasium backend; EnvPool draws its own).
         one_hot: append the task one-hot to observations.
+        backend: ``"gymnasium"``, ``"envpool"`` or ``"auto"`` (see :func:`resolve_backend`); the vector
+            strategy applies to gymnasium only (EnvPool steps every task on its own thread).
+        stop_on_success: end an episode at its first success (evaluation; gymnasium backend only).
 
     Raises:
-        ValueError: unknown benchmark, task, vector strategy, or a negative seed; before anything is built.
+        ValueError: unknown benchmark, task, vector strategy, backend, or a negative seed; before anything
+            is built.
     """
     task_names = benchmark_tasks(benchmark, task)
     strategy = resolve_vector_strategy(vector_strategy, len(task_names))
+    if resolve_backend(backend, protocol) == "envpool":
+        if stop_on_success:
+            raise ValueError("stop_on_success is for evaluation, which runs on the gymnasium backend.")
+        from envs.envpool_backend import EnvPoolVectorEnv
+
+        seeds = [derive_seed(seed, "env", name) for name in task_names]
+        pools = EnvPoolVectorEnv(task_names, protocol.max_episode_steps, seeds)
+        return MultiTaskEnv(pools, task_names, protocol, one_hot=one_hot)
     # The goals are built here, once, and shipped to async workers with the constructor arguments.
-    env_fns = [partial(MetaWorldTaskEnv, **task_env_kwargs(name, protocol, seed, goal_seed)) for name in task_names]
+    env_fns = [partial(MetaWorldTaskEnv, **task_env_kwargs(name, protocol, seed, goal_seed),
+                       stop_on_success=stop_on_success) for name in task_names]
     kwargs = dict(autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
     if strategy == "async":
         # gymnasium's default start method (fork on Linux): fast, and works from scripts without a
@@ -318,9 +370,11 @@ def make_eval_env(
     *,
     one_hot: bool = True,
 ) -> MultiTaskEnv:
-    """The evaluation environment of a run with ``seed``: the same goals as its training environment, other
-    generator streams (``seed + EVAL_SEED_OFFSET``), so that under random goals evaluation episodes draw their
-    goals independently of training."""
+    """The evaluation environment of a run with ``seed``: the official Meta-World environments (whatever the
+    training backend, so that success rates mean the same on both), the goals of the gymnasium training
+    environment of ``seed``, other generator streams (``seed + EVAL_SEED_OFFSET``), so that under random goals
+    evaluation episodes draw their goals independently of training. An episode ends at its first success
+    (as in Meta-World's own evaluation): the success rate is the same, the steps after it are saved."""
     return make_multitask_env(
         benchmark,
         protocol,
@@ -329,4 +383,6 @@ def make_eval_env(
         vector_strategy,
         goal_seed=seed,
         one_hot=one_hot,
+        backend="gymnasium",
+        stop_on_success=True,
     )

@@ -1,7 +1,7 @@
 """``python -m mtrl.train``: multi-task SAC on Meta-World with a gradient aggregator.
 
 * :mod:`mtrl.training.config` — config checks and resume merging (:func:`prepare`), before any env starts;
-* :mod:`mtrl.training.loop` — the :class:`Trainer` (act → update → step envs → store; eval; checkpoints);
+* :mod:`mtrl.training.loop` — the :class:`Trainer` (act → send → update → receive → store; eval on a thread; checkpoints);
 * :mod:`mtrl.training.logger` — TensorBoard tags; :mod:`mtrl.training.tracking` — success history and Δm;
 * :mod:`mtrl.training.checkpoint` — atomic writes and RNG states.
 """

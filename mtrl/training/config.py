@@ -72,6 +72,8 @@ class TrainSettings:
     config: dict[str, Any]              # the effective config, plain (saved in checkpoints and summary.json)
     resume: Path | None = None
     checkpoint: dict[str, Any] | None = field(default=None, repr=False)
+    backend: str = "auto"               # env.backend: envpool | gymnasium | auto (envs.resolve_backend)
+    eval_async: bool = True             # evaluate on a thread while training goes on (loop.py)
 
     @property
     def num_tasks(self) -> int:
@@ -162,7 +164,16 @@ def prepare(cfg: DictConfig) -> TrainSettings:
     if strategy not in ("auto", "sync", "async"):
         raise ConfigError(f"vector_strategy should be auto, sync or async. Found `vector_strategy={strategy!r}`.")
 
+    backend = env_cfg.get("backend", "auto")
+    if backend not in envs.BACKENDS:
+        raise ConfigError(f"env.backend should be one of {', '.join(envs.BACKENDS)}. Found `env.backend={backend!r}`.")
+    try:
+        backend = envs.resolve_backend(backend, protocol)   # auto -> what runs here
+    except ValueError as error:
+        raise ConfigError(f"env.backend: {error}") from error
+
     return TrainSettings(
+        backend=backend, eval_async=_bool(plain, "eval_async") if "eval_async" in plain else True,
         benchmark=benchmark, env_name=_env_label(env_cfg.get("name", benchmark), task), task=task,
         task_names=task_names,
         protocol=protocol, agent=agent_config, agg_name=str(agg_name), agg_options=agg_options,

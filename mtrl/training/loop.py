@@ -3,16 +3,28 @@
 One iteration (``step`` counts vector steps done so far)::
 
     act      action = uniform random (step < warmup_steps) or π(obs), sampled    (host <- device)
-    update   batch = buffer.sample(128 per task); agent.update(batch, Δm)        (device only, no host sync)
-    step     envs.step(action)                                                  (CPU)
+    send     envs.step_async(action)                                            (EnvPool threads / workers start)
+    update   batch = buffer.sample(128 per task); agent.update(batch, Δm)        (while the environments step)
+    receive  result = envs.step_wait()                                          (sync gymnasium steps here)
     store    buffer.add(obs, action, reward, next_obs, terminated)              (host -> device)
 
-The update is queued *before* the environments step (as in the mtrl codebase): on a GPU its kernels
-run while the CPU steps the environments, and the next ``act`` is the only wait. Its outputs stay on
-the device until a log step (every ``log_every`` steps).
+The environments step while the update runs: EnvPool's C++ threads (``env.backend=envpool``) or
+gymnasium's worker processes (``vector_strategy=async``) use the other cores; a sync gymnasium vector
+env steps in ``step_wait``, as before. The update samples the buffer before this step's transition is
+stored, exactly as when it ran before the step, so the order of random draws (and the result) is the
+same on every backend. On a GPU the update's kernels are queued, and its outputs stay on the device until
+a log step (every ``log_every`` steps).
 
-Evaluation (deterministic policy, a separate environment) runs every ``eval_every`` steps and at
-the end; checkpoints every ``checkpoint_every`` steps, at the end and on ctrl-C.
+Evaluation (deterministic policy, the official Meta-World environments whatever ``env.backend``) runs
+every ``eval_every`` steps and at the end. With ``eval_async=true`` (default) it runs on a thread, on
+its own environments, from a copy of the actor taken at the evaluation step, while training goes on.
+Its result is recorded at a fixed point, the next evaluation step or the end of the run (waiting for it
+if needed), and logged at its own step: so ``best``/``final``, Δm and every checkpoint are the same
+however fast the thread was, and a run is as reproducible as with ``eval_async=false`` (inline:
+recorded at once). Δm (PIVRG) therefore follows an evaluation one ``eval_every`` later than inline.
+Checkpoints every ``checkpoint_every`` steps, at the end and on ctrl-C; an evaluation still in flight
+is saved as its actor copy and the evaluation environment's generators at its start, and a resume runs
+it again (same policy, same episodes, same result).
 
 Resume (``resume=<run dir>``) restores exactly: the networks, target critics, optimizers, temperatures,
 both aggregators' state, every random generator (Python, NumPy, torch CPU/CUDA, the agent's, the replay
@@ -27,11 +39,14 @@ bit-identical to an uninterrupted one, but two resumes of the same checkpoint ar
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +83,67 @@ def _nothing() -> Iterator[None]:
     yield
 
 
+def policy_snapshot(agent: Any) -> Any:
+    """A copy of ``agent`` whose ``act`` uses a frozen copy of the actor, for evaluating while training goes
+    on (the rest is shared: deterministic acting reads only the actor)."""
+    snapshot = copy.copy(agent)
+    snapshot.actor = copy.deepcopy(agent.actor)
+    return snapshot
+
+
+@dataclass
+class PendingEvaluation:
+    """An evaluation started and not yet recorded."""
+
+    step: int
+    """The step it evaluates (its TensorBoard step)."""
+    snapshot: Any
+    """The agent with the actor of that step (:func:`policy_snapshot`)."""
+    eval_env_state: dict[str, Any] | None
+    """The evaluation environment's state when it started: a resume runs it again from there."""
+    future: Future
+
+
+class Evaluations:
+    """Runs evaluations inline or on one worker thread; at most one is pending at a time."""
+
+    def __init__(self, evaluate_fn: Callable[..., dict[str, float]], eval_env: Any, episodes: int,
+                 asynchronous: bool) -> None:
+        self.evaluate_fn, self.eval_env, self.episodes = evaluate_fn, eval_env, episodes
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="mtrl-eval") if asynchronous else None
+        self._cancelled = threading.Event()
+        self.pending: PendingEvaluation | None = None
+
+    def start(self, step: int, snapshot: Any, eval_env_state: dict[str, Any] | None) -> None:
+        assert self.pending is None, "collect the pending evaluation first"
+        if self._executor is None:
+            future: Future = Future()
+            future.set_result(self._run(snapshot))
+        else:
+            future = self._executor.submit(self._run, snapshot)
+        self.pending = PendingEvaluation(step, snapshot, eval_env_state, future)
+
+    def _run(self, snapshot: Any) -> dict[str, float]:
+        return self.evaluate_fn(lambda obs: snapshot.act(obs, deterministic=True), self.eval_env, self.episodes,
+                                self._cancelled.is_set)
+
+    def collect(self) -> tuple[int, dict[str, float]]:
+        """Waits for the pending evaluation; returns its step and per-task success."""
+        assert self.pending is not None
+        success = self.pending.future.result()
+        step, self.pending = self.pending.step, None
+        return step, success
+
+    def cancel(self) -> None:
+        """Stops the evaluation in flight (it stays ``pending``, for the checkpoint) and the thread."""
+        self._cancelled.set()
+        if self.pending is not None:
+            with contextlib.suppress(BaseException):
+                self.pending.future.result()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Raised by :meth:`Trainer.train` after ctrl-C, once the checkpoint is saved."""
 
@@ -97,10 +173,11 @@ class Trainer:
         # Environments: the run's seed fixes the goals; the evaluation environment has the same goals and
         # its own generator streams. A resume restores the generators' states (envs' state_dict).
         k = settings.num_tasks
-        log.info("Building %s (%d tasks, protocol %s) on %s ...", settings.env_name, k, settings.protocol.name,
-                 settings.device)
+        log.info("Building %s (%d tasks, protocol %s, env backend %s) on %s ...", settings.env_name, k,
+                 settings.protocol.name, settings.backend, settings.device)
         env_args = dict(task=settings.task, vector_strategy=settings.vector_strategy)
-        self.env = envs.make_multitask_env(settings.benchmark, settings.protocol, settings.seed, **env_args)
+        self.env = envs.make_multitask_env(settings.benchmark, settings.protocol, settings.seed,
+                                           backend=settings.backend, **env_args)
         try:
             self.eval_env = envs.make_eval_env(settings.benchmark, settings.protocol, settings.seed, **env_args)
         except BaseException:
@@ -120,7 +197,8 @@ class Trainer:
         k = settings.num_tasks
         if list(self.env.task_names) != settings.task_names:
             raise RuntimeError(f"The environment's tasks {self.env.task_names} differ from {settings.task_names}.")
-        self.evaluate_fn = envs.evaluate
+        self.evaluations = Evaluations(envs.evaluate, self.eval_env, settings.eval_episodes, settings.eval_async)
+        self._resume_evaluation: dict[str, Any] | None = None
 
         self.agent = agents.MultiTaskSAC(
             self.env.obs_dim, self.env.action_dim, k, settings.agent,
@@ -148,6 +226,7 @@ class Trainer:
                                   purge_step=self.step + 1 if checkpoint is not None else None)
         self._stop_requested = False
         self._checkpoint_step: int | None = self.step if checkpoint is not None else None
+        self._recorded_since_checkpoint = False
 
     # ------------------------------------------------------------------------------------ the loop
     def train(self) -> dict[str, Any]:
@@ -161,6 +240,7 @@ class Trainer:
         if self.history.final is not None:
             self._set_postfix()
         try:
+            self._start_resumed_evaluation()
             obs = self.env.reset()
             try:
                 with logging_redirect_tqdm() if s.progress else _nothing():   # log lines above the bar
@@ -173,14 +253,14 @@ class Trainer:
                     raise
                 self._stop_requested = True   # the interrupt may have broken the env workers: no more env calls
             if self._stop_requested:
+                self.evaluations.cancel()   # saved as pending: a resume runs it again
                 self.save_checkpoint()
                 self.write_summary(finished=False)
                 log.info("Interrupted at step %d; checkpoint saved. Continue with: python -m mtrl.train resume=%s",
                          self.step, self.run_dir)
                 raise TrainingInterrupted(self.step, self.run_dir)
-            if self.history.last_step != self.step:
-                self.evaluate()
-            if self._checkpoint_step != self.step:
+            self._finish_evaluations()
+            if self._checkpoint_step != self.step or self._recorded_since_checkpoint:
                 self.save_checkpoint()
             return self.write_summary(finished=True)
         finally:
@@ -190,16 +270,25 @@ class Trainer:
             self.close()
 
     def _iteration(self, obs: np.ndarray) -> np.ndarray:
-        s = self.s
-        if self.step < s.warmup_steps:
-            action = self.warmup_rng.uniform(self.action_low, self.action_high).astype(np.float32)
-        else:
-            action = self.agent.act(obs)
+        action = self._act(obs)
+        self.env.step_async(action)    # the environments step (EnvPool threads, async workers) ...
+        self._update()                 # ... while the update runs
+        result = self.env.step_wait()
+        self._store(obs, action, result)
+        return result.obs
+
+    def _act(self, obs: np.ndarray) -> np.ndarray:
+        if self.step < self.s.warmup_steps:
+            return self.warmup_rng.uniform(self.action_low, self.action_high).astype(np.float32)
+        return self.agent.act(obs)
+
+    def _update(self) -> None:
         if self.step >= self.learn_from:
-            batch = self.buffer.sample(s.batch_per_task)
+            batch = self.buffer.sample(self.s.batch_per_task)
             outputs = self.agent.update(batch, self.performance.current())
             self.logger.updates.add(outputs)
-        result = self.env.step(action)
+
+    def _store(self, obs: np.ndarray, action: np.ndarray, result: Any) -> None:
         self.buffer.add(obs, action, result.reward, result.next_obs, result.terminated)
         for episode in result.finished:
             self.episodes_done[episode.task] += 1
@@ -207,7 +296,6 @@ class Trainer:
             self.performance.on_episode(episode.task, episode.success)
         self.step += 1
         self.logger.count_step()
-        return result.obs
 
     def _after_step(self) -> None:
         s, step = self.s, self.step
@@ -219,19 +307,43 @@ class Trainer:
             self.save_checkpoint()
 
     # ---------------------------------------------------------------------------------- evaluation
-    def evaluate(self) -> dict[str, Any]:
+    def evaluate(self) -> None:
+        """Records the pending evaluation (waiting for it), then evaluates this step's policy: on the
+        evaluation thread (``eval_async``) or inline, recorded at once."""
         started = time.perf_counter()
-        success = self.evaluate_fn(lambda obs: self.agent.act(obs, deterministic=True), self.eval_env,
-                                   self.s.eval_episodes)
-        record = self.history.add(self.step, success)
+        if self.evaluations.pending is not None:
+            self._record_evaluation(*self.evaluations.collect())
+        self.evaluations.start(self.step, policy_snapshot(self.agent), _env_state(self.eval_env))
+        if not self.s.eval_async:
+            self._record_evaluation(*self.evaluations.collect())
+        self.logger.exclude_time(time.perf_counter() - started)   # inline evaluation, or waiting for one
+
+    def _finish_evaluations(self) -> None:
+        """The end of the run: record the pending evaluation and evaluate the last step if not done yet."""
+        if self.evaluations.pending is not None:
+            self._record_evaluation(*self.evaluations.collect())
+        if self.history.last_step != self.step:
+            self.evaluations.start(self.step, policy_snapshot(self.agent), _env_state(self.eval_env))
+            self._record_evaluation(*self.evaluations.collect())
+
+    def _start_resumed_evaluation(self) -> None:
+        """A resume runs the evaluation its checkpoint left in flight again, from the saved actor."""
+        saved, self._resume_evaluation = self._resume_evaluation, None
+        if saved is not None:
+            snapshot = policy_snapshot(self.agent)
+            snapshot.actor.load_state_dict(saved["actor"])
+            self.evaluations.start(int(saved["step"]), snapshot, saved["eval_env"])
+
+    def _record_evaluation(self, step: int, success: dict[str, float]) -> dict[str, Any]:
+        record = self.history.add(step, success)
         self.performance.on_evaluation(np.asarray([record["per_task"][name] for name in self.s.task_names]))
-        self.logger.log_evaluation(self.step, record, self.history.best["mean"])
-        self.logger.per_task("agg/delta_m", self.performance.values, self.step)
+        self.logger.log_evaluation(step, record, self.history.best["mean"])
+        self.logger.per_task("agg/delta_m", self.performance.values, step)
         self.logger.flush()
         self._set_postfix()
         self.write_summary(finished=False)
-        self.logger.exclude_time(time.perf_counter() - started)
-        log.info("step %d: eval success mean %.3f (best %.3f at step %d)", self.step, record["mean"],
+        self._recorded_since_checkpoint = True
+        log.info("step %d: eval success mean %.3f (best %.3f at step %d)", step, record["mean"],
                  self.history.best["mean"], self.history.best["step"])
         return record
 
@@ -244,6 +356,7 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         started = time.perf_counter()
         path = self.run_dir / CHECKPOINT_NAME
+        pending = self.evaluations.pending
         state = {
             "version": CHECKPOINT_VERSION,
             "step": self.step,
@@ -255,7 +368,12 @@ class Trainer:
             "aggregators": {role: agg.state_dict() for role, agg in self.aggregators.items()},
             "buffer": self.buffer.state_dict(include_data=self.s.checkpoint_buffer),
             "env": _env_state(self.env),
-            "eval_env": _env_state(self.eval_env),
+            # With an evaluation in flight, the evaluation env is busy: save its state at the evaluation's start.
+            "eval_env": _env_state(self.eval_env) if pending is None else pending.eval_env_state,
+            "pending_evaluation": None if pending is None else {
+                "step": pending.step, "actor": pending.snapshot.actor.state_dict(),
+                "eval_env": pending.eval_env_state},
+            "backend": self.env.backend,
             "rng": rng_state({"warmup": self.warmup_rng.bit_generator.state}),
             "history": self.history.state_dict(),
             "performance": self.performance.state_dict(),
@@ -263,6 +381,7 @@ class Trainer:
         }
         atomic_save(state, path)
         self._checkpoint_step = self.step
+        self._recorded_since_checkpoint = False
         if hasattr(self, "logger"):
             self.logger.exclude_time(time.perf_counter() - started)
         log.debug("checkpoint at step %d: %s", self.step, path)
@@ -279,7 +398,11 @@ class Trainer:
         self.buffer.load_state_dict(checkpoint["buffer"])
         for name, env in (("env", self.env), ("eval_env", self.eval_env)):
             if checkpoint.get(name) is not None:
-                env.load_state_dict(checkpoint[name])   # generators and reward normaliser; episodes restart
+                try:
+                    env.load_state_dict(checkpoint[name])   # generators and reward normaliser; episodes restart
+                except ValueError as error:   # e.g. env.backend=auto picked another backend on this machine
+                    log.warning("Could not restore the %s's state (%s); it starts from its seed.", name, error)
+        self._resume_evaluation = checkpoint.get("pending_evaluation")
         rng = checkpoint["rng"]
         set_rng_state(rng)
         self.warmup_rng.bit_generator.state = rng["warmup"]
@@ -310,6 +433,7 @@ class Trainer:
             "transitions": self.step * self.s.num_tasks,
             "updates": self.agent.updates,
             "wall_time_s": round(self.wall_time(), 3),
+            "env_backend": self.env.backend,                 # what stepped the training environments
             "final": final,                                  # {step, mean, per_task} of the last evaluation
             "best": best,                                    # the evaluation with the highest mean success
             "best_mean_success": None if best is None else best["mean"],
@@ -347,6 +471,9 @@ class Trainer:
             signal.signal(signal.SIGINT, previous)
 
     def close(self) -> None:
+        evaluations = getattr(self, "evaluations", None)
+        if evaluations is not None:
+            evaluations.cancel()
         for env in (getattr(self, "env", None), getattr(self, "eval_env", None)):
             if env is not None:
                 try:
