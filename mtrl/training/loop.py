@@ -19,15 +19,22 @@ both aggregators' state, every random generator (Python, NumPy, torch CPU/CUDA, 
 sampler's, the warm-up actions', the environments' goal and Meta-World generators), the environments'
 reward normaliser, the step and update counters, the evaluation history (best / final) and the Δm
 source. Not restored: episodes in flight (both environments start new episodes from the restored
-generators) and, unless ``checkpoint_buffer=true``, the replay buffer, which is then re-filled with
-``warmup_steps`` steps of the current policy before updates resume. So a resumed run is not
-bit-identical to an uninterrupted one, but two resumes of the same checkpoint are (on the CPU).
+generators). The replay buffer comes back from its incremental chunks (``checkpoint_buffer=true``,
+the default); with ``checkpoint_buffer=false`` it is re-filled with ``warmup_steps`` steps of the
+current policy before updates resume. So a resumed run is not bit-identical to an uninterrupted one,
+but two resumes of the same checkpoint are (on the CPU).
+
+A run stops cleanly on ctrl-C (checkpoint, exit 130), on divergence (:mod:`mtrl.training.divergence`:
+no checkpoint of the diverged state, exit 3) and on a failed checkpoint write (full disk: the previous
+checkpoint stays, exit 2); ``kill -9`` loses at most the steps since the last checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import os
 import signal
 import threading
 import time
@@ -39,18 +46,19 @@ import numpy as np
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from mtrl.training.checkpoint import (CHECKPOINT_NAME, SUMMARY_NAME, atomic_save, atomic_write_json, derive_seed,
-                                      rng_state, seed_everything, set_rng_state)
+from mtrl.training.checkpoint import (CHECKPOINT_NAME, CHECKPOINT_VERSION, SUMMARY_NAME, BufferCheckpoint,
+                                      CheckpointError, atomic_save, atomic_write_json, derive_seed, rng_state,
+                                      seed_everything, set_rng_state)
 from mtrl.training.config import TrainSettings
+from mtrl.training.divergence import DivergenceGuard, TrainingDiverged
 from mtrl.training.logger import TrainLogger
 from mtrl.training.tracking import EvalHistory, PerformanceTracker
 
-__all__ = ["Trainer", "TrainingInterrupted"]
+__all__ = ["Trainer", "TrainingInterrupted", "TrainingDiverged", "CheckpointWriteError"]
 
 log = logging.getLogger("mtrl.train")
 
-CHECKPOINT_VERSION = 1
-_WARMUP_STREAM, _BUFFER_STREAM = 2, 3
+_WARMUP_STREAM, _BUFFER_STREAM, _GUARD_STREAM = 2, 3, 4
 
 
 def _env_state(env: Any) -> dict[str, Any] | None:
@@ -74,6 +82,10 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, step: int, run_dir: Path) -> None:
         super().__init__(f"interrupted at step {step}; checkpoint saved in {run_dir}")
         self.step, self.run_dir = step, run_dir
+
+
+class CheckpointWriteError(OSError):
+    """``checkpoint.pt`` could not be written (e.g. a full disk); the previous one is intact."""
 
 
 class Trainer:
@@ -132,6 +144,11 @@ class Trainer:
         self.action_low = np.broadcast_to(np.asarray(self.env.action_low, dtype=np.float32), (k, self.env.action_dim))
         self.action_high = np.broadcast_to(np.asarray(self.env.action_high, dtype=np.float32), (k, self.env.action_dim))
 
+        self.buffer_checkpoint = BufferCheckpoint(self.run_dir, self.buffer) if settings.checkpoint_buffer else None
+        self.guard = DivergenceGuard(self.agent, self.aggregators, settings.task_names, settings.on_nonfinite,
+                                     settings.q_bound, derive_seed(settings.seed, _GUARD_STREAM))
+        # Which steps ran in which process: [{start, end, pid, started}], one entry per (re)start.
+        self.segments: list[dict[str, Any]] = []
         self.history = EvalHistory(settings.task_names)
         self.performance = PerformanceTracker(settings.performance_source, settings.stl_reference,
                                               settings.train_success_window, settings.device)
@@ -142,6 +159,8 @@ class Trainer:
         if checkpoint is not None:
             self._restore(checkpoint)
         settings.checkpoint = None  # free the loaded copy
+        self.segments.append({"start": self.step, "end": self.step, "pid": os.getpid(),
+                              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
         # On resume, TensorBoard drops what the stopped run logged after its checkpoint (steps > step).
         self.logger = TrainLogger(self.run_dir, settings.task_names,
@@ -173,16 +192,21 @@ class Trainer:
                     raise
                 self._stop_requested = True   # the interrupt may have broken the env workers: no more env calls
             if self._stop_requested:
+                self._flush_logs()
                 self.save_checkpoint()
                 self.write_summary(finished=False)
                 log.info("Interrupted at step %d; checkpoint saved. Continue with: python -m mtrl.train resume=%s",
                          self.step, self.run_dir)
                 raise TrainingInterrupted(self.step, self.run_dir)
+            self._flush_logs()
             if self.history.last_step != self.step:
                 self.evaluate()
             if self._checkpoint_step != self.step:
                 self.save_checkpoint()
             return self.write_summary(finished=True)
+        except TrainingDiverged as error:
+            self._stop_diverged(error)
+            raise   # not reached: _stop_diverged raises
         finally:
             bar.close()
             self._restore_sigint_handler(previous_handler)
@@ -212,7 +236,7 @@ class Trainer:
     def _after_step(self) -> None:
         s, step = self.s, self.step
         if step % s.log_every == 0:
-            self.logger.log_window(step, self.aggregators)
+            self._flush_logs()
         if step % s.eval_every == 0:
             self.evaluate()
         if step % s.checkpoint_every == 0:
@@ -242,8 +266,21 @@ class Trainer:
 
     # --------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
+        """Write ``checkpoint.pt`` (and the buffer's new chunk) atomically, once the state passed the guard.
+
+        Raises:
+            TrainingDiverged: the state is not sane; nothing is written, the last checkpoint stays.
+            CheckpointWriteError: the disk refused the write; the previous checkpoint is intact.
+        """
         started = time.perf_counter()
+        self.guard.check(self.step, self.logger.updates.peek() if hasattr(self, "logger") else {}, self.buffer)
         path = self.run_dir / CHECKPOINT_NAME
+        self.segments[-1]["end"] = self.step
+        try:
+            buffer_manifest = None if self.buffer_checkpoint is None else self.buffer_checkpoint.save()
+        except OSError as error:
+            raise CheckpointWriteError(error.errno, f"cannot write the replay buffer's chunk under {self.run_dir}: "
+                                       f"{error.strerror or error}") from error
         state = {
             "version": CHECKPOINT_VERSION,
             "step": self.step,
@@ -253,7 +290,10 @@ class Trainer:
             "task_names": self.s.task_names,
             "agent": self.agent.state_dict(),
             "aggregators": {role: agg.state_dict() for role, agg in self.aggregators.items()},
-            "buffer": self.buffer.state_dict(include_data=self.s.checkpoint_buffer),
+            "buffer": self.buffer.state_dict(include_data=False),
+            "buffer_chunks": buffer_manifest,
+            "guard": self.guard.state_dict(),
+            "segments": self.segments,
             "env": _env_state(self.env),
             "eval_env": _env_state(self.eval_env),
             "rng": rng_state({"warmup": self.warmup_rng.bit_generator.state}),
@@ -261,7 +301,12 @@ class Trainer:
             "performance": self.performance.state_dict(),
             "episodes_done": self.episodes_done.tolist(),
         }
-        atomic_save(state, path)
+        try:
+            atomic_save(state, path)
+        except OSError as error:
+            raise CheckpointWriteError(error.errno, f"cannot write {path}: {error.strerror or error}") from error
+        if self.buffer_checkpoint is not None:
+            self.buffer_checkpoint.commit(buffer_manifest)
         self._checkpoint_step = self.step
         if hasattr(self, "logger"):
             self.logger.exclude_time(time.perf_counter() - started)
@@ -270,13 +315,19 @@ class Trainer:
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         if checkpoint.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"Checkpoint version {checkpoint.get('version')} is not {CHECKPOINT_VERSION}.")
+            raise CheckpointError(f"Checkpoint version {checkpoint.get('version')} is not {CHECKPOINT_VERSION}.")
         if checkpoint["task_names"] != self.s.task_names:
-            raise ValueError(f"The checkpoint's tasks {checkpoint['task_names']} differ from {self.s.task_names}.")
+            raise CheckpointError(f"The checkpoint's tasks {checkpoint['task_names']} differ from {self.s.task_names}.")
         self.agent.load_state_dict(checkpoint["agent"])
         for role, aggregator in self.aggregators.items():
             aggregator.load_state_dict(checkpoint["aggregators"][role])
         self.buffer.load_state_dict(checkpoint["buffer"])
+        manifest = checkpoint.get("buffer_chunks")
+        if manifest is not None and self.buffer_checkpoint is not None:
+            self.buffer_checkpoint.load(manifest)
+        if "guard" in checkpoint:
+            self.guard.load_state_dict(checkpoint["guard"])
+        self.segments = list(checkpoint.get("segments", []))
         for name, env in (("env", self.env), ("eval_env", self.eval_env)):
             if checkpoint.get(name) is not None:
                 env.load_state_dict(checkpoint[name])   # generators and reward normaliser; episodes restart
@@ -300,6 +351,7 @@ class Trainer:
 
     def summary(self, finished: bool) -> dict[str, Any]:
         final, best = self.history.final, self.history.best
+        self.segments[-1]["end"] = self.step
         return {
             "env": self.s.env_name,
             "agg": self.s.agg_name,
@@ -317,6 +369,9 @@ class Trainer:
             "best_per_task": self.history.best_per_task(),   # each task's maximum over evaluations
             "train_episodes": dict(zip(self.s.task_names, self.episodes_done.tolist())),
             "evaluations": self.history.history,
+            "segments": self.segments,                       # which steps ran in which process
+            "skipped_updates": self.guard.skipped,
+            "env_restarts": getattr(self.env, "restarts", 0),
             "config": self.s.config,
         }
 
@@ -324,6 +379,34 @@ class Trainer:
         summary = self.summary(finished)
         atomic_write_json(summary, self.run_dir / SUMMARY_NAME)
         return summary
+
+    # ----------------------------------------------------------------------------- stops and logs
+    def _flush_logs(self) -> None:
+        """Check the window's state for divergence, then write it (also the last, partial window)."""
+        if not self.logger.window_open and not self.logger.updates.count:
+            return
+        problem = None
+        try:
+            self.guard.check(self.step, self.logger.updates.peek(), self.buffer)
+        except TrainingDiverged as error:
+            problem = error
+        self.logger.log_window(self.step, self.aggregators)
+        self.logger.scalar("train/skipped_updates", self.guard.skipped, self.step)
+        self.logger.scalar("perf/env_restarts", getattr(self.env, "restarts", 0), self.step)
+        self.logger.flush()
+        if problem is not None:
+            raise problem
+
+    def _stop_diverged(self, error: TrainingDiverged) -> None:
+        """No checkpoint of a diverged state: say which checkpoint is good and how to go on from it."""
+        self.write_summary(finished=False)
+        if self._checkpoint_step is None:
+            hint = "No checkpoint was written before; start again with e.g. agent.max_grad_norm=1.0 or a lower agent.lr."
+        else:
+            hint = (f"{self.run_dir / CHECKPOINT_NAME} (step {self._checkpoint_step}) is the last good checkpoint. "
+                    f"Resume from it with e.g.: python -m mtrl.train resume={self.run_dir} agent.max_grad_norm=1.0 "
+                    f"(or on_nonfinite=skip to drop non-finite updates).")
+        raise TrainingDiverged(error.step, f"{error.problem}. The run stopped. {hint}") from error
 
     # ------------------------------------------------------------------------------------ plumbing
     def _install_sigint_handler(self) -> Any:

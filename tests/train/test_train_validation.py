@@ -88,7 +88,7 @@ def test_resume_directory_without_checkpoint(tmp_path: Path, no_envs: None, conf
     with pytest.raises(ConfigError, match="no checkpoint.pt there"):
         run(config(f"resume={tmp_path}"))
     (tmp_path / "checkpoint.pt").write_text("garbage")
-    with pytest.raises(ConfigError, match="cannot read checkpoint.pt"):
+    with pytest.raises(ConfigError, match="checkpoint.pt is truncated or corrupted"):
         run(config(f"resume={tmp_path}"))
 
 
