@@ -133,7 +133,13 @@ def _check_writable(run_dir: Path) -> None:
 def _one_line(error: BaseException) -> str:
     """Hydra's messages span lines (and end with a link to the grammar docs): keep the substance, one line."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.strip().startswith("See ")]
-    return "; ".join(lines[:3]) or type(error).__name__
+    text = ""
+    for line in lines[:3]:
+        text += line if not text else (" " if text.endswith((".", ":")) else "; ") + line
+    override = getattr(error, "override", None)   # Hydra's parse errors: name the override
+    if isinstance(override, str) and override not in text:
+        text = f"{override}: {text}"
+    return text or type(error).__name__
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")

@@ -85,7 +85,10 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class CheckpointWriteError(OSError):
-    """``checkpoint.pt`` could not be written (e.g. a full disk); the previous one is intact."""
+    """``checkpoint.pt`` (or ``summary.json``) could not be written (e.g. a full disk); the previous one is intact."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class Trainer:
@@ -279,8 +282,7 @@ class Trainer:
         try:
             buffer_manifest = None if self.buffer_checkpoint is None else self.buffer_checkpoint.save()
         except OSError as error:
-            raise CheckpointWriteError(error.errno, f"cannot write the replay buffer's chunk under {self.run_dir}: "
-                                       f"{error.strerror or error}") from error
+            raise CheckpointWriteError(error.errno, self._write_failure(self.run_dir / "buffer", error)) from error
         state = {
             "version": CHECKPOINT_VERSION,
             "step": self.step,
@@ -304,7 +306,7 @@ class Trainer:
         try:
             atomic_save(state, path)
         except OSError as error:
-            raise CheckpointWriteError(error.errno, f"cannot write {path}: {error.strerror or error}") from error
+            raise CheckpointWriteError(error.errno, self._write_failure(path, error)) from error
         if self.buffer_checkpoint is not None:
             self.buffer_checkpoint.commit(buffer_manifest)
         self._checkpoint_step = self.step
@@ -312,6 +314,12 @@ class Trainer:
             self.logger.exclude_time(time.perf_counter() - started)
         log.debug("checkpoint at step %d: %s", self.step, path)
         return path
+
+    def _write_failure(self, path: Path, error: OSError) -> str:
+        previous = ("no earlier checkpoint exists" if self._checkpoint_step is None else
+                    f"the previous checkpoint (step {self._checkpoint_step}) is intact")
+        return (f"cannot write {path} at step {self.step} ({error.strerror or error}); {previous}. Free some space "
+                f"and continue with: python -m mtrl.train resume={self.run_dir}")
 
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         if checkpoint.get("version") != CHECKPOINT_VERSION:
@@ -377,7 +385,10 @@ class Trainer:
 
     def write_summary(self, finished: bool) -> dict[str, Any]:
         summary = self.summary(finished)
-        atomic_write_json(summary, self.run_dir / SUMMARY_NAME)
+        try:
+            atomic_write_json(summary, self.run_dir / SUMMARY_NAME)
+        except OSError as error:
+            raise CheckpointWriteError(error.errno, self._write_failure(self.run_dir / SUMMARY_NAME, error)) from error
         return summary
 
     # ----------------------------------------------------------------------------- stops and logs
