@@ -32,6 +32,9 @@ from mtrl.training.checkpoint import CHECKPOINT_NAME
 
 log = logging.getLogger("mtrl.train")
 
+#: The repository's configs/ (absolute, so that the entry works whichever way it is started).
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
 
 def _run_dir(resume: Any, default: str) -> str:
     """``hydra.run.dir``: a resumed run keeps writing into its own directory."""
@@ -62,8 +65,6 @@ register_resolvers()
 class UsageError(ValueError):
     """Bad command-line input, found before Hydra creates the run directory."""
 
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def check_command_line(argv: Sequence[str]) -> DictConfig | None:
@@ -142,7 +143,7 @@ def _one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+@hydra.main(version_base="1.3", config_path=str(CONFIGS), config_name="train")
 def _app(cfg: DictConfig) -> float | None:
     """Hydra entry; returns the best mean evaluation success (for sweepers)."""
     run_dir = HydraConfig.get().runtime.output_dir

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 __all__ = ["CHECKPOINT_NAME", "SUMMARY_NAME", "CHECKPOINT_VERSION", "BUFFER_DIR", "CheckpointError",
-           "BufferCheckpoint", "atomic_save", "atomic_write_json", "load_checkpoint", "rng_state", "set_rng_state",
+           "BufferCheckpoint", "atomic_save", "remove_partial_writes", "atomic_write_json", "load_checkpoint", "rng_state", "set_rng_state",
            "seed_everything", "derive_seed"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -67,6 +67,14 @@ def _fsync_directory(directory: Path) -> None:
         pass
     finally:
         os.close(handle)
+
+
+def remove_partial_writes(directory: str | Path) -> None:
+    """Delete the temporary files of writes that a kill cut short (``.<name>.<random>.tmp``)."""
+    directory = Path(directory)
+    if directory.is_dir():
+        for file in directory.glob(".*.tmp"):
+            file.unlink(missing_ok=True)
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -149,9 +157,9 @@ class BufferCheckpoint:
         if not self.directory.is_dir():
             return
         for file in self.directory.iterdir():
-            leftover = file.name.startswith(f".{_CHUNK_PREFIX}") and file.name.endswith(".tmp")
-            if leftover or (file.name.startswith(_CHUNK_PREFIX) and file.name not in keep):
+            if file.name.startswith(_CHUNK_PREFIX) and file.name not in keep:
                 file.unlink(missing_ok=True)
+        remove_partial_writes(self.directory)
 
     def load(self, manifest: dict[str, Any]) -> None:
         """Refill the (empty) buffer from ``manifest``'s chunks.

@@ -47,7 +47,8 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mtrl.training.checkpoint import (CHECKPOINT_NAME, CHECKPOINT_VERSION, SUMMARY_NAME, BufferCheckpoint,
-                                      CheckpointError, atomic_save, atomic_write_json, derive_seed, rng_state,
+                                      CheckpointError, atomic_save, atomic_write_json, derive_seed, remove_partial_writes,
+                                      rng_state,
                                       seed_everything, set_rng_state)
 from mtrl.training.config import TrainSettings
 from mtrl.training.divergence import DivergenceGuard, TrainingDiverged
@@ -309,6 +310,7 @@ class Trainer:
             raise CheckpointWriteError(error.errno, self._write_failure(path, error)) from error
         if self.buffer_checkpoint is not None:
             self.buffer_checkpoint.commit(buffer_manifest)
+        remove_partial_writes(self.run_dir)   # left by a run killed while writing
         self._checkpoint_step = self.step
         if hasattr(self, "logger"):
             self.logger.exclude_time(time.perf_counter() - started)
