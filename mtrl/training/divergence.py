@@ -21,6 +21,7 @@ still stop the run if the state itself goes bad.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,6 +37,17 @@ log = logging.getLogger("mtrl.train")
 _OUTPUT_NETWORKS = {"loss/critic": ("critic", "loss"), "loss/actor": ("actor", "loss"),
                     "loss/alpha": ("temperature", "loss"), "alpha": ("temperature", "value"),
                     "weights/critic": ("critic", "aggregation weight"), "weights/actor": ("actor", "aggregation weight")}
+
+
+def _optimizing_network(error: BaseException) -> str | None:
+    """``network`` of the innermost ``MultiTaskSAC._optimize`` frame the error passed through."""
+    traceback, network = error.__traceback__, None
+    while traceback is not None:
+        frame = traceback.tb_frame
+        if frame.f_code.co_name == "_optimize" and isinstance(frame.f_locals.get("network"), str):
+            network = frame.f_locals["network"]
+        traceback = traceback.tb_next
+    return network
 
 
 class TrainingDiverged(RuntimeError):
@@ -82,6 +94,24 @@ class DivergenceGuard:
             for p in params:
                 p.grad = None
             self.skipped += 1
+
+    # ------------------------------------------------------------------ errors raised inside an update
+    def from_update_error(self, step: int, error: ValueError) -> TrainingDiverged | None:
+        """The divergence an aggregator's non-finite-input ``ValueError`` inside an update means (None: another error).
+
+        Aggregators that validate on the host raise inside the update; the message's task indices are
+        mapped to names and the network is read from the failing ``_optimize(network, ...)`` call.
+        """
+        text = str(error)
+        if "non-finite" not in text.lower():
+            return None
+        network = _optimizing_network(error) or "a"
+        match = re.search(r"task\(s\) \[([\d, ]*)\]", text)
+        if match and match.group(1).strip():
+            indices = [int(index) for index in match.group(1).split(",")]
+            mask = np.isin(np.arange(len(self.task_names)), indices)
+            text = f"{text[:match.start()]}task(s) {self._names(mask)}{text[match.end():]}"
+        return TrainingDiverged(step, f"the {network} network's aggregator got non-finite inputs: {text.rstrip('.')}")
 
     # ------------------------------------------------------------------------------------- checks
     def check(self, step: int, outputs: Mapping[str, np.ndarray], buffer: Any = None) -> None:

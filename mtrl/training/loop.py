@@ -225,8 +225,9 @@ class Trainer:
             action = self.agent.act(obs)
         if self.step >= self.learn_from:
             batch = self.buffer.sample(s.batch_per_task)
-            outputs = self.agent.update(batch, self.performance.current())
-            self.logger.updates.add(outputs)
+            outputs = self._update(batch)
+            if outputs is not None:
+                self.logger.updates.add(outputs)
         result = self.env.step(action)
         self.buffer.add(obs, action, result.reward, result.next_obs, result.terminated)
         for episode in result.finished:
@@ -394,6 +395,19 @@ class Trainer:
         return summary
 
     # ----------------------------------------------------------------------------- stops and logs
+    def _update(self, batch: Any) -> dict[str, Any] | None:
+        """``agent.update``; non-finite inputs an aggregator refuses inside it become a skip or a divergence stop."""
+        try:
+            return self.agent.update(batch, self.performance.current())
+        except ValueError as error:
+            diverged = self.guard.from_update_error(self.step + 1, error)
+            if diverged is None:
+                raise
+            if self.s.on_nonfinite == "stop":
+                raise diverged from error
+            self.guard.skipped += 1   # the rest of this update is dropped; the next one zeroes the gradients
+            return None
+
     def _flush_logs(self) -> None:
         """Check the window's state for divergence, then write it (also the last, partial window)."""
         if not self.logger.window_open and not self.logger.updates.count:
