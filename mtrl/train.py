@@ -5,8 +5,9 @@
     python -m mtrl.train resume=runs/mt10/pivrg/seed3/<time>
     tensorboard --logdir runs
 
-Exit codes: 0 done, 2 bad input (one line on stderr, nothing written), 3 diverged (the last good
-checkpoint is kept), 130 ctrl-C (checkpoint written).
+Exit codes: 0 done, 2 bad input (one line on stderr, nothing written) or a checkpoint that cannot be
+written (full disk; the previous one is kept), 3 diverged (the last good checkpoint is kept), 4 an
+environment worker kept crashing, 130 ctrl-C (checkpoint written).
 
 The config lives in the repository's ``configs/`` (``train.yaml`` and the groups ``env``, ``protocol``,
 ``agg``, ``agent``); the loop is :mod:`mtrl.training`.
@@ -26,6 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
+from envs.restarts import EnvironmentCrashed
 from mtrl.training import (CheckpointError, CheckpointWriteError, ConfigError, TrainingDiverged, TrainingInterrupted,
                            prepare, run)
 from mtrl.training.checkpoint import CHECKPOINT_NAME
@@ -155,6 +157,8 @@ def _app(cfg: DictConfig) -> float | None:
         _fail(error, 2)
     except TrainingDiverged as error:
         _fail(error, 3)   # the trainer kept the last good checkpoint; the message says how to resume
+    except EnvironmentCrashed as error:
+        _fail(error, 4)   # one task's environment worker keeps dying
     except TrainingInterrupted:
         sys.exit(130)   # the trainer logged where the checkpoint is and how to resume
     log.info("Done: %d steps, final mean success %s, best %s. Summary: %s", summary["steps"],

@@ -32,7 +32,6 @@ checkpoint stays, exit 2); ``kill -9`` loses at most the steps since the last ch
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import signal
@@ -46,6 +45,7 @@ import numpy as np
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from envs.restarts import EnvironmentRestarted, retry_on_restart, with_restarts
 from mtrl.training.checkpoint import (CHECKPOINT_NAME, CHECKPOINT_VERSION, SUMMARY_NAME, BufferCheckpoint,
                                       CheckpointError, atomic_save, atomic_write_json, derive_seed, remove_partial_writes,
                                       rng_state,
@@ -59,7 +59,7 @@ __all__ = ["Trainer", "TrainingInterrupted", "TrainingDiverged", "CheckpointWrit
 
 log = logging.getLogger("mtrl.train")
 
-_WARMUP_STREAM, _BUFFER_STREAM, _GUARD_STREAM = 2, 3, 4
+_WARMUP_STREAM, _BUFFER_STREAM, _GUARD_STREAM, _RESTART_STREAM = 2, 3, 4, 5
 
 
 def _env_state(env: Any) -> dict[str, Any] | None:
@@ -116,9 +116,13 @@ class Trainer:
         log.info("Building %s (%d tasks, protocol %s) on %s ...", settings.env_name, k, settings.protocol.name,
                  settings.device)
         env_args = dict(task=settings.task, vector_strategy=settings.vector_strategy)
-        self.env = envs.make_multitask_env(settings.benchmark, settings.protocol, settings.seed, **env_args)
+        # Worker crashes restart the environments (envs.restarts); a restart draws fresh generator streams.
+        self.env = with_restarts(lambda restart: envs.make_multitask_env(
+            settings.benchmark, settings.protocol, derive_seed(settings.seed, _RESTART_STREAM, restart) if restart
+            else settings.seed, goal_seed=settings.seed, **env_args))
         try:
-            self.eval_env = envs.make_eval_env(settings.benchmark, settings.protocol, settings.seed, **env_args)
+            self.eval_env = with_restarts(lambda restart: envs.make_eval_env(
+                settings.benchmark, settings.protocol, settings.seed, **env_args))
         except BaseException:
             self.env.close()
             raise
@@ -136,7 +140,7 @@ class Trainer:
         k = settings.num_tasks
         if list(self.env.task_names) != settings.task_names:
             raise RuntimeError(f"The environment's tasks {self.env.task_names} differ from {settings.task_names}.")
-        self.evaluate_fn = envs.evaluate
+        self.evaluate_fn = retry_on_restart(envs.evaluate)
 
         self.agent = agents.MultiTaskSAC(
             self.env.obs_dim, self.env.action_dim, k, settings.agent,
@@ -228,7 +232,12 @@ class Trainer:
             outputs = self._update(batch)
             if outputs is not None:
                 self.logger.updates.add(outputs)
-        result = self.env.step(action)
+        try:
+            result = self.env.step(action)
+        except EnvironmentRestarted as restart:   # a worker crashed: this step's transitions are dropped
+            self.step += 1
+            self.logger.count_step()
+            return restart.obs
         self.buffer.add(obs, action, result.reward, result.next_obs, result.terminated)
         for episode in result.finished:
             self.episodes_done[episode.task] += 1
@@ -382,7 +391,7 @@ class Trainer:
             "evaluations": self.history.history,
             "segments": self.segments,                       # which steps ran in which process
             "skipped_updates": self.guard.skipped,
-            "env_restarts": getattr(self.env, "restarts", 0),
+            "env_restarts": self._env_restarts(),
             "config": self.s.config,
         }
 
@@ -419,10 +428,14 @@ class Trainer:
             problem = error
         self.logger.log_window(self.step, self.aggregators)
         self.logger.scalar("train/skipped_updates", self.guard.skipped, self.step)
-        self.logger.scalar("perf/env_restarts", getattr(self.env, "restarts", 0), self.step)
+        self.logger.scalar("perf/env_restarts", self._env_restarts(), self.step)
         self.logger.flush()
         if problem is not None:
             raise problem
+
+    def _env_restarts(self) -> int:
+        """Environment restarts after worker crashes (training and evaluation environments)."""
+        return sum(getattr(env, "restarts", 0) for env in (self.env, self.eval_env))
 
     def _stop_diverged(self, error: TrainingDiverged) -> None:
         """No checkpoint of a diverged state: say which checkpoint is good and how to go on from it."""
