@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 __all__ = ["TrainingDiverged", "DivergenceGuard"]
 

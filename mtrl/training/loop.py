@@ -47,9 +47,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from envs.restarts import EnvironmentRestarted, retry_on_restart, with_restarts
 from mtrl.training.checkpoint import (CHECKPOINT_NAME, CHECKPOINT_VERSION, SUMMARY_NAME, BufferCheckpoint,
-                                      CheckpointError, atomic_save, atomic_write_json, derive_seed, remove_partial_writes,
-                                      rng_state,
-                                      seed_everything, set_rng_state)
+                                      CheckpointError, atomic_save, atomic_write_json, derive_seed,
+                                      remove_partial_writes, rng_state, seed_everything, set_rng_state)
 from mtrl.training.config import TrainSettings
 from mtrl.training.divergence import DivergenceGuard, TrainingDiverged
 from mtrl.training.logger import TrainLogger
