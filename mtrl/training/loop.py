@@ -449,7 +449,8 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ plumbing
     def _install_sigint_handler(self) -> Any:
-        """First ctrl-C: finish the current step, checkpoint and stop. A second one stops at once."""
+        """First ctrl-C (or SIGTERM, what schedulers send before preempting a job): finish the current step,
+        checkpoint and stop. A second one stops at once."""
         if threading.current_thread() is not threading.main_thread():
             return None
 
@@ -457,16 +458,19 @@ class Trainer:
             if self._stop_requested:
                 raise KeyboardInterrupt
             self._stop_requested = True
-            log.warning("ctrl-C: stopping after this step and saving a checkpoint (press again to stop mid-step).")
+            name = "ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            log.warning("%s: stopping after this step and saving a checkpoint (press again to stop mid-step).", name)
 
-        previous = signal.getsignal(signal.SIGINT)
-        signal.signal(signal.SIGINT, handler)
+        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+        for signum in previous:
+            signal.signal(signum, handler)
         return previous
 
     @staticmethod
     def _restore_sigint_handler(previous: Any) -> None:
         if previous is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def close(self) -> None:
         for env in (getattr(self, "env", None), getattr(self, "eval_env", None)):

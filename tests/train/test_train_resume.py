@@ -17,15 +17,15 @@ from mtrl.training.checkpoint import load_checkpoint
 
 
 
-def interrupt_at_update(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
-    """Send ourselves SIGINT (ctrl-C) during the agent's ``call``-th update."""
+def interrupt_at_update(monkeypatch: pytest.MonkeyPatch, call: int, signum: int = signal.SIGINT) -> None:
+    """Send ourselves ``signum`` (SIGINT: ctrl-C) during the agent's ``call``-th update."""
     original = agents.MultiTaskSAC.update
     calls = {"n": 0}
 
     def update(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == call:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(agents.MultiTaskSAC, "update", update)
@@ -107,3 +107,14 @@ def test_resume_with_saved_buffer_learns_at_once(tmp_path: Path, config, tensorb
     # The second checkpoint wrote only the 3 new rows; the first chunk is still needed.
     assert sorted(p.name for p in (tmp_path / "buffer").iterdir()) == [
         "rows_000000000000_000000000006.pt", "rows_000000000006_000000000009.pt"]
+
+
+def test_sigterm_checkpoints_like_ctrl_c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config,
+                                        tensorboard_scalars) -> None:
+    """A scheduler's SIGTERM before preemption: the step finishes, the partial log window and a checkpoint are written."""
+    interrupt_at_update(monkeypatch, call=2, signum=signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        run(config("env=mt1", "agent.batch_size=8", "agg=ls", "log_every=100"), run_dir=tmp_path)
+    assert stopped.value.step == 6 and load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 6
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # the handler is given back
+    assert [step for step, _ in tensorboard_scalars(tmp_path)["loss/critic/reach-v3"]] == [6]
