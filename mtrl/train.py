@@ -7,7 +7,7 @@
 
 Exit codes: 0 done, 2 bad input (one line on stderr, nothing written) or a checkpoint that cannot be
 written (full disk; the previous one is kept), 3 diverged (the last good checkpoint is kept), 4 an
-environment worker kept crashing, 130 ctrl-C (checkpoint written).
+environment worker kept crashing, 130 ctrl-C or SIGTERM (checkpoint written).
 
 The config lives in the repository's ``configs/`` (``train.yaml`` and the groups ``env``, ``protocol``,
 ``agg``, ``agent``); the loop is :mod:`mtrl.training`.
@@ -66,7 +66,6 @@ register_resolvers()
 
 class UsageError(ValueError):
     """Bad command-line input, found before Hydra creates the run directory."""
-
 
 
 def check_command_line(argv: Sequence[str]) -> DictConfig | None:
