@@ -95,6 +95,7 @@ class ReplayBuffer:
             self.generator.manual_seed(int(seed))
         self._position = 0   # next slot to write, per task (the same for every task)
         self._size = 0       # filled slots per task
+        self._added = 0      # vector steps added since the buffer was created (row r sits in slot r % capacity)
 
     @property
     def _size(self) -> int:
@@ -134,6 +135,7 @@ class ReplayBuffer:
             storage[:, slot].copy_(row.reshape(storage[:, slot].shape))   # casts to float32
         self._position = (slot + 1) % self.capacity_per_task
         self._size = min(self._size + 1, self.capacity_per_task)
+        self._added += 1
 
     def _through_pinned(self, rows: list[Tensor]) -> list[Tensor]:
         """Move one step's host rows to the device in one copy from a page-locked buffer (CUDA)."""
@@ -178,14 +180,53 @@ class ReplayBuffer:
         return self._size * self.num_tasks
 
     # -------------------------------------------------------------------------------------- state
+    _FIELDS = ("obs", "action", "reward", "next_obs", "done")
+
+    @property
+    def added(self) -> int:
+        """Vector steps added so far (rows ``added - capacity_per_task`` ... ``added - 1`` are still stored)."""
+        return self._added
+
+    def export_rows(self, start: int, stop: int) -> dict[str, Tensor]:
+        """Rows ``start`` to ``stop - 1`` (counted in vector steps since creation), as host tensors ``[k, n, ...]``.
+
+        Incremental checkpoints save the rows added since the last one with this.
+        """
+        oldest = max(0, self._added - self.capacity_per_task)
+        if not oldest <= start <= stop <= self._added:
+            raise ValueError(f"ReplayBuffer.export_rows: rows [{start}, {stop}) are not all stored "
+                             f"(stored: [{oldest}, {self._added})).")
+        slots = torch.arange(start, stop, device=self.device) % self.capacity_per_task
+        return {name: getattr(self, name)[:, slots].cpu() for name in self._FIELDS}
+
+    def import_rows(self, start: int, data: dict[str, Tensor]) -> None:
+        """Write :meth:`export_rows`' output back as rows ``start ...``; the buffer then ends at its last row.
+
+        Chunks must come in order (each ending at or after the rows already there).
+        """
+        count = int(data["reward"].shape[1])
+        if start + count < self._added:
+            raise ValueError(f"ReplayBuffer.import_rows: rows [{start}, {start + count}) end before row {self._added}.")
+        for name in self._FIELDS:
+            if tuple(data[name].shape[:2]) != (self.num_tasks, count):
+                raise ValueError(f"ReplayBuffer.import_rows: `{name}` should be [{self.num_tasks}, {count}, ...], "
+                                 f"got {tuple(data[name].shape)}.")
+        slots = torch.arange(start, start + count, device=self.device) % self.capacity_per_task
+        for name in self._FIELDS:
+            getattr(self, name)[:, slots] = data[name].to(self.device, torch.float32)
+        self._added = start + count
+        self._position = self._added % self.capacity_per_task
+        self._size = min(self._added, self.capacity_per_task)
+
     def state_dict(self, include_data: bool = True) -> dict[str, Any]:
-        """The sampler's generator and position and, with ``include_data``, the stored transitions."""
+        """The sampler's generator and, with ``include_data``, the ring position and every stored transition
+        (training checkpoints save the rows incrementally instead: :meth:`export_rows`)."""
         state: dict[str, Any] = {
             "num_tasks": self.num_tasks, "obs_dim": self.obs_dim, "action_dim": self.action_dim,
             "capacity_per_task": self.capacity_per_task, "generator": self.generator.get_state(),
         }
         if include_data:
-            state["position"], state["size"] = self._position, self._size
+            state["position"], state["size"], state["added"] = self._position, self._size, self._added
             state["data"] = {name: getattr(self, name)[:, :self._size].clone()
                              for name in ("obs", "action", "reward", "next_obs", "done")}
         return state
@@ -203,5 +244,6 @@ class ReplayBuffer:
             for name, saved in state["data"].items():
                 getattr(self, name)[:, :size].copy_(saved)
             self._position, self._size = int(state["position"]), size
+            self._added = int(state.get("added", size))
         else:
-            self._position, self._size = 0, 0
+            self._position, self._size, self._added = 0, 0, 0

@@ -3,32 +3,45 @@
 * :mod:`mtrl.training.config` — config checks and resume merging (:func:`prepare`), before any env starts;
 * :mod:`mtrl.training.loop` — the :class:`Trainer` (act → send → update → receive → store; eval on a thread; checkpoints);
 * :mod:`mtrl.training.logger` — TensorBoard tags; :mod:`mtrl.training.tracking` — success history and Δm;
-* :mod:`mtrl.training.checkpoint` — atomic writes and RNG states.
+* :mod:`mtrl.training.checkpoint` — atomic writes, incremental replay-buffer chunks and RNG states;
+* :mod:`mtrl.training.divergence` — the divergence guard (``on_nonfinite=stop|skip``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
+from mtrl.training.checkpoint import CheckpointError
 from mtrl.training.config import ConfigError, TrainSettings, prepare
-from mtrl.training.loop import Trainer, TrainingInterrupted
+from mtrl.training.divergence import TrainingDiverged
+from mtrl.training.loop import CheckpointWriteError, Trainer, TrainingInterrupted
 
-__all__ = ["run", "prepare", "ConfigError", "TrainSettings", "Trainer", "TrainingInterrupted"]
+__all__ = ["run", "prepare", "ConfigError", "CheckpointError", "CheckpointWriteError", "TrainSettings", "Trainer",
+           "TrainingInterrupted", "TrainingDiverged"]
 
 
-def run(cfg: DictConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
+def run(cfg: DictConfig, run_dir: str | Path | None = None, overrides: Sequence[str] | None = None) -> dict[str, Any]:
     """Train with the composed config ``cfg``; returns the summary (also in ``<run_dir>/summary.json``).
 
     ``run_dir`` defaults to the resumed run's directory (``resume=``) or Hydra's output directory.
+    ``overrides``: the command line's ``key=value`` strings, the only values a resume changes in the
+    saved config (default: Hydra's, when under Hydra).
 
     Raises:
         ConfigError: bad input, before any environment starts.
+        CheckpointError: the resumed checkpoint's buffer chunks are missing or damaged.
         TrainingInterrupted: after ctrl-C, once the checkpoint is written.
+        TrainingDiverged: non-finite state; the last good checkpoint is kept.
+        CheckpointWriteError: a checkpoint could not be written (full disk); the previous one is intact.
     """
-    settings = prepare(cfg)
+    settings = prepare(cfg, overrides)
+    if settings.torch_threads is not None:   # restored from the saved config on resume, too
+        torch.set_num_threads(settings.torch_threads)
     if run_dir is None:
         if settings.resume is not None:
             run_dir = settings.resume

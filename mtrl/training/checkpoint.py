@@ -1,8 +1,14 @@
-"""Atomic checkpoint / JSON writes and the random-number-generator states a resume restores.
+"""Atomic checkpoint / JSON writes, incremental replay-buffer chunks and the generator states a resume restores.
 
-A file is written next to its destination under a temporary name, flushed to disk and moved into
-place with :func:`os.replace`, so a crash (or ctrl-C) during a write leaves the previous checkpoint
-intact, never a truncated one.
+A file is written next to its destination under a temporary name, flushed to disk, moved into place
+with :func:`os.replace` and the directory entry flushed too, so a crash, ``kill -9``, a full disk or
+ctrl-C during a write leaves the previous checkpoint intact, never a truncated one.
+
+The replay buffer is saved incrementally (:class:`BufferCheckpoint`): each checkpoint writes only the
+rows added since the previous one, to its own chunk file under ``buffer/``, *before* ``checkpoint.pt``
+(which lists the chunks it needs) is replaced. So a checkpoint never references a chunk that is not
+fully on disk, and a chunk written after the last checkpoint (the run was killed in between) is
+ignored on resume and deleted by the next checkpoint.
 """
 
 from __future__ import annotations
@@ -17,11 +23,19 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CHECKPOINT_NAME", "SUMMARY_NAME", "atomic_save", "atomic_write_json", "load_checkpoint",
-           "rng_state", "set_rng_state", "seed_everything", "derive_seed"]
+__all__ = ["CHECKPOINT_NAME", "SUMMARY_NAME", "CHECKPOINT_VERSION", "BUFFER_DIR", "CheckpointError",
+           "BufferCheckpoint", "atomic_save", "remove_partial_writes", "atomic_write_json", "load_checkpoint", "rng_state", "set_rng_state",
+           "seed_everything", "derive_seed"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 SUMMARY_NAME = "summary.json"
+CHECKPOINT_VERSION = 1
+BUFFER_DIR = "buffer"
+_CHUNK_PREFIX = "rows_"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint (or one of its buffer chunks) that cannot be used; the message names the file and the problem."""
 
 
 def _atomic_write(path: Path, write: Any) -> None:
@@ -34,10 +48,33 @@ def _atomic_write(path: Path, write: Any) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
+        _fsync_directory(path.parent)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename durable (a power loss after os.replace could otherwise lose the new name)."""
+    try:
+        handle = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return   # not supported on this platform / file system
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
+
+
+def remove_partial_writes(directory: str | Path) -> None:
+    """Delete the temporary files of writes that a kill cut short (``.<name>.<random>.tmp``)."""
+    directory = Path(directory)
+    if directory.is_dir():
+        for file in directory.glob(".*.tmp"):
+            file.unlink(missing_ok=True)
 
 
 def atomic_save(obj: Any, path: str | Path) -> None:
@@ -52,8 +89,99 @@ def atomic_write_json(obj: Any, path: str | Path) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint on the CPU. It is a pickle (optimizer and RNG states): resume only runs you trust."""
-    return torch.load(Path(path), map_location="cpu", weights_only=False)
+    """Load a training checkpoint on the CPU and check that it is one.
+
+    It is a pickle (optimizer and RNG states): resume only runs you trust.
+
+    Raises:
+        CheckpointError: empty, truncated, corrupted, foreign (not written by ``mtrl.train``) or of
+            another format version; the message names the file.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise CheckpointError(f"cannot read {path}: {error.strerror or error}.") from error
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): the file was cut off; no usable checkpoint.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - unpickling fails in many ways; all mean a damaged file
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path} is truncated or corrupted ({size} bytes; {type(error).__name__}: "
+                              f"{reason[:160]}).") from error
+    if not isinstance(checkpoint, dict) or not {"config", "step", "agent"} <= set(checkpoint):
+        found = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(f"{path} is not a mtrl.train checkpoint (found {found}; expected the keys "
+                              f"config, step, agent, ...).")
+    if checkpoint.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {checkpoint.get('version')!r}; this mtrl "
+                              f"reads version {CHECKPOINT_VERSION}.")
+    return checkpoint
+
+
+# ------------------------------------------------------------------------------- replay buffer
+class BufferCheckpoint:
+    """Saves a :class:`~agents.ReplayBuffer` incrementally under ``<run_dir>/buffer/``.
+
+    :meth:`save` writes the rows added since the last committed checkpoint to one chunk file and
+    returns the manifest to store in ``checkpoint.pt`` (the chunks that still hold live rows, and the
+    row count); call :meth:`commit` once ``checkpoint.pt`` is on disk: it deletes the chunks no
+    checkpoint references any more. :meth:`load` restores a manifest. A chunk holds ``[k, n, ...]``
+    host tensors of rows ``start ... stop - 1`` (vector steps counted since the run began); ring
+    position = ``stop % capacity_per_task``.
+    """
+
+    def __init__(self, run_dir: str | Path, buffer: Any) -> None:
+        self.directory = Path(run_dir) / BUFFER_DIR
+        self.buffer = buffer
+        self.chunks: list[dict[str, Any]] = []   # the last committed checkpoint's
+
+    def save(self) -> dict[str, Any]:
+        """Write the new rows' chunk (atomically); the returned manifest references only complete files."""
+        added = self.buffer.added
+        oldest = max(0, added - self.buffer.capacity_per_task)   # rows before this are overwritten
+        saved_until = self.chunks[-1]["stop"] if self.chunks else 0
+        start = max(saved_until, oldest)
+        chunks = [chunk for chunk in self.chunks if chunk["stop"] > oldest]
+        if added > start:
+            name = f"{_CHUNK_PREFIX}{start:012d}_{added:012d}.pt"
+            atomic_save(self.buffer.export_rows(start, added), self.directory / name)
+            chunks.append({"start": start, "stop": added, "file": name})
+        return {"added": added, "chunks": chunks}
+
+    def commit(self, manifest: dict[str, Any]) -> None:
+        """``checkpoint.pt`` with ``manifest`` is on disk: drop chunks (and leftovers of killed writes) it does not use."""
+        self.chunks = list(manifest["chunks"])
+        keep = {chunk["file"] for chunk in self.chunks}
+        if not self.directory.is_dir():
+            return
+        for file in self.directory.iterdir():
+            if file.name.startswith(_CHUNK_PREFIX) and file.name not in keep:
+                file.unlink(missing_ok=True)
+        remove_partial_writes(self.directory)
+
+    def load(self, manifest: dict[str, Any]) -> None:
+        """Refill the (empty) buffer from ``manifest``'s chunks.
+
+        Raises:
+            CheckpointError: a chunk is missing, unreadable or does not hold the rows the manifest says.
+        """
+        for chunk in manifest["chunks"]:
+            path = self.directory / chunk["file"]
+            try:
+                data = torch.load(path, map_location="cpu", weights_only=True)
+                rows = int(data["reward"].shape[1])
+            except Exception as error:  # noqa: BLE001
+                raise CheckpointError(f"{path}: replay-buffer chunk missing or damaged ({type(error).__name__}); "
+                                      f"resume with checkpoint_buffer=false to refill the buffer instead.") from error
+            if rows != chunk["stop"] - chunk["start"]:
+                raise CheckpointError(f"{path} holds {rows} rows, the checkpoint expects {chunk['stop'] - chunk['start']}.")
+            self.buffer.import_rows(chunk["start"], data)
+        if manifest["chunks"] and self.buffer.added != manifest["added"]:
+            raise CheckpointError(f"{self.directory}: the chunks end at row {self.buffer.added}, the checkpoint at "
+                                  f"{manifest['added']}.")
+        self.chunks = list(manifest["chunks"])
 
 
 # ------------------------------------------------------------------------------------------- RNG

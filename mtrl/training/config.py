@@ -15,6 +15,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -23,19 +24,23 @@ from omegaconf import DictConfig, OmegaConf
 
 import mtrl.aggregation as aggregation
 
-from mtrl.training.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from mtrl.training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
 
-__all__ = ["ConfigError", "TrainSettings", "prepare", "resolve_device", "RUNTIME_KEYS"]
+__all__ = ["ConfigError", "TrainSettings", "prepare", "resolve_device", "merge_resumed_config",
+           "FIXED_ON_RESUME"]
 
 log = logging.getLogger(__name__)
 
-#: Keys a resumed run takes from the command line; everything else comes from the run's saved config
-#: (so that `resume=<dir>` alone continues the same experiment, and `resume=<dir> steps=3000000`
-#: extends it).
 STL_SUCCESS_NAME = "stl_success.json"   # what `python -m mtrl.stl` writes in its run directory
 
-RUNTIME_KEYS = ("steps", "eval_every", "log_every", "checkpoint_every", "checkpoint_buffer", "device",
-                "progress", "vector_strategy", "resume")
+#: Keys that define the experiment itself: a resume keeps the saved values even when the command line
+#: names them (another aggregator, task set, seed or network shape would not continue the same run; the
+#: saved aggregator and network states could not even be loaded). Every other key typed on the resume
+#: command line changes the saved value, e.g. `resume=<dir> steps=3000000` or `agent.max_grad_norm=1.0`.
+FIXED_ON_RESUME = ("env", "protocol", "agg", "seed", "buffer_size", "agent.name", "agent.hidden_dim",
+                   "agent.trunk_layers", "agent.head_layers", "agent.aggregate")
+
+ON_NONFINITE = ("stop", "skip")
 
 
 class ConfigError(ValueError):
@@ -69,6 +74,9 @@ class TrainSettings:
     stl_reference: np.ndarray           # [k] s^STL per task (floored if stl_floor is set)
     progress: bool
     vector_strategy: str
+    on_nonfinite: str                   # stop | skip (divergence guard)
+    q_bound: float                      # |Q| beyond this counts as divergence
+    torch_threads: int | None
     config: dict[str, Any]              # the effective config, plain (saved in checkpoints and summary.json)
     resume: Path | None = None
     checkpoint: dict[str, Any] | None = field(default=None, repr=False)
@@ -88,8 +96,11 @@ class TrainSettings:
 
 
 # ------------------------------------------------------------------------------------------ entry
-def prepare(cfg: DictConfig) -> TrainSettings:
+def prepare(cfg: DictConfig, overrides: Sequence[str] | None = None) -> TrainSettings:
     """Check ``cfg`` (merging a resumed run's saved config) and return the settings.
+
+    ``overrides`` are the command line's ``key=value`` strings: on ``resume=`` they are the only values
+    that change the saved config (default: Hydra's task overrides when under Hydra, else none).
 
     Raises:
         ConfigError: for any bad value; raised before an environment is built.
@@ -99,7 +110,9 @@ def prepare(cfg: DictConfig) -> TrainSettings:
     if resume is not None:
         resume_dir = Path(str(resume)).expanduser()
         checkpoint = _load_resume(resume_dir)
-        cfg = merge_resumed_config(checkpoint["config"], cfg)
+        if overrides is None:
+            overrides = _hydra_overrides()
+        cfg = merge_resumed_config(checkpoint["config"], cfg, overrides)
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
     plain.pop("hydra", None)
@@ -171,6 +184,15 @@ def prepare(cfg: DictConfig) -> TrainSettings:
         backend = envs.resolve_backend(backend, protocol)   # auto -> what runs here
     except ValueError as error:
         raise ConfigError(f"env.backend: {error}") from error
+    on_nonfinite = plain.get("on_nonfinite", "stop")
+    if on_nonfinite not in ON_NONFINITE:
+        raise ConfigError(f"on_nonfinite should be stop or skip. Found `on_nonfinite={on_nonfinite!r}`.")
+    q_bound = plain.get("q_bound", 1e6)
+    if isinstance(q_bound, bool) or not isinstance(q_bound, (int, float)) or not q_bound > 0:
+        raise ConfigError(f"q_bound should be a positive number. Found `q_bound={q_bound!r}`.")
+    threads = plain.get("torch_threads")
+    if threads is not None:
+        threads = _positive_int(plain, "torch_threads")
 
     return TrainSettings(
         backend=backend, eval_async=_bool(plain, "eval_async") if "eval_async" in plain else True,
@@ -180,6 +202,7 @@ def prepare(cfg: DictConfig) -> TrainSettings:
         device=resolve_device(plain.get("device", "auto")), eval_episodes=int(eval_episodes),
         checkpoint_buffer=_bool(plain, "checkpoint_buffer"), performance_source=source,
         stl_reference=reference, progress=_bool(plain, "progress"), vector_strategy=strategy,
+        on_nonfinite=on_nonfinite, q_bound=float(q_bound), torch_threads=threads,
         config=plain, resume=None if resume is None else Path(str(resume)), checkpoint=checkpoint,
         **settings,
     )
@@ -193,47 +216,59 @@ def _load_resume(run_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"resume={run_dir}: no {CHECKPOINT_NAME} there (the run stopped before its first checkpoint?).")
     try:
-        checkpoint = load_checkpoint(path)
-    except Exception as error:  # noqa: BLE001 - any unpickling error means the same to the user
-        raise ConfigError(f"resume={run_dir}: cannot read {path.name}: {type(error).__name__}: {error}") from error
-    if not isinstance(checkpoint, dict) or "config" not in checkpoint or "step" not in checkpoint:
-        raise ConfigError(f"resume={run_dir}: {path.name} is not a mtrl.train checkpoint.")
-    return checkpoint
+        return load_checkpoint(path)
+    except CheckpointError as error:
+        raise ConfigError(f"resume: {error}") from error
 
 
-def merge_resumed_config(saved: dict[str, Any], cfg: DictConfig) -> DictConfig:
-    """The saved config, with the :data:`RUNTIME_KEYS` taken from ``cfg`` (the command line).
+def merge_resumed_config(saved: dict[str, Any], cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
+    """The run's saved config, changed only where ``overrides`` (the resume command line) name a key.
 
-    Other values that differ from the saved ones are ignored, with a log line naming them.
+    Each change is logged; a key of :data:`FIXED_ON_RESUME` keeps its saved value (with a warning).
+    Keys the saved config lacks (added to ``train.yaml`` after the run started) take ``cfg``'s value.
+    ``resume`` itself always follows ``cfg``.
     """
     merged = OmegaConf.create(saved)
     current = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(current, dict)
     current.pop("hydra", None)
-    for key in RUNTIME_KEYS:
-        if key in current:
-            merged[key] = current[key]
-    explicit = _command_line_keys()
-    ignored = sorted(key for key in set(current) | set(saved)
-                     if key not in RUNTIME_KEYS and current.get(key) != saved.get(key)
-                     and (explicit is None or key in explicit))
+    for key, value in current.items():
+        if key not in saved:
+            merged[key] = value
+    merged.resume = current.get("resume")
+    current_cfg = OmegaConf.create(current)
+    ignored = []
+    for key in dict.fromkeys(_override_key(override) for override in overrides):
+        if key in ("resume", "") or key.startswith("hydra"):
+            continue
+        if any(key == fixed or key.startswith(fixed + ".") or fixed.startswith(key + ".") for fixed in FIXED_ON_RESUME):
+            ignored.append(key)
+            continue
+        old = OmegaConf.select(merged, key, default=None)
+        new = OmegaConf.select(current_cfg, key, default=None)
+        if OmegaConf.is_config(new):
+            new = OmegaConf.to_container(new)
+        if old != new:
+            OmegaConf.update(merged, key, new, merge=False, force_add=True)
+            log.info("Resuming with %s=%s (the run had %s).", key, new, old)
     if ignored:
-        log.warning("Resuming: the run's saved %s stay (only %s follow the command line).",
-                    ", ".join(ignored), ", ".join(RUNTIME_KEYS))
+        log.warning("Resuming: %s keep the run's saved values (they define the experiment; start a new run "
+                    "to change them).", ", ".join(ignored))
     return merged
 
 
-def _command_line_keys() -> set[str] | None:
-    """Top-level keys the command line set (``agg=ls`` -> ``agg``), when running under Hydra."""
+def _override_key(override: str) -> str:
+    """``agent.lr=3e-4`` -> ``agent.lr``; ``+agg.options.c=1`` -> ``agg.options.c``; ``agg=ls`` -> ``agg``."""
+    return override.split("=", 1)[0].strip().lstrip("+~").split("@", 1)[0].replace("/", ".")
+
+
+def _hydra_overrides() -> list[str]:
+    """The command line's overrides when running under Hydra, else none."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
-        return None
-    keys = set()
-    for override in HydraConfig.get().overrides.task:
-        key = override.split("=", 1)[0].lstrip("+~")
-        keys.add(key.split(".", 1)[0].split("/", 1)[0])
-    return keys
+        return []
+    return list(HydraConfig.get().overrides.task)
 
 
 # ------------------------------------------------------------------------------------------ STL

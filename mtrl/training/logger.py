@@ -14,6 +14,10 @@ Tags (``<task>`` is the Meta-World task name)::
     agg/omega/<task>, agg/var_dm            (aggregators exposing last_omega / last_var_delta_m: PIVRG)
     perf/env_steps_per_s, perf/updates_per_s  (vector steps / updates per second of training wall time:
                                                evaluations and checkpoints left out)
+    perf/env_restarts, train/skipped_updates  (crashed environment workers restarted; updates dropped by
+                                               on_nonfinite=skip), both totals over the run
+
+The last window of a run (shorter than ``log_every``) is written too, at the end and on ctrl-C.
 """
 
 from __future__ import annotations
@@ -55,6 +59,13 @@ class UpdateAccumulator:
             total = self._sums.get(key)
             self._sums[key] = value.clone() if total is None else total.add_(value)
         self.count += 1
+
+    def peek(self) -> dict[str, np.ndarray]:
+        """The window's means so far (host arrays), keeping the window open (the divergence guard reads them)."""
+        sums, count = dict(self._sums), self.count
+        means = self.means()
+        self._sums, self.count = sums, count
+        return means
 
     def means(self) -> dict[str, np.ndarray]:
         """The window's mean of every output (host arrays), then start a new window."""
@@ -122,6 +133,11 @@ class TrainLogger:
 
     def count_step(self) -> None:
         self._window_steps += 1
+
+    @property
+    def window_open(self) -> bool:
+        """Steps were taken since the last :meth:`log_window` (the last, partial window of a run)."""
+        return self._window_steps > 0
 
     def exclude_time(self, seconds: float) -> None:
         """Leave ``seconds`` (an evaluation, a checkpoint) out of the window's throughput."""

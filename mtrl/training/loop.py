@@ -31,9 +31,14 @@ both aggregators' state, every random generator (Python, NumPy, torch CPU/CUDA, 
 sampler's, the warm-up actions', the environments' goal and Meta-World generators), the environments'
 reward normaliser, the step and update counters, the evaluation history (best / final) and the Δm
 source. Not restored: episodes in flight (both environments start new episodes from the restored
-generators) and, unless ``checkpoint_buffer=true``, the replay buffer, which is then re-filled with
-``warmup_steps`` steps of the current policy before updates resume. So a resumed run is not
-bit-identical to an uninterrupted one, but two resumes of the same checkpoint are (on the CPU).
+generators). The replay buffer comes back from its incremental chunks (``checkpoint_buffer=true``,
+the default); with ``checkpoint_buffer=false`` it is re-filled with ``warmup_steps`` steps of the
+current policy before updates resume. So a resumed run is not bit-identical to an uninterrupted one,
+but two resumes of the same checkpoint are (on the CPU).
+
+A run stops cleanly on ctrl-C (checkpoint, exit 130), on divergence (:mod:`mtrl.training.divergence`:
+no checkpoint of the diverged state, exit 3) and on a failed checkpoint write (full disk: the previous
+checkpoint stays, exit 2); ``kill -9`` loses at most the steps since the last checkpoint.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
 import signal
 import threading
 import time
@@ -54,18 +60,20 @@ import numpy as np
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from mtrl.training.checkpoint import (CHECKPOINT_NAME, SUMMARY_NAME, atomic_save, atomic_write_json, derive_seed,
-                                      rng_state, seed_everything, set_rng_state)
+from envs.restarts import EnvironmentRestarted, retry_on_restart, with_restarts
+from mtrl.training.checkpoint import (CHECKPOINT_NAME, CHECKPOINT_VERSION, SUMMARY_NAME, BufferCheckpoint,
+                                      CheckpointError, atomic_save, atomic_write_json, derive_seed,
+                                      remove_partial_writes, rng_state, seed_everything, set_rng_state)
 from mtrl.training.config import TrainSettings
+from mtrl.training.divergence import DivergenceGuard, TrainingDiverged
 from mtrl.training.logger import TrainLogger
 from mtrl.training.tracking import EvalHistory, PerformanceTracker
 
-__all__ = ["Trainer", "TrainingInterrupted"]
+__all__ = ["Trainer", "TrainingInterrupted", "TrainingDiverged", "CheckpointWriteError"]
 
 log = logging.getLogger("mtrl.train")
 
-CHECKPOINT_VERSION = 1
-_WARMUP_STREAM, _BUFFER_STREAM = 2, 3
+_WARMUP_STREAM, _BUFFER_STREAM, _GUARD_STREAM, _RESTART_STREAM = 2, 3, 4, 5
 
 
 def _env_state(env: Any) -> dict[str, Any] | None:
@@ -152,6 +160,13 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.step, self.run_dir = step, run_dir
 
 
+class CheckpointWriteError(OSError):
+    """``checkpoint.pt`` (or ``summary.json``) could not be written (e.g. a full disk); the previous one is intact."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 class Trainer:
     """Builds the environments, agent and logs of one run, and trains it. See the module docstring."""
 
@@ -176,10 +191,13 @@ class Trainer:
         log.info("Building %s (%d tasks, protocol %s, env backend %s) on %s ...", settings.env_name, k,
                  settings.protocol.name, settings.backend, settings.device)
         env_args = dict(task=settings.task, vector_strategy=settings.vector_strategy)
-        self.env = envs.make_multitask_env(settings.benchmark, settings.protocol, settings.seed,
-                                           backend=settings.backend, **env_args)
+        # Worker crashes restart the environments (envs.restarts); a restart draws fresh generator streams.
+        self.env = with_restarts(lambda restart: envs.make_multitask_env(
+            settings.benchmark, settings.protocol, derive_seed(settings.seed, _RESTART_STREAM, restart) if restart
+            else settings.seed, goal_seed=settings.seed, backend=settings.backend, **env_args))
         try:
-            self.eval_env = envs.make_eval_env(settings.benchmark, settings.protocol, settings.seed, **env_args)
+            self.eval_env = with_restarts(lambda restart: envs.make_eval_env(
+                settings.benchmark, settings.protocol, settings.seed, **env_args))
         except BaseException:
             self.env.close()
             raise
@@ -197,7 +215,8 @@ class Trainer:
         k = settings.num_tasks
         if list(self.env.task_names) != settings.task_names:
             raise RuntimeError(f"The environment's tasks {self.env.task_names} differ from {settings.task_names}.")
-        self.evaluations = Evaluations(envs.evaluate, self.eval_env, settings.eval_episodes, settings.eval_async)
+        self.evaluations = Evaluations(retry_on_restart(envs.evaluate), self.eval_env, settings.eval_episodes,
+                                       settings.eval_async)
         self._resume_evaluation: dict[str, Any] | None = None
 
         self.agent = agents.MultiTaskSAC(
@@ -210,6 +229,11 @@ class Trainer:
         self.action_low = np.broadcast_to(np.asarray(self.env.action_low, dtype=np.float32), (k, self.env.action_dim))
         self.action_high = np.broadcast_to(np.asarray(self.env.action_high, dtype=np.float32), (k, self.env.action_dim))
 
+        self.buffer_checkpoint = BufferCheckpoint(self.run_dir, self.buffer) if settings.checkpoint_buffer else None
+        self.guard = DivergenceGuard(self.agent, self.aggregators, settings.task_names, settings.on_nonfinite,
+                                     settings.q_bound, derive_seed(settings.seed, _GUARD_STREAM))
+        # Which steps ran in which process: [{start, end, pid, started}], one entry per (re)start.
+        self.segments: list[dict[str, Any]] = []
         self.history = EvalHistory(settings.task_names)
         self.performance = PerformanceTracker(settings.performance_source, settings.stl_reference,
                                               settings.train_success_window, settings.device)
@@ -220,6 +244,8 @@ class Trainer:
         if checkpoint is not None:
             self._restore(checkpoint)
         settings.checkpoint = None  # free the loaded copy
+        self.segments.append({"start": self.step, "end": self.step, "pid": os.getpid(),
+                              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
 
         # On resume, TensorBoard drops what the stopped run logged after its checkpoint (steps > step).
         self.logger = TrainLogger(self.run_dir, settings.task_names,
@@ -254,15 +280,20 @@ class Trainer:
                 self._stop_requested = True   # the interrupt may have broken the env workers: no more env calls
             if self._stop_requested:
                 self.evaluations.cancel()   # saved as pending: a resume runs it again
+                self._flush_logs()
                 self.save_checkpoint()
                 self.write_summary(finished=False)
                 log.info("Interrupted at step %d; checkpoint saved. Continue with: python -m mtrl.train resume=%s",
                          self.step, self.run_dir)
                 raise TrainingInterrupted(self.step, self.run_dir)
             self._finish_evaluations()
+            self._flush_logs()
             if self._checkpoint_step != self.step or self._recorded_since_checkpoint:
                 self.save_checkpoint()
             return self.write_summary(finished=True)
+        except TrainingDiverged as error:
+            self._stop_diverged(error)
+            raise   # not reached: _stop_diverged raises
         finally:
             bar.close()
             self._restore_sigint_handler(previous_handler)
@@ -271,9 +302,14 @@ class Trainer:
 
     def _iteration(self, obs: np.ndarray) -> np.ndarray:
         action = self._act(obs)
-        self.env.step_async(action)    # the environments step (EnvPool threads, async workers) ...
-        self._update()                 # ... while the update runs
-        result = self.env.step_wait()
+        try:
+            self.env.step_async(action)    # the environments step (EnvPool threads, async workers) ...
+            self._update()                 # ... while the update runs
+            result = self.env.step_wait()
+        except EnvironmentRestarted as restart:   # a worker crashed: this step's transitions are dropped
+            self.step += 1
+            self.logger.count_step()
+            return restart.obs
         self._store(obs, action, result)
         return result.obs
 
@@ -284,9 +320,22 @@ class Trainer:
 
     def _update(self) -> None:
         if self.step >= self.learn_from:
-            batch = self.buffer.sample(self.s.batch_per_task)
-            outputs = self.agent.update(batch, self.performance.current())
-            self.logger.updates.add(outputs)
+            outputs = self._guarded_update()
+            if outputs is not None:
+                self.logger.updates.add(outputs)
+
+    def _guarded_update(self) -> dict[str, Any] | None:
+        """``agent.update`` (sampling inside it); non-finite inputs an aggregator refuses become a skip or a stop."""
+        try:
+            return self.agent.update(self.buffer, self.performance.current())
+        except ValueError as error:
+            diverged = self.guard.from_update_error(self.step + 1, error)
+            if diverged is None:
+                raise
+            if self.s.on_nonfinite == "stop":
+                raise diverged from error
+            self.guard.skipped += 1   # the rest of this update is dropped; the next one zeroes the gradients
+            return None
 
     def _store(self, obs: np.ndarray, action: np.ndarray, result: Any) -> None:
         self.buffer.add(obs, action, result.reward, result.next_obs, result.terminated)
@@ -300,7 +349,7 @@ class Trainer:
     def _after_step(self) -> None:
         s, step = self.s, self.step
         if step % s.log_every == 0:
-            self.logger.log_window(step, self.aggregators)
+            self._flush_logs()
         if step % s.eval_every == 0:
             self.evaluate()
         if step % s.checkpoint_every == 0:
@@ -354,9 +403,21 @@ class Trainer:
 
     # --------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
+        """Write ``checkpoint.pt`` (and the buffer's new chunk) atomically, once the state passed the guard.
+
+        Raises:
+            TrainingDiverged: the state is not sane; nothing is written, the last checkpoint stays.
+            CheckpointWriteError: the disk refused the write; the previous checkpoint is intact.
+        """
         started = time.perf_counter()
+        self.guard.check(self.step, self.logger.updates.peek() if hasattr(self, "logger") else {}, self.buffer)
         path = self.run_dir / CHECKPOINT_NAME
         pending = self.evaluations.pending
+        self.segments[-1]["end"] = self.step
+        try:
+            buffer_manifest = None if self.buffer_checkpoint is None else self.buffer_checkpoint.save()
+        except OSError as error:
+            raise CheckpointWriteError(error.errno, self._write_failure(self.run_dir / "buffer", error)) from error
         state = {
             "version": CHECKPOINT_VERSION,
             "step": self.step,
@@ -366,7 +427,10 @@ class Trainer:
             "task_names": self.s.task_names,
             "agent": self.agent.state_dict(),
             "aggregators": {role: agg.state_dict() for role, agg in self.aggregators.items()},
-            "buffer": self.buffer.state_dict(include_data=self.s.checkpoint_buffer),
+            "buffer": self.buffer.state_dict(include_data=False),
+            "buffer_chunks": buffer_manifest,
+            "guard": self.guard.state_dict(),
+            "segments": self.segments,
             "env": _env_state(self.env),
             # With an evaluation in flight, the evaluation env is busy: save its state at the evaluation's start.
             "eval_env": _env_state(self.eval_env) if pending is None else pending.eval_env_state,
@@ -379,7 +443,13 @@ class Trainer:
             "performance": self.performance.state_dict(),
             "episodes_done": self.episodes_done.tolist(),
         }
-        atomic_save(state, path)
+        try:
+            atomic_save(state, path)
+        except OSError as error:
+            raise CheckpointWriteError(error.errno, self._write_failure(path, error)) from error
+        if self.buffer_checkpoint is not None:
+            self.buffer_checkpoint.commit(buffer_manifest)
+        remove_partial_writes(self.run_dir)   # left by a run killed while writing
         self._checkpoint_step = self.step
         self._recorded_since_checkpoint = False
         if hasattr(self, "logger"):
@@ -387,15 +457,27 @@ class Trainer:
         log.debug("checkpoint at step %d: %s", self.step, path)
         return path
 
+    def _write_failure(self, path: Path, error: OSError) -> str:
+        previous = ("no earlier checkpoint exists" if self._checkpoint_step is None else
+                    f"the previous checkpoint (step {self._checkpoint_step}) is intact")
+        return (f"cannot write {path} at step {self.step} ({error.strerror or error}); {previous}. Free some space "
+                f"and continue with: python -m mtrl.train resume={self.run_dir}")
+
     def _restore(self, checkpoint: dict[str, Any]) -> None:
         if checkpoint.get("version") != CHECKPOINT_VERSION:
-            raise ValueError(f"Checkpoint version {checkpoint.get('version')} is not {CHECKPOINT_VERSION}.")
+            raise CheckpointError(f"Checkpoint version {checkpoint.get('version')} is not {CHECKPOINT_VERSION}.")
         if checkpoint["task_names"] != self.s.task_names:
-            raise ValueError(f"The checkpoint's tasks {checkpoint['task_names']} differ from {self.s.task_names}.")
+            raise CheckpointError(f"The checkpoint's tasks {checkpoint['task_names']} differ from {self.s.task_names}.")
         self.agent.load_state_dict(checkpoint["agent"])
         for role, aggregator in self.aggregators.items():
             aggregator.load_state_dict(checkpoint["aggregators"][role])
         self.buffer.load_state_dict(checkpoint["buffer"])
+        manifest = checkpoint.get("buffer_chunks")
+        if manifest is not None and self.buffer_checkpoint is not None:
+            self.buffer_checkpoint.load(manifest)
+        if "guard" in checkpoint:
+            self.guard.load_state_dict(checkpoint["guard"])
+        self.segments = list(checkpoint.get("segments", []))
         for name, env in (("env", self.env), ("eval_env", self.eval_env)):
             if checkpoint.get(name) is not None:
                 try:
@@ -423,6 +505,7 @@ class Trainer:
 
     def summary(self, finished: bool) -> dict[str, Any]:
         final, best = self.history.final, self.history.best
+        self.segments[-1]["end"] = self.step
         return {
             "env": self.s.env_name,
             "agg": self.s.agg_name,
@@ -441,17 +524,56 @@ class Trainer:
             "best_per_task": self.history.best_per_task(),   # each task's maximum over evaluations
             "train_episodes": dict(zip(self.s.task_names, self.episodes_done.tolist())),
             "evaluations": self.history.history,
+            "segments": self.segments,                       # which steps ran in which process
+            "skipped_updates": self.guard.skipped,
+            "env_restarts": self._env_restarts(),
             "config": self.s.config,
         }
 
     def write_summary(self, finished: bool) -> dict[str, Any]:
         summary = self.summary(finished)
-        atomic_write_json(summary, self.run_dir / SUMMARY_NAME)
+        try:
+            atomic_write_json(summary, self.run_dir / SUMMARY_NAME)
+        except OSError as error:
+            raise CheckpointWriteError(error.errno, self._write_failure(self.run_dir / SUMMARY_NAME, error)) from error
         return summary
+
+    # ----------------------------------------------------------------------------- stops and logs
+    def _flush_logs(self) -> None:
+        """Check the window's state for divergence, then write it (also the last, partial window)."""
+        if not self.logger.window_open and not self.logger.updates.count:
+            return
+        problem = None
+        try:
+            self.guard.check(self.step, self.logger.updates.peek(), self.buffer)
+        except TrainingDiverged as error:
+            problem = error
+        self.logger.log_window(self.step, self.aggregators)
+        self.logger.scalar("train/skipped_updates", self.guard.skipped, self.step)
+        self.logger.scalar("perf/env_restarts", self._env_restarts(), self.step)
+        self.logger.flush()
+        if problem is not None:
+            raise problem
+
+    def _env_restarts(self) -> int:
+        """Environment restarts after worker crashes (training and evaluation environments)."""
+        return sum(getattr(env, "restarts", 0) for env in (self.env, self.eval_env))
+
+    def _stop_diverged(self, error: TrainingDiverged) -> None:
+        """No checkpoint of a diverged state: say which checkpoint is good and how to go on from it."""
+        self.write_summary(finished=False)
+        if self._checkpoint_step is None:
+            hint = "No checkpoint was written before; start again with e.g. agent.max_grad_norm=1.0 or a lower agent.lr."
+        else:
+            hint = (f"{self.run_dir / CHECKPOINT_NAME} (step {self._checkpoint_step}) is the last good checkpoint. "
+                    f"Resume from it with e.g.: python -m mtrl.train resume={self.run_dir} agent.max_grad_norm=1.0 "
+                    f"(or on_nonfinite=skip to drop non-finite updates).")
+        raise TrainingDiverged(error.step, f"{error.problem}. The run stopped. {hint}") from error
 
     # ------------------------------------------------------------------------------------ plumbing
     def _install_sigint_handler(self) -> Any:
-        """First ctrl-C: finish the current step, checkpoint and stop. A second one stops at once."""
+        """First ctrl-C (or SIGTERM, what schedulers send before preempting a job): finish the current step,
+        checkpoint and stop. A second one stops at once."""
         if threading.current_thread() is not threading.main_thread():
             return None
 
@@ -459,16 +581,19 @@ class Trainer:
             if self._stop_requested:
                 raise KeyboardInterrupt
             self._stop_requested = True
-            log.warning("ctrl-C: stopping after this step and saving a checkpoint (press again to stop mid-step).")
+            name = "ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            log.warning("%s: stopping after this step and saving a checkpoint (press again to stop mid-step).", name)
 
-        previous = signal.getsignal(signal.SIGINT)
-        signal.signal(signal.SIGINT, handler)
+        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+        for signum in previous:
+            signal.signal(signum, handler)
         return previous
 
     @staticmethod
     def _restore_sigint_handler(previous: Any) -> None:
         if previous is not None and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def close(self) -> None:
         evaluations = getattr(self, "evaluations", None)

@@ -17,15 +17,15 @@ from mtrl.training.checkpoint import load_checkpoint
 
 
 
-def interrupt_at_update(monkeypatch: pytest.MonkeyPatch, call: int) -> None:
-    """Send ourselves SIGINT (ctrl-C) during the agent's ``call``-th update."""
+def interrupt_at_update(monkeypatch: pytest.MonkeyPatch, call: int, signum: int = signal.SIGINT) -> None:
+    """Send ourselves ``signum`` (SIGINT: ctrl-C) during the agent's ``call``-th update."""
     original = agents.MultiTaskSAC.update
     calls = {"n": 0}
 
     def update(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == call:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(agents.MultiTaskSAC, "update", update)
@@ -50,16 +50,18 @@ def test_interrupt_then_resume_twice(tmp_path: Path, monkeypatch: pytest.MonkeyP
     for name in ("a", "b"):
         copy = tmp_path / name
         shutil.copytree(first, copy)
-        summary = run(config(f"resume={copy}", "agg=ls"))
+        summary = run(config(f"resume={copy}", "agg=ls"), overrides=[f"resume={copy}", "agg=ls"])
         assert summary["steps"] == 12 and summary["agg"] == "rlw" and summary["finished"]
-        # The buffer was not saved: 4 steps re-fill it, then 12 - 11 = 1 more update.
-        assert summary["updates"] == 3 + 1
+        # The buffer came back from its chunks: learning goes on at once, one update per step 7 ... 11.
+        assert summary["updates"] == 3 + 5
+        assert [(segment["start"], segment["end"]) for segment in summary["segments"]] == [(0, 7), (7, 12)]
         copies.append(copy)
 
     # The curves continue in the same directory: evaluations before and after the stop, one event stream.
     logged = tensorboard_scalars(copies[0])
     assert [step for step, _ in logged["eval/success_mean"]] == [6, 12]
-    assert [step for step, _ in logged["perf/env_steps_per_s"]] == [3, 6, 9, 12]
+    # ctrl-C at step 7 flushed the partial window 7 (kept: the checkpoint is at 7).
+    assert [step for step, _ in logged["perf/env_steps_per_s"]] == [3, 6, 7, 9, 12]
     evaluations = json.loads((copies[0] / "summary.json").read_text())["evaluations"]
     assert [record["step"] for record in evaluations] == [6, 12]
 
@@ -74,9 +76,45 @@ def test_interrupt_then_resume_twice(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.slow
+def test_resume_is_the_same_experiment(tmp_path: Path, config, tensorboard_scalars) -> None:
+    """`resume=<dir>` alone keeps every saved value (train.yaml's defaults do not creep back); a typed key extends."""
+    run(config("env=mt1", "agent.batch_size=8", "agg=ls", "steps=6", "log_every=2", "torch_threads=1",
+               "checkpoint_buffer=false"), run_dir=tmp_path)
+    torch.set_num_threads(2)
+    # Composed with other values for steps / log_every / torch_threads / checkpoint_buffer, none of them typed:
+    summary = run(config(f"resume={tmp_path}", "steps=500", "log_every=1000", "checkpoint_buffer=true"),
+                  overrides=[f"resume={tmp_path}"])
+    assert summary["steps"] == 6 and summary["config"]["log_every"] == 2 and torch.get_num_threads() == 1
+    assert summary["config"]["checkpoint_buffer"] is False
+    # Typed on the command line: the run goes on to 9 steps, still logging every 2.
+    summary = run(config(f"resume={tmp_path}", "steps=9"), overrides=[f"resume={tmp_path}", "steps=9"])
+    assert summary["steps"] == 9 and summary["config"]["steps"] == 9
+    # (The resume that had nothing left to do wrote no checkpoint, so no segment of its own.)
+    assert [(segment["start"], segment["end"]) for segment in summary["segments"]] == [(0, 6), (6, 9)]
+    assert [step for step, _ in tensorboard_scalars(tmp_path)["perf/env_steps_per_s"]] == [2, 4, 6, 8, 9]
+    # No buffer saved: 4 steps refill it before updates resume (steps 10.. would be the first).
+    assert summary["updates"] == 6 - 4
+
+
+@pytest.mark.slow
 def test_resume_with_saved_buffer_learns_at_once(tmp_path: Path, config, tensorboard_scalars) -> None:
-    run(config("agg=ls", "steps=6", "checkpoint_buffer=true"), run_dir=tmp_path)
-    summary = run(config(f"resume={tmp_path}", "steps=9"))
+    run(config("agg=ls", "steps=6"), run_dir=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "buffer").iterdir()) == ["rows_000000000000_000000000006.pt"]
+    summary = run(config(f"resume={tmp_path}", "steps=9"), overrides=[f"resume={tmp_path}", "steps=9"])
     assert summary["steps"] == 9 and summary["updates"] == (6 - 4) + 3
     # The evaluation logged at the checkpoint's own step survives the resume.
     assert [step for step, _ in tensorboard_scalars(tmp_path)["eval/success_mean"]] == [6, 9]
+    # The second checkpoint wrote only the 3 new rows; the first chunk is still needed.
+    assert sorted(p.name for p in (tmp_path / "buffer").iterdir()) == [
+        "rows_000000000000_000000000006.pt", "rows_000000000006_000000000009.pt"]
+
+
+def test_sigterm_checkpoints_like_ctrl_c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config,
+                                        tensorboard_scalars) -> None:
+    """A scheduler's SIGTERM before preemption: the step finishes, the partial log window and a checkpoint are written."""
+    interrupt_at_update(monkeypatch, call=2, signum=signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted) as stopped:
+        run(config("env=mt1", "agent.batch_size=8", "agg=ls", "log_every=100"), run_dir=tmp_path)
+    assert stopped.value.step == 6 and load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 6
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # the handler is given back
+    assert [step for step, _ in tensorboard_scalars(tmp_path)["loss/critic/reach-v3"]] == [6]

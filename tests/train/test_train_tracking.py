@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mtrl.training.checkpoint import atomic_save, atomic_write_json, load_checkpoint
+from mtrl.training.checkpoint import atomic_save, atomic_write_json
 from mtrl.training.config import merge_resumed_config
 from mtrl.training.logger import UpdateAccumulator
 from mtrl.training.tracking import EvalHistory, PerformanceTracker
@@ -72,14 +72,28 @@ def test_atomic_writes_leave_no_temporary_files(tmp_path: Path) -> None:
     atomic_save({"x": torch.arange(4)}, tmp_path / "checkpoint.pt")
     atomic_write_json({"mean": 0.5}, tmp_path / "summary.json")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "summary.json"]
-    assert load_checkpoint(tmp_path / "checkpoint.pt")["x"].tolist() == [0, 1, 2, 3]
+    assert torch.load(tmp_path / "checkpoint.pt")["x"].tolist() == [0, 1, 2, 3]
     assert json.loads((tmp_path / "summary.json").read_text()) == {"mean": 0.5}
 
 
-def test_resume_keeps_the_saved_experiment() -> None:
-    saved = {"seed": 3, "steps": 100, "agg": {"name": "pivrg", "options": {}}, "device": "cpu", "resume": None}
-    command_line = OmegaConf.create({"seed": 0, "steps": 500, "agg": {"name": "ls", "options": {}},
-                                     "device": "auto", "resume": "runs/x"})
-    merged = merge_resumed_config(saved, command_line)
-    assert merged.seed == 3 and merged.agg.name == "pivrg"               # the experiment stays
-    assert merged.steps == 500 and merged.device == "auto" and merged.resume == "runs/x"  # runtime keys follow
+def test_resume_changes_only_the_keys_typed_on_its_command_line(caplog: pytest.LogCaptureFixture) -> None:
+    saved = {"seed": 3, "steps": 100, "log_every": 10, "torch_threads": 1, "agg": {"name": "pivrg", "options": {}},
+             "agent": {"lr": 3e-4, "max_grad_norm": None, "hidden_dim": 32}, "device": "cpu", "resume": None}
+    # The composed config carries train.yaml's defaults for everything not typed: they must not win.
+    composed = OmegaConf.create({"seed": 0, "steps": 2000000, "log_every": 1000, "torch_threads": None,
+                                 "agg": {"name": "ls", "options": {}},
+                                 "agent": {"lr": 3e-4, "max_grad_norm": 1.0, "hidden_dim": 400},
+                                 "device": "auto", "resume": "runs/x", "on_nonfinite": "stop"})
+    with caplog.at_level("INFO", logger="mtrl.training.config"):
+        merged = merge_resumed_config(saved, composed, ["resume=runs/x"])
+    assert OmegaConf.to_container(merged) == {**saved, "resume": "runs/x", "on_nonfinite": "stop"}
+
+    typed = ["resume=runs/x", "steps=2000000", "agent.max_grad_norm=1.0", "agg=ls", "seed=0", "agent.hidden_dim=400"]
+    with caplog.at_level("INFO", logger="mtrl.training.config"):
+        merged = merge_resumed_config(saved, composed, typed)
+    assert merged.steps == 2000000 and merged.agent.max_grad_norm == 1.0        # typed: changed
+    assert merged.log_every == 10 and merged.torch_threads == 1 and merged.device == "cpu"   # not typed: saved
+    assert merged.seed == 3 and merged.agg.name == "pivrg" and merged.agent.hidden_dim == 32  # the experiment stays
+    assert "steps=2000000 (the run had 100)" in caplog.text
+    assert "agent.max_grad_norm=1.0 (the run had None)" in caplog.text
+    assert "agg, seed, agent.hidden_dim keep the run's saved values" in caplog.text

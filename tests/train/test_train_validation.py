@@ -88,7 +88,7 @@ def test_resume_directory_without_checkpoint(tmp_path: Path, no_envs: None, conf
     with pytest.raises(ConfigError, match="no checkpoint.pt there"):
         run(config(f"resume={tmp_path}"))
     (tmp_path / "checkpoint.pt").write_text("garbage")
-    with pytest.raises(ConfigError, match="cannot read checkpoint.pt"):
+    with pytest.raises(ConfigError, match="checkpoint.pt is truncated or corrupted"):
         run(config(f"resume={tmp_path}"))
 
 
@@ -99,7 +99,11 @@ def test_command_line_reports_bad_batch(tmp_path: Path) -> None:
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 2, result.stderr[-2000:]
-    assert "agent.batch_size=1001 does not split evenly over the 10 tasks" in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "mtrl.train: error: agent.batch_size=1001 does not split evenly over the 10 tasks of mt10: the batch is "
+        "stratified, batch_size / k rows per task. Use a multiple of 10, e.g. agent.batch_size=1280 (128 per task, "
+        "as the paper)."]
+    assert not any(tmp_path.iterdir())   # refused before Hydra created the run directory
 
 
 def test_command_line_refuses_bad_torch_threads() -> None:

@@ -1,0 +1,89 @@
+"""``python tests/train/_kill_at.py <point> <n> <mtrl.train overrides...>``: run ``python -m mtrl.train`` and SIGKILL
+itself at the ``n``-th time the run reaches ``point``:
+
+* ``update``: inside an agent update (after one network's optimizer step, before the other's);
+* ``env``: inside an environment step (the vector env stepped, the transition not yet stored);
+* ``eval``: inside an evaluation (at the ``n``-th policy call of the process's first evaluation);
+* ``chunk``: inside a checkpoint, after the replay buffer's chunk is on disk, before ``checkpoint.pt`` is replaced;
+* ``checkpoint``: inside the write of ``checkpoint.pt`` (its temporary file half-written, not yet renamed).
+
+Used by test_train_kill.py; nothing else may import it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+def _kill() -> None:
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _on_call(owner: object, name: str, n: int, before: bool) -> None:
+    original, calls = getattr(owner, name), {"n": 0}
+
+    def wrapper(*args, **kwargs):
+        calls["n"] += 1
+        if before and calls["n"] == n:
+            _kill()
+        result = original(*args, **kwargs)
+        if not before and calls["n"] == n:
+            _kill()
+        return result
+
+    setattr(owner, name, wrapper)
+
+
+def arm(point: str, n: int) -> None:
+    import agents
+    import envs
+    import mtrl.training.checkpoint as checkpoint
+
+    if point == "update":
+        _on_call(agents.MultiTaskSAC, "_optimize", n, before=False)
+    elif point == "env":
+        _on_call(envs.MultiTaskEnv, "step_wait", n, before=False)
+    elif point == "eval":
+        evaluate = envs.evaluate
+
+        def killed_evaluation(policy, env, episodes):
+            calls = {"n": 0}
+
+            def policy_then_kill(obs):
+                calls["n"] += 1
+                if calls["n"] == n:
+                    _kill()
+                return policy(obs)
+
+            return evaluate(policy_then_kill, env, episodes)
+
+        envs.evaluate = killed_evaluation
+    elif point in ("chunk", "checkpoint"):
+        original, calls = checkpoint._atomic_write, {"n": 0}
+
+        def atomic_write(path, write):
+            if path.name == checkpoint.CHECKPOINT_NAME:
+                calls["n"] += 1
+                if calls["n"] == n:
+                    if point == "chunk":
+                        _kill()   # the chunk of this checkpoint was written just before
+                    with open(path.parent / f".{path.name}.killed.tmp", "wb") as file:   # a half-written temp file
+                        write(file)
+                        file.truncate(file.tell() // 2)
+                        file.flush()
+                    _kill()
+            return original(path, write)
+
+        checkpoint._atomic_write = atomic_write
+    else:
+        raise SystemExit(f"unknown kill point {point!r}")
+
+
+if __name__ == "__main__":
+    arm(sys.argv[1], int(sys.argv[2]))
+    from mtrl.train import main
+
+    main(sys.argv[3:])
