@@ -45,6 +45,9 @@ def write_summary(run_dir: Path, cfg: dict[str, Any], success: np.ndarray, finis
     trainer.history, trainer.step = history, history.last_step
     trainer.agent = SimpleNamespace(updates=trainer.step)
     trainer.elapsed_before, trainer.episodes_done = wall_time_s, np.zeros(len(TASKS), dtype=np.int64)
+    trainer.segments = [{"start": 0, "end": trainer.step, "pid": 0}]
+    trainer.env, trainer.eval_env = SimpleNamespace(backend="gymnasium"), None
+    trainer.guard = SimpleNamespace(skipped=0)
     summary = trainer.summary(finished)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / SUMMARY_NAME).write_text(json.dumps(summary))

@@ -49,7 +49,7 @@ def arm(point: str, n: int) -> None:
     elif point == "eval":
         evaluate = envs.evaluate
 
-        def killed_evaluation(policy, env, episodes):
+        def killed_evaluation(policy, env, episodes, *args, **kwargs):
             calls = {"n": 0}
 
             def policy_then_kill(obs):
@@ -58,7 +58,7 @@ def arm(point: str, n: int) -> None:
                     _kill()
                 return policy(obs)
 
-            return evaluate(policy_then_kill, env, episodes)
+            return evaluate(policy_then_kill, env, episodes, *args, **kwargs)
 
         envs.evaluate = killed_evaluation
     elif point in ("chunk", "checkpoint"):

@@ -118,7 +118,10 @@ def test_training_survives_a_killed_worker(tmp_path: Path, monkeypatch: pytest.M
         return original(self, actions)
 
     monkeypatch.setattr(envs.MultiTaskEnv, "step_async", step_async)
-    summary = run(config("env=mt1", "agent.batch_size=8", "agg=ls", "vector_strategy=async"), run_dir=tmp_path)
+    # Worker processes (gymnasium async, not EnvPool) and inline evaluation, so that the call count is deterministic.
+    summary = run(config("env=mt1", "agent.batch_size=8", "agg=ls", "vector_strategy=async", "eval_async=false",
+                         "env.backend=gymnasium"),
+                  run_dir=tmp_path)
     assert summary["finished"] and summary["steps"] == 12 and summary["env_restarts"] == 2
     # The evaluation at step 6 started over on the new environment and finished.
     assert [record["step"] for record in summary["evaluations"]] == [6, 12]
