@@ -46,7 +46,9 @@ class PIVRG(PerformanceInformed, Aggregator):
 
     .. note:: Degenerate inputs. Eq. 8 has no solution at a Pareto-stationary point (the paper's
        Assumption 1 rules this out): see :mod:`mtrl.aggregation._alpha_fair` for the fallbacks (zero
-       rows get weight 0; otherwise a ridge ``K + μ diag(K)``), each counted in ``fallbacks``.
+       rows get weight 0; otherwise the bounded least-squares point of the equation's residual, as
+       the authors' ``scipy.optimize.least_squares(bounds=(0, ∞))`` returns, by a fixed budget of
+       Gauss-Newton steps), each counted in ``fallbacks``.
     """
 
     def __init__(self, omega_lower: float = OMEGA_LOWER, omega_upper: float = OMEGA_UPPER,
