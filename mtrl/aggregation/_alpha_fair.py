@@ -80,7 +80,7 @@ TOLERANCE = 1e-10
 #: ``max_i |(Cv)_i − c_i v_i^(-p)| / ((|C| v)_i + c_i v_i^(-p))``.
 STALLED_TOLERANCE = 1e-10
 #: Iterates beyond this size (the scaled problem's solution is O(1) when well posed) mean divergence.
-DIVERGENCE = 1e10
+DIVERGENCE = 1e6
 
 
 @dataclass
