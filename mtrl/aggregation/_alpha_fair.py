@@ -33,14 +33,24 @@ quadratically, typically in 5-15 iterations, for ``k`` up to 50.
 (*) has a positive solution exactly when no non-negative combination of the rows vanishes, i.e. the
 point is not Pareto stationary (Navon et al. 2022, Claim 3.1; PIVRG paper Assumption 1). Where it has
 none — a zero row, opposite rows, any Pareto-stationary point (typical with more tasks than
-parameters) — ``f`` has no minimiser and Newton diverges. The documented fallbacks, each reported as ``fallback=True``:
+parameters) — ``f`` has no minimiser and Newton diverges. The fallbacks, each reported as ``fallback=True``:
 
 1. zero rows (``‖g_i‖ ≤ 1e-20 · max_j ‖g_j‖``) are left out of the solve and get weight 0 — their
    gradient contributes nothing to the update whatever their weight; all rows zero gives ``1/k``;
-2. if the exact solve fails (divergence, no convergence in 200 iterations, a singular or non-finite
-   step), it is repeated with a ridge, ``C + μ I`` (``K + μ diag(K)``), for μ = 1e-6, 1e-2, 1 in turn:
-   the ridge makes ``f`` coercive, so a solution always exists and varies continuously with ``G``;
-3. if even that fails, the orthogonal-rows solution ``v_i ∝ c_i^(1/(1+p))``, always finite.
+2. if the exact solve fails (no convergence in 30 Newton iterations, divergence, a singular or
+   non-finite step), the weights are the bounded least-squares point of the equation's residual,
+   ``min_{w ≥ 0} ‖K w − c ⊙ w^(-p)‖²`` — what the authors of FairGrad and PIVRG compute
+   (``scipy.optimize.least_squares(..., x0=1/k, bounds=(0, ∞))``) — by a fixed budget of damped
+   Gauss-Newton steps (:func:`_bounded_least_squares`). Where (*) is solvable that point *is* the
+   exact solution (zero residual), so the fallback continues the exact solve. Where it is not, the
+   residual tends to 0 only as ``w → ∞`` along the vanishing combination: no minimiser exists, and every
+   least-squares solver (scipy's included) stops where its budget or tolerance says. Ours stops after a
+   fixed number of steps, a continuous function of ``G`` and ω, with the authors' qualitative
+   behaviour: the update ``d = Gᵀw`` leans towards the task whose ``c_i ‖g_i‖^(1+p)`` is larger — at a
+   Pareto-stationary two-task point with equal gradient norms, the task with the larger ω (PIVRG,
+   PI-Nash-MTL), so such a point keeps moving along the front towards the task that is behind.
+   The ridge ``K + μ diag(K)`` used before this did not: its solution favoured the same end of the front
+   whichever task was behind (issue 9).
 """
 
 from __future__ import annotations
@@ -56,16 +66,21 @@ __all__ = ["AlphaFairSolution", "solve_alpha_fair"]
 
 #: Rows whose norm is below this fraction of the largest row norm are treated as zero rows.
 ZERO_ROW_RELATIVE_NORM = 1e-20
-#: Ridges tried, in order, when the exact equation has no solution (relative to the unit diagonal).
-FALLBACK_RIDGES = (1e-6, 1e-2, 1.0)
-MAX_ITERATIONS = 200
+MAX_ITERATIONS = 30
+#: Levenberg-Marquardt iterations of the least-squares fallback (fixed: no convergence test).
+LEAST_SQUARES_ITERATIONS = 12
+#: Levenberg-Marquardt damping of the fallback's Gauss-Newton steps (relative to JᵀJ's diagonal).
+LEAST_SQUARES_DAMPING = 1e-3
+#: Largest change of ``log v_i`` in one fallback iteration: at a Pareto-stationary point the residual
+#: decreases only as ``v → ∞``, and this caps how fast the iterates may run there.
+LEAST_SQUARES_MAX_LOG_STEP = 2.0
 #: Relative residual ``max_i |(Cv)_i v_i^p / c_i − 1|`` that counts as solved.
 TOLERANCE = 1e-10
 #: Once Newton stalls at float64 precision: accepted backward error
 #: ``max_i |(Cv)_i − c_i v_i^(-p)| / ((|C| v)_i + c_i v_i^(-p))``.
 STALLED_TOLERANCE = 1e-10
 #: Iterates beyond this size (the scaled problem's solution is O(1) when well posed) mean divergence.
-DIVERGENCE = 1e15
+DIVERGENCE = 1e6
 
 
 @dataclass
@@ -125,14 +140,8 @@ def solve_alpha_fair(jacobian: Tensor, alpha: float, utility_weights: Tensor | N
     reason = "" if active.all() else "zero row(s) given weight 0"
     scaled = _newton(cosines, constants, p)
     if scaled is None:
-        for ridge in FALLBACK_RIDGES:
-            scaled = _newton(cosines + ridge * np.eye(len(constants)), constants, p)
-            if scaled is not None:
-                reason = _join(reason, f"no solution (Pareto-stationary or degenerate rows); ridge {ridge:g}")
-                break
-        else:
-            scaled = _orthogonal_start(constants, p)
-            reason = _join(reason, "no solution; orthogonal-rows fallback")
+        scaled = _bounded_least_squares(cosines, constants, p, norms)
+        reason = _join(reason, "no solution (Pareto-stationary or degenerate rows); bounded least squares")
 
     # Undo the scalings: v = γ^(1/(1+p)) · scaled, w = v / ‖g‖.
     log_weights = np.log(scaled) + log_gamma / (1.0 + p) - log_norms
@@ -203,3 +212,34 @@ def _newton(cosines: np.ndarray, constants: np.ndarray, p: float) -> np.ndarray 
             if not np.isfinite(v).all() or float(v.max()) > DIVERGENCE or float(v.min()) <= 0:
                 return None
     return None
+
+
+def _bounded_least_squares(cosines: np.ndarray, constants: np.ndarray, p: float, norms: np.ndarray) -> np.ndarray:
+    """The fallback: minimise the residual of (*) over ``w > 0``, as the authors' ``least_squares(bounds=(0, ∞))``.
+
+    On the raw problem the residual is ``r_i = (K w)_i − c_i w_i^(-p)``; in the scaled variables it is
+    ``‖g_i‖ · ((C v)_i − c_i v_i^(-p))`` up to one common factor, so we minimise
+    ``Σ_i n_i² ((C v)_i − c_i v_i^(-p))²`` (``n`` the row norms relative to the largest): the
+    authors' objective, with the same minimisers. Gauss-Newton in ``x = log v`` (which keeps ``v > 0``,
+    the bound) from the orthogonal-rows start, for a fixed number of iterations, each step damped
+    (Levenberg-Marquardt with a fixed damping) and softly capped (``c · tanh(δ/c)`` per coordinate):
+    every operation is continuous and nothing is accepted or refused, so the result is a continuous
+    function of the Gramian and ω.
+    """
+    x = np.log(_orthogonal_start(constants, p))
+    with np.errstate(all="ignore"):
+        for _ in range(LEAST_SQUARES_ITERATIONS):
+            v = np.exp(x)
+            target = constants * np.exp(-p * x)
+            residual = norms * (cosines @ v - target)
+            # J = diag(n) · (C diag(v) + diag(p c v^(-p))): the residual's derivative in x.
+            jacobian = norms[:, None] * (cosines * v[None, :] + np.diag(p * target))
+            normal = jacobian.T @ jacobian
+            # Marquardt's scaling, plus a floor relative to the largest curvature that keeps the
+            # system regular where JᵀJ is rank deficient (opposite rows).
+            diagonal = np.diag(normal)
+            regulariser = LEAST_SQUARES_DAMPING * diagonal + 1e-10 * float(np.max(diagonal)) + 1e-300
+            step = -np.linalg.solve(normal + np.diag(regulariser), jacobian.T @ residual)
+            cap = LEAST_SQUARES_MAX_LOG_STEP
+            x = x + cap * np.tanh(np.nan_to_num(step) / cap)
+    return np.exp(x)

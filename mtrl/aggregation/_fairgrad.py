@@ -36,8 +36,9 @@ class FairGrad(Aggregator):
        that is the caller's job (``torch.nn.utils.clip_grad_norm_(shared_params, 1.0)``).
 
     .. note:: Degenerate inputs. The equation has no solution at a Pareto-stationary point: see
-       :mod:`mtrl.aggregation._alpha_fair` for the fallbacks (zero rows get weight 0; otherwise a
-       ridge ``K + μ diag(K)``), each counted in ``fallbacks``.
+       :mod:`mtrl.aggregation._alpha_fair` for the fallbacks (zero rows get weight 0; otherwise the
+       bounded least-squares point of the residual, which is what the authors' ``least_squares`` call
+       returns, by a fixed budget of Gauss-Newton steps), each counted in ``fallbacks``.
     """
 
     def __init__(self, alpha: float = 1.0) -> None:

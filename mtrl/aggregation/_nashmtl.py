@@ -44,8 +44,9 @@ class NashMTL(Aggregator):
 
     .. note:: Degenerate inputs. ``α_i (Kα)_i = 1`` has no solution at a Pareto-stationary point
        (a zero row, opposite rows, more tasks than parameters): see :mod:`mtrl.aggregation._alpha_fair`
-       for the fallbacks (zero rows get weight 0; otherwise a ridge ``K + μ diag(K)``), each counted
-       in ``fallbacks``. The authors keep the previous α when ECOS fails.
+       for the fallbacks (zero rows get weight 0; otherwise the bounded least-squares point of the
+       equation's residual, by a fixed budget of Gauss-Newton steps), each counted in ``fallbacks``.
+       The authors keep the previous α when ECOS fails.
     """
 
     _state_attributes = ("calls", "last_weights")

@@ -423,7 +423,7 @@ def run_toy_bench(cfg: Any, out_dir: Path, specs: Sequence[tuple[str, dict[str, 
         log.info("toy: %s done in %.1f s", name, run.seconds)
     tolerance = float(bench.get("tolerance", 0.05))
     results = save_toy_results(runs, out_dir, tolerance)
-    plot = plot_toy(runs, out_dir / "toy.png")
+    plot = plot_toy(runs, out_dir / "toy.png", tolerance=tolerance)
     table = toy_table(runs, tolerance)
     (out_dir / "final_losses.md").write_text(table + "\n")
     print(table)

@@ -31,6 +31,7 @@ loss scales differ by 10×).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -126,6 +127,12 @@ def _front_theta2(theta1: np.ndarray) -> np.ndarray:
 
 def pareto_set(n: int = 201) -> np.ndarray:
     """``[n, 2]`` points θ of the exact Pareto set, θ1 from -7 to 7."""
+    return _pareto_set(n).copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _pareto_set(n: int) -> np.ndarray:
+    # n scalar minimisations: cached, since every report and plot measures distances to the same set
     theta1 = np.linspace(-7.0, 7.0, n)
     return np.stack([theta1, _front_theta2(theta1)], axis=1)
 
@@ -144,7 +151,7 @@ def single_task_optima(scale: float = 0.1) -> np.ndarray:
 
 def distance_to_pareto_set(theta: np.ndarray, n: int = 2001) -> np.ndarray:
     """Euclidean distance in parameter space from each θ (``[..., 2]``) to the Pareto set."""
-    points = pareto_set(n)
+    points = _pareto_set(n)
     theta = np.asarray(theta, dtype=np.float64)
     d = np.linalg.norm(theta[..., None, :] - points, axis=-1)
     return d.min(axis=-1)
@@ -179,6 +186,8 @@ class ToyRun:
                 "L2": float(losses[s, 1]), "distance_to_front": float(distance[s]),
                 "on_front": bool(distance[s] <= tolerance), "delta_m": dm.tolist(),
                 "delta_m_mean": float(dm.mean()), "delta_m_var": float(dm.var()),
+                # balance: the paper's claim is that PIVRG ends where the tasks' drops are equal
+                "delta_m_gap": float(abs(dm[0] - dm[1])),
                 "final_weights": self.weights[-1, s].tolist(),
             })
         return rows
@@ -193,6 +202,7 @@ class ToyRun:
             # balance of the end points: |θ1| = 0 is the equal-Δm middle of the front, 7 an end.
             "mean_abs_theta1_on_front": float(np.mean([abs(r["theta"][0]) for r in front_rows])) if front_rows else None,
             "mean_var_delta_m": float(np.mean([r["delta_m_var"] for r in rows])),
+            "mean_delta_m_gap": float(np.mean([r["delta_m_gap"] for r in rows])),
             "fallbacks": self.fallbacks, "per_start": rows,
         }
 
@@ -278,10 +288,11 @@ def run_toy(
 
 
 def plot_toy(runs: Sequence[ToyRun], path: str | Path, titles: Mapping[str, str] | None = None,
-             max_columns: int = 6) -> Path:
+             max_columns: int = 6, tolerance: float = 0.05) -> Path:
     """PIVRG Fig. 2 layout: one column per aggregator; top: trajectories in loss space with the Pareto
-    front, bottom: trajectories in parameter space over the contours of ``L1 + L2``. More than
-    ``max_columns`` aggregators wrap onto further pairs of rows."""
+    front, bottom: trajectories in parameter space over the contours of ``L1 + L2``; end points as
+    stars (filled when within ``tolerance`` of the front), the title gives the starts on the front and
+    the mean Var[Δm]. More than ``max_columns`` aggregators wrap onto further pairs of rows."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -315,8 +326,16 @@ def plot_toy(runs: Sequence[ToyRun], path: str | Path, titles: Mapping[str, str]
             top.scatter(run.losses[0, s, 0], run.losses[0, s, 1], color="k", s=30, zorder=3,
                         label="start" if s == 0 else None)
             bottom.scatter(run.theta[0, s, 0], run.theta[0, s, 1], color="k", s=30, zorder=3)
+            # end points: filled on the front, hollow off it
+            on_front = bool(distance_to_pareto_set(run.theta[-1, s]) <= tolerance)
+            marker = {"color": "#D62728"} if on_front else {"facecolors": "none", "edgecolors": "#D62728"}
+            top.scatter(run.losses[-1, s, 0], run.losses[-1, s, 1], marker="*", s=90, zorder=4,
+                        label=("end (filled: on front)" if s == 0 else None), **marker)
+            bottom.scatter(run.theta[-1, s, 0], run.theta[-1, s, 1], marker="*", s=90, zorder=4, **marker)
+        summary = run.summary(tolerance)
         title = (titles or {}).get(run.name, run.name)
-        top.set_title(title)
+        top.set_title(f"{title}\non front {summary['starts_on_front']}/{run.theta.shape[1]}, "
+                      f"mean Var[Δm] {summary['mean_var_delta_m']:.0f}", fontsize=9)
         top.set_xlabel(r"$L_1$")
         top.set_ylabel(r"$L_2$")
         bottom.set_xlabel(r"$\theta_1$")
@@ -334,14 +353,23 @@ def plot_toy(runs: Sequence[ToyRun], path: str | Path, titles: Mapping[str, str]
 
 def toy_table(runs: Sequence[ToyRun], tolerance: float = 0.05) -> str:
     """Final losses per aggregator and start, as a Markdown table."""
-    lines = ["| aggregator | start | θ final | L1 | L2 | dist. to front | on front | Δm1 % | Δm2 % |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| aggregator | start | θ final | L1 | L2 | dist. to front | on front | Δm1 % | Δm2 % | abs(Δm1 − Δm2) | Var[Δm] |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    summaries = []
     for run in runs:
-        for row in run.final(tolerance):
+        summary = run.summary(tolerance)
+        summaries.append(summary)
+        for row in summary["per_start"]:
             lines.append(
                 f"| {run.name} | ({row['start'][0]:g}, {row['start'][1]:g}) | ({row['theta'][0]:.3f}, {row['theta'][1]:.3f}) "
                 f"| {row['L1']:.4f} | {row['L2']:.4f} | {row['distance_to_front']:.3g} | {'yes' if row['on_front'] else 'no'} "
-                f"| {row['delta_m'][0]:.1f} | {row['delta_m'][1]:.1f} |")
+                f"| {row['delta_m'][0]:.1f} | {row['delta_m'][1]:.1f} | {row['delta_m_gap']:.1f} | {row['delta_m_var']:.1f} |")
+    lines += ["", "| aggregator | starts on front | mean abs(Δm1 − Δm2) | mean Var[Δm] over starts | fallbacks | seconds |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for summary in summaries:
+        lines.append(f"| {summary['aggregator']} | {summary['starts_on_front']}/{len(summary['per_start'])} "
+                     f"| {summary['mean_delta_m_gap']:.1f} | {summary['mean_var_delta_m']:.1f} "
+                     f"| {sum(summary['fallbacks'])} | {summary['seconds']:.1f} |")
     return "\n".join(lines)
 
 

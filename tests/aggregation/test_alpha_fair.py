@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from scipy.optimize import least_squares
 
+from mtrl.aggregation import _alpha_fair as alpha_fair
 from mtrl.aggregation._alpha_fair import solve_alpha_fair
 
 
@@ -92,20 +95,106 @@ def test_all_zero_rows_give_equal_weights() -> None:
     torch.testing.assert_close(solution.weights, torch.full((4,), 0.25, dtype=torch.float64))
 
 
-@pytest.mark.parametrize("case", ["opposite", "more_tasks_than_params", "conflicting_rank_one"])
-@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
-def test_pareto_stationary_points_fall_back_to_a_ridge(case: str, alpha: float) -> None:
-    """No positive solution exists: the ridge fallback gives finite positive weights, flagged."""
+def pareto_stationary_jacobian(case: str) -> torch.Tensor:
     g = random_jacobian(1, 6, seed=7)[0]
-    jacobian = {
+    return {
         "opposite": torch.stack([g, -g]),
         "more_tasks_than_params": random_jacobian(12, 5, seed=8),
         "conflicting_rank_one": torch.outer(torch.tensor([1.0, 2.0, -0.5], dtype=torch.float64), g),
     }[case]
+
+
+@pytest.mark.parametrize("case", ["opposite", "more_tasks_than_params", "conflicting_rank_one"])
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+def test_pareto_stationary_points_fall_back_to_bounded_least_squares(case: str, alpha: float) -> None:
+    """No positive solution exists: the least-squares fallback gives finite positive weights, flagged."""
+    jacobian = pareto_stationary_jacobian(case)
     solution = solve_alpha_fair(jacobian, alpha)
-    assert solution.fallback and "ridge" in solution.reason
+    assert solution.fallback and "least squares" in solution.reason
     assert torch.isfinite(solution.weights).all() and (solution.weights > 0).all()
     assert torch.isfinite(solution.weights @ jacobian).all()
+
+
+# ------------------------------------------------- the fallback against scipy.optimize.least_squares
+def scipy_bounded_least_squares(jacobian: torch.Tensor, alpha: float, omega: torch.Tensor) -> np.ndarray:
+    """The authors' solver (FairGrad / PIVRG code): ``least_squares(Kw − c w^(-1/α), 1/k, bounds=(0, ∞))``."""
+    gramian = (jacobian @ jacobian.T).numpy()
+    constants = omega.numpy() ** (1 / alpha)
+    k = gramian.shape[0]
+    result = least_squares(lambda w: gramian @ w - constants * w ** (-1 / alpha), np.full(k, 1 / k),
+                           bounds=(0, np.inf), xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    return result.x
+
+
+def residual_cost(jacobian: torch.Tensor, weights: np.ndarray, alpha: float, omega: torch.Tensor) -> float:
+    gramian = (jacobian @ jacobian.T).numpy()
+    residual = gramian @ weights - omega.numpy() ** (1 / alpha) * weights ** (-1 / alpha)
+    return float(residual @ residual)
+
+
+@pytest.fixture
+def fallback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the exact solve give up, so that every call returns the least-squares fallback."""
+    monkeypatch.setattr(alpha_fair, "_newton", lambda *args: None)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0])
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_fallback_is_the_least_squares_solution_where_the_equation_is_solvable(fallback_only, k: int,
+                                                                            alpha: float) -> None:
+    """Where (*) has a solution, the residual's minimiser is that solution: scipy and the fallback agree."""
+    for seed in range(3):
+        jacobian = random_jacobian(k, 2 * k + 3, seed=20 + seed, spread=0.5)
+        omega = torch.rand(k, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)) + 0.5
+        solution = solve_alpha_fair(jacobian, alpha, omega)
+        assert solution.fallback
+        reference = scipy_bounded_least_squares(jacobian, alpha, omega)
+        np.testing.assert_allclose(solution.weights.numpy(), reference, rtol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["opposite", "conflicting_rank_one", "scaled_opposite"])
+@pytest.mark.parametrize("alpha", [1.0, 2.0])
+def test_fallback_at_pareto_stationary_points_moves_where_scipy_least_squares_moves(case: str, alpha: float) -> None:
+    """No minimiser exists here (the residual → 0 only as w → ∞ along the vanishing combination), so
+    any bounded least-squares solver stops at a point its budget decides; ours and scipy's must make
+    the residual small and give update directions that favour the same task."""
+    g = random_jacobian(1, 6, seed=7)[0]
+    jacobian = pareto_stationary_jacobian(case) if case != "scaled_opposite" else torch.stack([0.3 * g, -g])
+    k = jacobian.shape[0]
+    for omega in (torch.ones(k, dtype=torch.float64), torch.linspace(0.5, 2.0, k, dtype=torch.float64),
+                  torch.linspace(2.0, 0.5, k, dtype=torch.float64)):
+        weights = solve_alpha_fair(jacobian, alpha, omega).weights
+        reference = scipy_bounded_least_squares(jacobian, alpha, omega)
+        start = np.full(k, 1 / k)
+        assert residual_cost(jacobian, weights.numpy(), alpha, omega) < 0.1 * residual_cost(jacobian, start, alpha, omega)
+        ours, theirs = jacobian @ (weights @ jacobian), jacobian @ (torch.from_numpy(reference) @ jacobian)
+        if case == "opposite" and bool((omega == 1).all()):  # exact balance: no task to favour
+            assert float(ours.abs().max()) < 1e-9
+            continue
+        # Utilities g_iᵀd: the same tasks improve (> 0) and the same tasks give way (< 0).
+        assert torch.equal(torch.sign(ours), torch.sign(theirs)), (ours, theirs)
+
+
+def test_at_a_pareto_stationary_point_the_larger_omega_task_is_favoured_continuously() -> None:
+    """PIVRG (α = 2) with g2 = −g1: the update improves the task with the larger ω, the weights move
+    continuously with ω and cross over where ω1 = ω2 (the issue's behaviour test)."""
+    g = random_jacobian(1, 4, seed=11)[0]
+    jacobian = torch.stack([g, -g])
+    ratios = torch.logspace(-0.3, 0.3, 61, dtype=torch.float64)  # ω1/ω2 from 1/2 to 2
+    progress, previous = [], None
+    for ratio in ratios:
+        omega = 2 * torch.stack([ratio, torch.ones((), dtype=torch.float64)]) / (1 + ratio)
+        solution = solve_alpha_fair(jacobian, 2.0, omega)
+        assert solution.fallback
+        weights = solution.weights
+        progress.append(float(g @ (weights @ jacobian)))  # task 1's first-order improvement g1ᵀd
+        if previous is not None:  # continuity: neighbouring ω give neighbouring weights
+            assert float(((weights - previous).abs() / previous).max()) < 1e-3
+        previous = weights
+    progress = torch.tensor(progress)
+    assert (progress[ratios > 1.001] > 0).all() and (progress[ratios < 0.999] < 0).all()
+    assert abs(float(progress[30])) < 1e-9 * float(progress.abs().max())  # ω1 = ω2: no preference
+    assert (progress.diff() > 0).all()  # more ω1 → more progress for task 1
 
 
 def test_float32_and_other_devices_keep_the_jacobian_device() -> None:

@@ -125,3 +125,28 @@ def test_famo_after_step_and_clipping_run() -> None:
     assert np.isfinite(run.theta).all() and np.isfinite(run.weights[-1]).all()
     summary = run.summary()
     assert summary["starts_on_front"] == 0 and len(summary["per_start"]) == 5
+
+
+def test_report_gives_end_points_balance_and_variance_per_method(tmp_path) -> None:
+    """Issue 9 item 4: per start the end point, on-front, Δm per task vs the single-task optima,
+    |Δm1 − Δm2|, and per method the mean Var[Δm] — in results.json, final_losses.md's table and the PNG."""
+    from mtrl.supervised.toy import plot_toy, save_toy_results, toy_table
+
+    front = pareto_set(5)[1:4]  # three starts on the front, two off it
+    starts = [tuple(p) for p in front] + [(9.0, 9.0), (-7.5, -0.5)]
+    runs = [run_toy(lambda: agg.make(name), steps=5, starts=starts, record_every=5) for name in ("ls", "pivrg")]
+    results = save_toy_results(runs, tmp_path)
+    optima = single_task_optima()
+    for run in runs:
+        summary = results["aggregators"][run.name]
+        assert summary["starts_on_front"] == 3 and not summary["all_on_front"]
+        for row, end in zip(summary["per_start"], run.losses[-1]):
+            expected = 100 * (end - optima) / np.abs(optima)  # PIVRG Eq. 3, lower is better
+            np.testing.assert_allclose(row["delta_m"], expected, rtol=1e-12)
+            assert row["delta_m_gap"] == pytest.approx(abs(expected[0] - expected[1]), rel=1e-12)
+            assert row["delta_m_var"] == pytest.approx(float(np.var(expected)), rel=1e-12)
+        assert summary["mean_var_delta_m"] == pytest.approx(np.mean([r["delta_m_var"] for r in summary["per_start"]]))
+        assert summary["mean_delta_m_gap"] == pytest.approx(np.mean([r["delta_m_gap"] for r in summary["per_start"]]))
+    table = toy_table(runs)
+    assert table.count("| pivrg |") == 6 and "| pivrg | 3/5 |" in table  # 5 end points + the summary row
+    assert plot_toy(runs, tmp_path / "toy.png").stat().st_size > 10_000
