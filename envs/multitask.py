@@ -275,13 +275,14 @@ def make_multitask_env(
     benchmark: str,
     protocol: ProtocolConfig,
     seed: int,
-    task: str | None = None,
+    task: str | Sequence[str] | None = None,
     vector_strategy: str = "auto",
     *,
     goal_seed: int | None = None,
     one_hot: bool = True,
 ) -> MultiTaskEnv:
-    """The environment of ``benchmark`` (``"mt10"``, ``"mt50"``, ``"mt1"`` with ``task``) under ``protocol``.
+    """The environment of ``benchmark`` (``"mt10"``, ``"mt50"`` or a subset ``task`` of their task names, ``"mt1"``
+    with one ``task``) under ``protocol``.
 
     Args:
         seed: seeds every generator of the environments (goal choice per reset, Meta-World's own); the same
@@ -313,7 +314,7 @@ def make_eval_env(
     benchmark: str,
     protocol: ProtocolConfig,
     seed: int,
-    task: str | None = None,
+    task: str | Sequence[str] | None = None,
     vector_strategy: str = "auto",
     *,
     one_hot: bool = True,

@@ -69,7 +69,8 @@ def validate(cfg: dict) -> dict[str, Any]:
 
     env_cfg = cfg.get("env") or {}
     try:
-        benchmark_tasks = envs.benchmark_tasks(str(env_cfg.get("name")), env_cfg.get("task"))
+        subset = env_cfg.get("tasks")   # env.tasks (a subset of mt10/mt50) or env.task (mt1)
+        benchmark_tasks = envs.benchmark_tasks(str(env_cfg.get("name")), env_cfg.get("task") if subset is None else subset)
     except ValueError as error:
         raise STLConfigError(f"env: {error}") from error
     protocol_cfg = dict(cfg.get("protocol") or {})
