@@ -2,6 +2,7 @@
 
     python -m mtrl.stl env=mt10 steps=2000000 seed=0
     python -m mtrl.stl env=mt1 env.task=push-v3 protocol=mtrl
+    python -m mtrl.stl env=mt10 'env.tasks=[reach-v3,window-open-v3]'   # the tasks of a subset run
 
 For every task: SB3 SAC with the multi-task agent's hyperparameters where SB3 allows (3x400 ReLU networks,
 Adam 3e-4, batch 128 = the multi-task batch per task, γ 0.99, τ 0.005, learned temperature from 1 with target

@@ -11,7 +11,7 @@ environment seeds) with the same hyperparameters: ``--layers`` × ``--hidden`` R
 3 × 400 by default), Adam 3e-4, γ 0.99, τ 0.005, initial temperature 1, target entropy −|A|, batch
 ``--batch-size`` (128), replay 1M, ``--warmup-steps`` uniform random actions, one update per step. Every
 ``--eval-every`` steps both are evaluated with their deterministic policy (tanh μ) and then with their
-stochastic one, on the evaluation environment. At the end: α and the policy entropy (−mean log π over
+stochastic one, on the evaluation environment. With each evaluation: α and the policy entropy (−mean log π over
 replay observations). The summary gives mean ± standard error over seeds and the gap ours − SB3 with its
 95 % confidence interval (Welch's t: unequal variances, Welch–Satterthwaite degrees of freedom).
 
@@ -30,6 +30,7 @@ carries the 1-dim task one-hot.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -75,7 +76,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aggs", nargs="+", default=["ls", "pivrg"], help="--multitask: the aggregators")
     parser.add_argument("--workers", type=int, default=2, help="parallel processes, one torch thread each")
     parser.add_argument("--run-dir", default=None, help="per-run JSON files (default: runs/bench/learn/<settings>)")
-    parser.add_argument("--resume", action="store_true", help="keep the finished runs found in --run-dir")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the finished runs found in --run-dir (and continue interrupted --multitask ones)")
+    parser.add_argument("--summarize", action="store_true",
+                        help="train nothing: the table of what --run-dir holds (unfinished --multitask runs: so far)")
 
 
 # ----------------------------------------------------------------------------------------- the runs
@@ -89,14 +93,16 @@ def _protocol(spec: dict[str, Any]) -> Any:
     return make_protocol(spec["protocol"], max_episode_steps=spec.get("max_episode_steps"))
 
 
-def _evaluation(success_of: Any, step: int, task: str) -> dict[str, float]:
-    """One point of the curve: deterministic then stochastic success of the same policy."""
-    return {"step": step, "deterministic": success_of(True)[task], "stochastic": success_of(False)[task]}
+def _evaluation(success_of: Any, step: int, task: str, alpha: float, entropy: float) -> dict[str, float]:
+    """One point of the curve: deterministic then stochastic success of the same policy, α, entropy."""
+    return {"step": step, "deterministic": success_of(True)[task], "stochastic": success_of(False)[task],
+            "alpha": alpha, "entropy": entropy}
 
 
 def _final(curve: list[dict[str, float]], **extra: Any) -> dict[str, Any]:
-    return {"final_deterministic": curve[-1]["deterministic"], "final_stochastic": curve[-1]["stochastic"],
-            "curve": curve, **extra}
+    last = curve[-1]
+    return {"final_deterministic": last["deterministic"], "final_stochastic": last["stochastic"],
+            "alpha": last["alpha"], "entropy": last["entropy"], "curve": curve, **extra}
 
 
 def train_ours(spec: dict[str, Any]) -> dict[str, Any]:
@@ -119,6 +125,13 @@ def train_ours(spec: dict[str, Any]) -> dict[str, Any]:
     points = set(_eval_points(spec["steps"], spec["eval_every"]))
     success_of = lambda deterministic: evaluate(  # noqa: E731
         lambda obs: agent.act(obs, deterministic=deterministic), eval_env, spec["eval_episodes"])
+
+    @torch.no_grad()
+    def entropy() -> float:   # −mean log π(a|s), a ~ π, over replay observations
+        observations = buffer.sample(min(1024, len(buffer))).obs                          # [1, b, obs_dim]
+        noise = torch.randn((*observations.shape[:-1], env.action_dim))
+        return float(-agent.actor(observations, noise)[1].mean())
+
     curve, train_success = [], []
     start = time.perf_counter()
     obs = env.reset()
@@ -134,16 +147,11 @@ def train_ours(spec: dict[str, Any]) -> dict[str, Any]:
         if step > spec["warmup_steps"]:
             agent.update(buffer.sample(agent.batch_per_task))
         if step in points:
-            curve.append(_evaluation(success_of, step, task))
+            curve.append(_evaluation(success_of, step, task, float(agent.alpha[0]), entropy()))
     wall = time.perf_counter() - start
-    with torch.no_grad():   # −mean log π(a|s), a ~ π, over replay observations: the policy's entropy
-        observations = buffer.sample(min(1024, len(buffer))).obs                       # [1, b, obs_dim]
-        noise = torch.randn((*observations.shape[:-1], env.action_dim))
-        entropy = float(-agent.actor(observations, noise)[1].mean())
     env.close()
     eval_env.close()
-    return _final(curve, alpha=float(agent.alpha[0]), entropy=entropy, wall_time_s=wall,
-                  train_episode_success=train_success)
+    return _final(curve, wall_time_s=wall, train_episode_success=train_success)
 
 
 def train_sb3(spec: dict[str, Any]) -> dict[str, Any]:
@@ -187,22 +195,24 @@ def train_sb3(spec: dict[str, Any]) -> dict[str, Any]:
         lambda obs: model.predict(obs, deterministic=deterministic)[0], eval_env, spec["eval_episodes"])
     curve: list[dict[str, float]] = []
 
+    @torch.no_grad()
+    def entropy() -> float:
+        observations = model.replay_buffer.sample(min(1024, model.replay_buffer.size())).observations
+        return float(-model.actor.action_log_prob(observations)[1].mean())
+
     class Evaluation(BaseCallback):
         def _on_step(self) -> bool:
             if self.num_timesteps in points:
-                curve.append(_evaluation(success_of, self.num_timesteps, task))
+                alpha = float(model.log_ent_coef.exp().item())
+                curve.append(_evaluation(success_of, self.num_timesteps, task, alpha, entropy()))
             return True
 
     start = time.perf_counter()
     model.learn(total_timesteps=spec["steps"], callback=Evaluation())
     wall = time.perf_counter() - start
-    with torch.no_grad():
-        observations = model.replay_buffer.sample(min(1024, model.replay_buffer.size())).observations
-        entropy = float(-model.actor.action_log_prob(observations)[1].mean())
     env.close()
     eval_env.close()
-    return _final(curve, alpha=float(model.log_ent_coef.exp().item()), entropy=entropy, wall_time_s=wall,
-                  train_episode_success=env.episodes)
+    return _final(curve, wall_time_s=wall, train_episode_success=env.episodes)
 
 
 def _subset_benchmark(tasks: list[str]) -> str:
@@ -223,19 +233,38 @@ def train_multitask(spec: dict[str, Any]) -> dict[str, Any]:
         f"env={_subset_benchmark(tasks)}", f"env.tasks=[{','.join(tasks)}]", f"agg={spec['agg']}",
         f"seed={spec['seed']}", f"steps={spec['steps']}", f"warmup_steps={spec['warmup_steps']}",
         f"eval_every={spec['eval_every']}", f"eval_episodes={spec['eval_episodes']}",
-        f"log_every={spec['eval_every']}", f"checkpoint_every={spec['steps']}",
+        f"log_every={spec['eval_every']}", f"checkpoint_every={spec['eval_every']}",
         f"buffer_size={min(REPLAY, spec['steps'] * k)}", f"protocol={spec['protocol']}",
         f"agent.hidden_dim={spec['hidden']}", f"agent.trunk_layers={spec['layers']}",
         f"agent.batch_size={spec['batch_size'] * k}", "device=cpu", "progress=false", "vector_strategy=sync",
     ]
     if spec.get("max_episode_steps"):
         overrides.append(f"protocol.max_episode_steps={spec['max_episode_steps']}")
+    if (Path(spec["train_dir"]) / "checkpoint.pt").is_file():   # an interrupted run: continue it (--resume)
+        overrides.append(f"resume={spec['train_dir']}")
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "configs"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     summary = run(cfg, run_dir=spec["train_dir"])
+    return _multitask_result(summary, spec)
+
+
+def _multitask_result(summary: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """The curve of ``mtrl.train``'s ``summary.json``; ``partial`` while the run has not reached its end."""
     curve = [{"step": e["step"], "mean": e["mean"], **e["per_task"]} for e in summary["evaluations"]]
-    return {"final_mean_success": summary["final_mean_success"], "curve": curve,
-            "wall_time_s": summary["wall_time_s"], "train_dir": spec["train_dir"]}
+    partial = not summary["finished"] or summary["steps"] < spec["steps"]
+    return {"final_mean_success": summary["final_mean_success"], "curve": curve, "steps": summary["steps"],
+            "partial": partial, "wall_time_s": summary["wall_time_s"], "train_dir": spec["train_dir"]}
+
+
+def _partial_multitask(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """An unfinished multitask run's evaluations so far (its trainer rewrites summary.json at each one)."""
+    import json
+
+    if spec["runner"] != "multitask" or not (Path(spec["train_dir"]) / "summary.json").is_file():
+        return None
+    path = Path(spec["train_dir"]) / "summary.json"
+    summary = json.loads(path.read_text())
+    return {"spec": spec, "result": _multitask_result(summary, spec)} if summary["evaluations"] else None
 
 
 def random_policy(spec: dict[str, Any]) -> dict[str, Any]:
@@ -350,7 +379,7 @@ def _default_run_dir(args: argparse.Namespace, s: dict[str, Any]) -> Path:
 
 def _specs(args: argparse.Namespace, s: dict[str, Any], run_dir: Path) -> list[tuple[dict[str, Any], Path]]:
     """Every run of the sweep and its JSON path; seeds outermost, so a partial sweep stays balanced."""
-    seeds = range(_QUICK["seeds"] if args.quick else args.seeds)
+    seeds = range(min(args.seeds, _QUICK["seeds"]) if args.quick else args.seeds)
     common = {key: value for key, value in s.items() if key != "tasks"}
     specs = []
     for seed in seeds:
@@ -370,8 +399,6 @@ def _specs(args: argparse.Namespace, s: dict[str, Any], run_dir: Path) -> list[t
 
 
 def _load_finished(specs: list[tuple[dict[str, Any], Path]], resume: bool) -> dict[Path, dict[str, Any]]:
-    import json
-
     finished = {}
     for spec, path in specs:
         if not path.exists():
@@ -412,15 +439,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         s = _settings(args)
         run_dir = Path(args.run_dir) if args.run_dir else _default_run_dir(args, s)
         specs = _specs(args, s, run_dir)
-        finished = _load_finished(specs, args.resume)
+        finished = _load_finished(specs, args.resume or args.summarize)
     except LearnError as error:
         print(f"mtrl.bench learn: error: {error}", file=sys.stderr)
         sys.exit(2)
     todo = [(spec, path) for spec, path in specs if path not in finished]
     print(f"learn: {len(specs)} runs ({len(finished)} already finished) in {run_dir}, {args.workers} worker(s)",
           flush=True)
-    records, failures = _execute(todo, args.workers)
+    records, failures = ([], []) if args.summarize else _execute(todo, args.workers)
     records += list(finished.values())
+    done = {json.dumps(record["spec"], sort_keys=True) for record in records}
+    partial = [_partial_multitask(spec) for spec, _ in todo if json.dumps(spec, sort_keys=True) not in done]
+    records += [record for record in partial if record is not None]
     summary = summarize_multitask(records, s, run_dir) if args.multitask else summarize_parity(records, s)
     return {"mode": "multitask" if args.multitask else "parity", "settings": s, "run_dir": str(run_dir),
             **summary, "failures": failures, "runs": records}
@@ -451,9 +481,10 @@ def summarize_parity(records: list[dict[str, Any]], s: dict[str, Any]) -> dict[s
             values = {key: [r["result"][key] for r in runs]
                       for key in ("final_deterministic", "final_stochastic", "alpha", "entropy", "wall_time_s")}
             stats = {key: dict(zip(("mean", "se"), mean_se(v))) for key, v in values.items()}
+            curves = [r["result"]["curve"] for r in runs]
             entry[agent] = {"seeds": [r["spec"]["seed"] for r in runs], **values, "stats": stats,
-                            "curve_deterministic": _curve_mean([r["result"]["curve"] for r in runs], "deterministic"),
-                            "curve_stochastic": _curve_mean([r["result"]["curve"] for r in runs], "stochastic")}
+                            **{f"curve_{key}": _curve_mean(curves, key)
+                               for key in ("deterministic", "stochastic", "alpha", "entropy")}}
             rows.append({"task": task, "agent": agent, "seeds": len(runs),
                          **{key: _pm(stats[key]["mean"], stats[key]["se"]) for key in stats if key != "wall_time_s"},
                          "wall_time_s": stats["wall_time_s"]["mean"]})
@@ -482,18 +513,30 @@ def summarize_multitask(records: list[dict[str, Any]], s: dict[str, Any], run_di
     for agg in sorted({r["spec"]["agg"] for r in records if r["spec"]["runner"] == "multitask"}):
         runs = [r for r in records if r["spec"]["runner"] == "multitask" and r["spec"]["agg"] == agg]
         finals = [r["result"]["final_mean_success"] for r in runs]
-        per_agg[agg] = {"final_mean_success": finals, "curve": _curve_mean([r["result"]["curve"] for r in runs], "mean"),
+        partial = [r["spec"]["seed"] for r in runs if r["result"]["partial"]]
+        per_agg[agg] = {"final_mean_success": finals, "steps": [r["result"]["steps"] for r in runs],
+                        "unfinished_seeds": partial, "curve": _curve_mean([r["result"]["curve"] for r in runs], "mean"),
                         "per_task_curves": {task: _curve_mean([r["result"]["curve"] for r in runs], task)
                                             for task in s["tasks"]},
                         "wall_time_s": [r["result"]["wall_time_s"] for r in runs]}
-        rows.append({"policy": agg, "seeds": len(runs), "final mean success": _pm(*mean_se(finals))})
-    print_table(rows, title=f"{len(s['tasks'])} tasks ({', '.join(s['tasks'])}), {s['steps']} vector steps, "
+        rows.append({"policy": agg, "seeds": len(runs), "final mean success": _pm(*mean_se(finals)),
+                     "at step": "/".join(str(step) for step in per_agg[agg]["steps"]),
+                     "unfinished": len(partial)})
+    print_table(rows, columns=["policy", "seeds", "final mean success", "at step", "unfinished"],
+                title=f"{len(s['tasks'])} tasks ({', '.join(s['tasks'])}), {s['steps']} vector steps, "
                             f"{s['layers']}x{s['hidden']}")
+    random_per_task = {task: float(np.mean([r["result"]["per_task"][task] for r in records
+                                            if r["spec"]["runner"] == "random"] or [np.nan])) for task in s["tasks"]}
+    per_task_rows = [{"policy": "random", **random_per_task}]
+    per_task_rows += [{"policy": agg, **{task: entry["per_task_curves"][task][-1][1] if entry["per_task_curves"][task]
+                                         else None for task in s["tasks"]}} for agg, entry in per_agg.items()]
+    print_table(per_task_rows, title="final success per task (mean over seeds)")
     for agg, entry in per_agg.items():
         print_table([{"step": step, "mean success": _pm(mean, se)} for step, mean, se in entry["curve"]],
                     title=f"{agg}: mean success over tasks")
     png = _plot_multitask(per_agg, random_mean, s, run_dir / "curves.png")
-    return {"random_policy": {"mean": random_mean, "se": random_se, "per_seed": random_runs},
+    return {"random_policy": {"mean": random_mean, "se": random_se, "per_seed": random_runs,
+                              "per_task": random_per_task},
             "per_agg": per_agg, "png": None if png is None else str(png)}
 
 
