@@ -334,6 +334,9 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """The shared spec of every run, with the mode's defaults filled in; raises :class:`LearnError`."""
     from envs import BENCHMARKS, make_protocol
 
+    if args.device != "cpu":   # batch 128 and small networks: one CPU thread per run beats a GPU launch per layer
+        raise LearnError(f"--device {args.device}: learn trains on the CPU, one process per run; drop --device. "
+                         f"For MT10 on a GPU use `python -m mtrl.train device=cuda`.")
     quick = _QUICK if args.quick else {}
     steps = quick.get("steps", args.steps)
     settings = dict(

@@ -76,6 +76,7 @@ def test_quick_multitask_curves_random_level_and_png(tmp_path: Path) -> None:
     (["--seeds", "0"], "--seeds"),
     (["--multitask", "--aggs", "nope"], "--aggs"),
     (["--eval-episodes", "0"], "--eval-episodes"),
+    (["--device", "cuda:7"], "--device"),   # learn trains on the CPU (without CUDA the harness refuses first)
 ])
 def test_bad_input_exits_2_with_one_line(extra: list[str], message: str, tmp_path: Path,
                                          capsys: pytest.CaptureFixture) -> None:
