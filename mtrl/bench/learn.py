@@ -258,11 +258,9 @@ def _multitask_result(summary: dict[str, Any], spec: dict[str, Any]) -> dict[str
 
 def _partial_multitask(spec: dict[str, Any]) -> dict[str, Any] | None:
     """An unfinished multitask run's evaluations so far (its trainer rewrites summary.json at each one)."""
-    import json
-
-    if spec["runner"] != "multitask" or not (Path(spec["train_dir"]) / "summary.json").is_file():
+    path = Path(spec.get("train_dir", "")) / "summary.json"
+    if spec["runner"] != "multitask" or not path.is_file():
         return None
-    path = Path(spec["train_dir"]) / "summary.json"
     summary = json.loads(path.read_text())
     return {"spec": spec, "result": _multitask_result(summary, spec)} if summary["evaluations"] else None
 
@@ -377,7 +375,8 @@ def _default_run_dir(args: argparse.Namespace, s: dict[str, Any]) -> Path:
     mode = "multitask" if args.multitask else "parity"
     quick = "-quick" if args.quick else ""
     tasks = f"{len(s['tasks'])}tasks" if len(s["tasks"]) > 3 else "+".join(s["tasks"])
-    return Path("runs/bench/learn") / f"{mode}{quick}-{tasks}-{s['steps']}steps-{s['layers']}x{s['hidden']}"
+    protocol = "" if s["protocol"] == "metaworld" else f"-{s['protocol']}"
+    return Path("runs/bench/learn") / f"{mode}{quick}-{tasks}{protocol}-{s['steps']}steps-{s['layers']}x{s['hidden']}"
 
 
 def _specs(args: argparse.Namespace, s: dict[str, Any], run_dir: Path) -> list[tuple[dict[str, Any], Path]]:
