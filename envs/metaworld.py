@@ -42,24 +42,34 @@ OBS_DIM = 39
 """Meta-World's observation size without the one-hot (hand, gripper, two objects, previous frame, goal)."""
 
 
-def benchmark_tasks(benchmark: str, task: str | None = None) -> list[str]:
-    """Task names of ``benchmark`` (``"mt10"``, ``"mt50"`` or ``"mt1"`` with ``task``), in one-hot order.
+def benchmark_tasks(benchmark: str, task: str | Sequence[str] | None = None) -> list[str]:
+    """Task names of ``benchmark`` in one-hot order: ``"mt10"``/``"mt50"`` (all tasks, or the subset ``task``
+    lists, in the listed order: ``env.tasks=[reach-v3,window-open-v3]`` for an MT2 on a laptop) or ``"mt1"``
+    with one ``task``.
 
     Raises:
-        ValueError: unknown benchmark, unknown task name, a missing task for ``mt1``, or a task given for
-            ``mt10``/``mt50``; the message lists the valid names.
+        ValueError: unknown benchmark, unknown task name, a missing task for ``mt1``, an empty or repeated
+            subset, or a single task name for ``mt10``/``mt50``; the message lists the valid names.
     """
     key = benchmark.lower() if isinstance(benchmark, str) else benchmark
     if key not in BENCHMARKS:
         raise ValueError(f"Unknown benchmark `{benchmark}`. Valid benchmarks: {', '.join(BENCHMARKS)}.")
+    valid = BENCHMARKS[key]
     if key != "mt1":
-        if task is not None:
-            raise ValueError(f"`task` selects the task of mt1 only; `{benchmark}` runs all its tasks (got task={task!r}).")
-        return list(BENCHMARKS[key])
-    valid = BENCHMARKS["mt1"]
+        if task is None:
+            return list(valid)
+        if isinstance(task, str):
+            raise ValueError(f"`task` selects the task of mt1 only; give `{benchmark}` a subset as a list "
+                             f"(env.tasks=[{task}]) or use env=mt1 env.task={task}.")
+        subset = list(task)
+        unknown = [name for name in subset if name not in valid]
+        if not subset or unknown or len(set(subset)) < len(subset):
+            problem = f"unknown task(s) {unknown}" if unknown else "an empty or repeated task list"
+            raise ValueError(f"env.tasks: {problem} for {benchmark}. Valid tasks: {', '.join(valid)}.")
+        return subset
     if task is None:
         raise ValueError(f"mt1 needs a task (e.g. env.task=reach-v3). Valid tasks: {', '.join(valid)}.")
-    if task not in valid:
+    if not isinstance(task, str) or task not in valid:
         raise ValueError(f"Unknown Meta-World task `{task}`. Valid tasks: {', '.join(valid)}.")
     return [task]
 

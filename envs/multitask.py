@@ -312,7 +312,7 @@ def make_multitask_env(
     benchmark: str,
     protocol: ProtocolConfig,
     seed: int,
-    task: str | None = None,
+    task: str | Sequence[str] | None = None,
     vector_strategy: str = "auto",
     *,
     goal_seed: int | None = None,
@@ -320,7 +320,8 @@ def make_multitask_env(
     backend: str = "gymnasium",
     stop_on_success: bool = False,
 ) -> MultiTaskEnv:
-    """The environment of ``benchmark`` (``"mt10"``, ``"mt50"``, ``"mt1"`` with ``task``) under ``protocol``.
+    """The environment of ``benchmark`` (``"mt10"``, ``"mt50"`` or a subset ``task`` of their task names, ``"mt1"``
+    with one ``task``) under ``protocol``.
 
     Args:
         seed: seeds every generator of the environments (goal choice per reset, Meta-World's own); the same
@@ -365,7 +366,7 @@ def make_eval_env(
     benchmark: str,
     protocol: ProtocolConfig,
     seed: int,
-    task: str | None = None,
+    task: str | Sequence[str] | None = None,
     vector_strategy: str = "auto",
     *,
     one_hot: bool = True,

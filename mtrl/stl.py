@@ -2,6 +2,7 @@
 
     python -m mtrl.stl env=mt10 steps=2000000 seed=0
     python -m mtrl.stl env=mt1 env.task=push-v3 protocol=mtrl
+    python -m mtrl.stl env=mt10 'env.tasks=[reach-v3,window-open-v3]'   # the tasks of a subset run
 
 For every task: SB3 SAC with the multi-task agent's hyperparameters where SB3 allows (3x400 ReLU networks,
 Adam 3e-4, batch 128 = the multi-task batch per task, γ 0.99, τ 0.005, learned temperature from 1 with target
@@ -69,7 +70,8 @@ def validate(cfg: dict) -> dict[str, Any]:
 
     env_cfg = cfg.get("env") or {}
     try:
-        benchmark_tasks = envs.benchmark_tasks(str(env_cfg.get("name")), env_cfg.get("task"))
+        subset = env_cfg.get("tasks")   # env.tasks (a subset of mt10/mt50) or env.task (mt1)
+        benchmark_tasks = envs.benchmark_tasks(str(env_cfg.get("name")), env_cfg.get("task") if subset is None else subset)
     except ValueError as error:
         raise STLConfigError(f"env: {error}") from error
     protocol_cfg = dict(cfg.get("protocol") or {})

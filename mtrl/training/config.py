@@ -123,7 +123,8 @@ def prepare(cfg: DictConfig, overrides: Sequence[str] | None = None) -> TrainSet
 
     env_cfg = _section(plain, "env")
     benchmark = str(env_cfg.get("benchmark", env_cfg.get("name")))
-    task = env_cfg.get("task")
+    # env.tasks (a subset of mt10/mt50, e.g. an MT4 on a laptop) or env.task (the task of mt1)
+    task = env_cfg.get("tasks") if env_cfg.get("tasks") is not None else env_cfg.get("task")
     try:
         task_names = list(envs.benchmark_tasks(benchmark, task))
     except ValueError as error:
@@ -380,6 +381,8 @@ def _agent_config(config_class: type, section: dict[str, Any], k: int, benchmark
 
 
 def _env_label(name: Any, task: Any) -> str:
+    if isinstance(task, (list, tuple)):
+        return f"{name}-{len(task)}tasks"   # env.tasks subset, e.g. mt10-4tasks
     return str(name) if task is None else f"{name}-{task}"
 
 

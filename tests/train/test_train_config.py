@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import yaml
+from omegaconf import OmegaConf
 
 import agents
 
@@ -13,7 +14,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def test_agent_config_lists_every_sac_field_with_its_default() -> None:
-    values = yaml.safe_load((CONFIGS / "agent" / "sac.yaml").read_text())
+    # resolved alone: batch_size's ${oc.select:env.batch_size,1280} is 1280 without env=mt1
+    values = OmegaConf.to_container(OmegaConf.load(CONFIGS / "agent" / "sac.yaml"), resolve=True)
     assert values.pop("name") == "sac"
     defaults = {f.name: f.default for f in dataclasses.fields(agents.SACConfig)}
     assert set(values) == set(defaults)
