@@ -2,7 +2,7 @@
 
 Subpackages: :mod:`mtrl.aggregation` (the aggregation layer), :mod:`mtrl.training` (the loop behind
 ``python -m mtrl.train``), :mod:`mtrl.supervised` (the supervised adapter and benchmarks),
-:mod:`mtrl.benchmarks` (measurement scripts), :mod:`mtrl.report` (tables and figures of a sweep). The agent and environments live in the top-level
+:mod:`mtrl.bench` (the benchmark harness), :mod:`mtrl.report` (tables and figures of a sweep). The agent and environments live in the top-level
 packages ``agents`` and ``envs``.
 """
 

@@ -244,7 +244,8 @@ def train_multitask(spec: dict[str, Any]) -> dict[str, Any]:
         overrides.append(f"resume={spec['train_dir']}")
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "configs"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
-    summary = run(cfg, run_dir=spec["train_dir"])
+    # The overrides are what a resume may change in the saved config (the steps of a continued run).
+    summary = run(cfg, run_dir=spec["train_dir"], overrides=overrides)
     return _multitask_result(summary, spec)
 
 
