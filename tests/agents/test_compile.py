@@ -13,9 +13,9 @@ import torch
 
 from agents import MultiTaskSAC, ReplayBuffer, SACConfig
 from agents.compiled import GraphedPhase, OutsideCompile, capture_blocker, resolve_compile_mode
+from agent_helpers import ACT, B, HIDDEN, K, OBS, filled_buffer
 from mtrl.aggregation import make
 
-K, OBS, ACT, HIDDEN, B = 3, 6, 2, 32, 8
 
 
 def _agent(mode: str = "none", critic: str = "ls", actor: str = "ls", backend: str = "inductor", **config) -> MultiTaskSAC:
@@ -23,14 +23,6 @@ def _agent(mode: str = "none", critic: str = "ls", actor: str = "ls", backend: s
     config = SACConfig(**{"hidden_dim": HIDDEN, "batch_size": K * B, "compile": mode, **config})
     return MultiTaskSAC(OBS, ACT, K, config, make(critic), make(actor), seed=0, compile_backend=backend)
 
-
-def _buffer(seed: int = 0, steps: int = 64) -> ReplayBuffer:
-    rng = np.random.default_rng(seed)
-    buffer = ReplayBuffer(K, OBS, ACT, K * 1000, seed=seed)
-    for _ in range(steps):
-        buffer.add(rng.normal(size=(K, OBS)), rng.uniform(-1, 1, (K, ACT)), rng.normal(size=K),
-                   rng.normal(size=(K, OBS)), rng.random(K) < 0.1)
-    return buffer
 
 
 def _state(agent: MultiTaskSAC) -> list[torch.Tensor]:
@@ -46,7 +38,7 @@ def test_compiled_update_agrees_with_eager() -> None:
     """
     performance = torch.tensor([0.0, 10.0, 20.0])
     agents = {mode: _agent(mode, critic="pivrg", backend="aot_eager", trunk_layers=1) for mode in ("none", "compile")}
-    outputs = {mode: [agent.update(_buffer(), performance) for _ in range(3)] for mode, agent in agents.items()}
+    outputs = {mode: [agent.update(filled_buffer(), performance) for _ in range(3)] for mode, agent in agents.items()}
     for eager, compiled in zip(_state(agents["none"]), _state(agents["compile"])):
         torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     assert not torch.equal(_state(agents["none"])[0], _agent("none", trunk_layers=1).actor.net.trunk[0].weight)
@@ -72,7 +64,7 @@ def test_inductor_without_a_cpp_compiler_is_refused_before_any_update(monkeypatc
 
 def test_update_from_the_buffer_samples_what_the_buffer_would() -> None:
     first, second = _agent(), _agent()
-    buffer_a, buffer_b = _buffer(), _buffer()
+    buffer_a, buffer_b = filled_buffer(), filled_buffer()
     for _ in range(2):
         out_a = first.update(buffer_a)
         out_b = second.update(buffer_b.sample(B))
@@ -86,7 +78,7 @@ def test_the_update_outside_the_aggregators_reads_nothing_back_to_the_host(monke
 
     Adam's step counter is exempt: a host tensor on the CPU, a device tensor with ``capturable=True``
     (which the agent sets on CUDA)."""
-    agent, buffer = _agent(critic="ls", actor="ls", aggregate=()), _buffer()
+    agent, buffer = _agent(critic="ls", actor="ls", aggregate=()), filled_buffer()
     reads = []
     for name in ("item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__"):
         original = getattr(torch.Tensor, name)
@@ -156,20 +148,12 @@ def _cuda_agent(mode: str, **config) -> MultiTaskSAC:
     return MultiTaskSAC(OBS, ACT, K, config, None, None, device="cuda", seed=0)
 
 
-def _cuda_buffer() -> ReplayBuffer:
-    rng = np.random.default_rng(0)
-    buffer = ReplayBuffer(K, OBS, ACT, K * 1000, device="cuda", seed=0)
-    for _ in range(64):
-        buffer.add(rng.normal(size=(K, OBS)), rng.uniform(-1, 1, (K, ACT)), rng.normal(size=K),
-                   rng.normal(size=(K, OBS)), rng.random(K) < 0.1)
-    return buffer
-
 
 @cuda
 def test_cuda_graph_updates_agree_with_eager_and_never_sync() -> None:
     """Without aggregators every phase is captured: sample, critic, actor + temperatures, targets."""
     agents = {mode: _cuda_agent(mode, aggregate=()) for mode in ("none", "cudagraphs")}
-    buffers = {mode: _cuda_buffer() for mode in agents}
+    buffers = {mode: filled_buffer(device="cuda") for mode in agents}
     for _ in range(6):   # 3 warm-up calls, the capture, then replays
         outputs = {mode: agent.update(buffers[mode]) for mode, agent in agents.items()}
     assert sorted(phase.name for phase in agents["cudagraphs"]._graphs.values() if phase.captured) == \

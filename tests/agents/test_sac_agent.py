@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from agents import Batch, MultiTaskSAC, ReplayBuffer, SACConfig, soft_q_target
+from agent_helpers import ACT, B, HIDDEN, K, OBS, filled_buffer
 from mtrl.aggregation import Aggregator, TaskStats, available, make, task_jacobian, task_partitioned_jacobian
 
-K, OBS, ACT, HIDDEN, B = 3, 6, 2, 32, 8
 
 
 class PerformanceSoftmax(Aggregator):
@@ -34,14 +34,6 @@ def make_agent(critic="ls", actor="ls", seed=0, **config) -> MultiTaskSAC:
     build = lambda a: a if not isinstance(a, str) else make(a)  # noqa: E731
     return MultiTaskSAC(OBS, ACT, K, config, build(critic), build(actor), device="cpu", seed=seed)
 
-
-def filled_buffer(seed=0, steps=64) -> ReplayBuffer:
-    rng = np.random.default_rng(seed)
-    buffer = ReplayBuffer(K, OBS, ACT, K * 1000, seed=seed)
-    for _ in range(steps):
-        buffer.add(rng.normal(size=(K, OBS)), rng.uniform(-1, 1, (K, ACT)), rng.normal(size=K),
-                   rng.normal(size=(K, OBS)), rng.random(K) < 0.1)
-    return buffer
 
 
 def critic_inputs(agent: MultiTaskSAC, batch: Batch):
