@@ -62,6 +62,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mtrl.aggregation import _linalg
+
 __all__ = ["AlphaFairSolution", "solve_alpha_fair"]
 
 #: Rows whose norm is below this fraction of the largest row norm are treated as zero rows.
@@ -93,6 +95,29 @@ class AlphaFairSolution:
     reason: str = ""
 
 
+def _unit_gramian(jacobian: Tensor) -> tuple[np.ndarray, float]:
+    """The Gramian of the rows scaled to a largest row norm of 1 (float64, host), and that largest norm.
+
+    float32 Jacobians (the SAC agent's) take the shared float32 product of :func:`~._linalg.gramian`
+    (``c = 1``: the raw ``J Jᵀ``), about 9× cheaper than a float64 copy of a 10 × 684,800 critic Jacobian;
+    float64 ones are scaled before the product, so that no input magnitude overflows.
+    """
+    if jacobian.dtype != torch.float64:
+        raw = _linalg.gramian(jacobian).cpu().numpy()
+        largest = math.sqrt(max(float(np.diag(raw).max()), 0.0))
+        return (raw / largest**2 if largest > 0 else raw), largest
+    rows = jacobian.detach()
+    largest = float(torch.linalg.vector_norm(rows, dim=1).max())
+    if not largest > 0:
+        return np.zeros((rows.shape[0],) * 2), largest
+    rows = rows / largest  # largest row norm 1: no overflow in the Gramian for any input magnitude
+    if rows.device.type == "cpu":
+        # numpy's BLAS: torch's float64 kernels on a loaded CPU are up to 30x slower for these shapes.
+        rows_np = rows.numpy()
+        return rows_np @ rows_np.T, largest
+    return (rows @ rows.T).cpu().numpy(), largest
+
+
 def solve_alpha_fair(jacobian: Tensor, alpha: float, utility_weights: Tensor | None = None) -> AlphaFairSolution:
     """Solve ``(K w)_i = ω_i^(1/α) · w_i^(-1/α)``, ``K = G Gᵀ``, for ``w > 0`` (see the module docstring).
 
@@ -114,17 +139,9 @@ def solve_alpha_fair(jacobian: Tensor, alpha: float, utility_weights: Tensor | N
     if omega.shape != (k,) or not (omega > 0).all() or not np.isfinite(omega).all():
         raise ValueError(f"utility_weights must be {k} positive finite numbers, got {omega}.")
 
-    rows = jacobian.detach().to(torch.float64)
-    largest = float(torch.linalg.vector_norm(rows, dim=1).max())
+    gramian, largest = _unit_gramian(jacobian)
     if not largest > 0:
         return AlphaFairSolution(torch.full((k,), 1.0 / k, dtype=torch.float64, device=device), True, "all rows zero")
-    rows = rows / largest  # largest row norm 1: no overflow in the Gramian for any input magnitude
-    if rows.device.type == "cpu":
-        # numpy's BLAS: torch's float64 kernels on a loaded CPU are up to 30x slower for these shapes.
-        rows_np = rows.numpy()
-        gramian = rows_np @ rows_np.T
-    else:
-        gramian = (rows @ rows.T).cpu().numpy()
     norms = np.sqrt(np.maximum(np.diag(gramian), 0.0))
     active = norms > ZERO_ROW_RELATIVE_NORM
     norms = norms[active]

@@ -204,6 +204,19 @@ def test_float32_and_other_devices_keep_the_jacobian_device() -> None:
     assert relative_residual(jacobian.double(), solution.weights, 1.0) < 1e-5
 
 
+@pytest.mark.parametrize("alpha", [1.0, 2.0])
+def test_float32_jacobian_takes_the_float32_gramian_and_agrees_with_float64(alpha: float) -> None:
+    """The agent's float32 Jacobians go through the shared float32 Gramian: same weights to float32 rounding,
+    on the raw scale (weights scale as ‖G‖^(-2/(1+p)), so a wrong scale would show at once)."""
+    torch.manual_seed(3)
+    jacobian = 1e-3 * torch.randn(5, 4000, dtype=torch.float64)
+    omega = torch.tensor([0.5, 1.0, 1.5, 2.0, 1.0], dtype=torch.float64)
+    exact = solve_alpha_fair(jacobian, alpha, omega)
+    single = solve_alpha_fair(jacobian.float(), alpha, omega)
+    assert not exact.fallback and not single.fallback
+    torch.testing.assert_close(single.weights, exact.weights, rtol=1e-4, atol=0.0)
+
+
 @pytest.mark.parametrize("alpha", [0.0, -1.0, float("inf"), float("nan")])
 def test_bad_alpha_is_rejected(alpha: float) -> None:
     with pytest.raises(ValueError, match="alpha"):
