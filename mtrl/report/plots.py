@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtrl.report.runs import Group, Run
+from mtrl.report.runs import Group
 from mtrl.report.tables import GroupRow
 
 log = logging.getLogger("mtrl.report")

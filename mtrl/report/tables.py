@@ -222,8 +222,8 @@ def _tex_escape(text: str) -> str:
     for char, escaped in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
                           ("$", r"\$"), ("{", r"\{"), ("}", r"\}"), ("`", ""), ("~", r"\textasciitilde{}")):
         text = text.replace(char, escaped)
-    for char, math in (("±", r"$\pm$"), ("²", r"$^2$"), ("Δ", r"$\Delta$"), ("ω", r"$\omega$")):
-        text = text.replace(char, math)
+    for char, latex in (("±", r"$\pm$"), ("²", r"$^2$"), ("Δ", r"$\Delta$"), ("ω", r"$\omega$")):
+        text = text.replace(char, latex)
     return text
 
 

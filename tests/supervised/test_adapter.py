@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import mtrl.aggregation as agg
-from mtrl.aggregation import Aggregator, TaskStats
+from mtrl.aggregation import TaskStats
 from mtrl.supervised import MultiTaskTrainer, build_aggregator
 
 K, BATCH, IN, HIDDEN = 3, 8, 4, 5
