@@ -27,8 +27,18 @@ turns (*) into ``(C v)_i = c_i ‖g_i‖^(p-1) v_i^(-p)`` for ``v = D w``; the c
 by their geometric mean. This makes the solve independent of the gradients' magnitudes (1e-8 and
 1e8 in one matrix are fine). The scaled problem is solved in float64 by damped Newton on ``f`` with
 a fraction-to-boundary rule that keeps the iterates positive and an Armijo line search, started from
-the exact solution for orthogonal rows rescaled to the best point on its ray; it converges
-quadratically, typically in 5-15 iterations, for ``k`` up to 50.
+the exact solution for orthogonal rows (or from the caller's previous weights, ``start``) rescaled to the
+best point on its ray; it converges quadratically, typically in 5-15 iterations from a cold start for
+``k`` up to 50, in 1-3 from a nearby warm start.
+
+Device. Everything runs in torch on the Jacobian's device, in float64, with every branch taken by a mask
+(``torch.where``): the Armijo search tries all its step lengths at once and keeps the longest that
+passes, and iterates that have converged or failed stay put. A call reads nothing back to the host, so
+it can be captured in a CUDA graph; on a GPU (or with ``_linalg.EARLY_EXIT_ON_CPU`` off) it runs its fixed
+iteration counts (``MAX_ITERATIONS`` from a cold start, ``WARM_ITERATIONS`` from a warm one) and always
+computes the fallback, chosen by mask. On the CPU, where reading a value costs nothing, it stops as soon
+as Newton has converged or failed and computes the fallback only when it is used: the same arithmetic,
+so the same weights.
 
 (*) has a positive solution exactly when no non-negative combination of the rows vanishes, i.e. the
 point is not Pareto stationary (Navon et al. 2022, Claim 3.1; PIVRG paper Assumption 1). Where it has
@@ -37,7 +47,7 @@ parameters) — ``f`` has no minimiser and Newton diverges. The fallbacks, each 
 
 1. zero rows (``‖g_i‖ ≤ 1e-20 · max_j ‖g_j‖``) are left out of the solve and get weight 0 — their
    gradient contributes nothing to the update whatever their weight; all rows zero gives ``1/k``;
-2. if the exact solve fails (no convergence in 30 Newton iterations, divergence, a singular or
+2. if the exact solve fails (no convergence within its iterations, divergence, a singular or
    non-finite step), the weights are the bounded least-squares point of the equation's residual,
    ``min_{w ≥ 0} ‖K w − c ⊙ w^(-p)‖²`` — what the authors of FairGrad and PIVRG compute
    (``scipy.optimize.least_squares(..., x0=1/k, bounds=(0, ∞))``) — by a fixed budget of damped
@@ -58,17 +68,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from mtrl.aggregation import _linalg
+from mtrl.aggregation._base import _tracing_or_capturing
 
-__all__ = ["AlphaFairSolution", "solve_alpha_fair"]
+__all__ = ["AlphaFairSolution", "solve_alpha_fair", "WarmStarted"]
 
 #: Rows whose norm is below this fraction of the largest row norm are treated as zero rows.
 ZERO_ROW_RELATIVE_NORM = 1e-20
+#: Newton iterations from the cold (orthogonal-rows) start, and from a caller's warm start.
 MAX_ITERATIONS = 30
+WARM_ITERATIONS = 12
+#: Step lengths the Armijo search tries at once: t_max · 2^-j, j < this (down to ~1e-12 · t_max).
+LINE_SEARCH_STEPS = 40
 #: Levenberg-Marquardt iterations of the least-squares fallback (fixed: no convergence test).
 LEAST_SQUARES_ITERATIONS = 12
 #: Levenberg-Marquardt damping of the fallback's Gauss-Newton steps (relative to JᵀJ's diagonal).
@@ -87,44 +101,55 @@ DIVERGENCE = 1e6
 
 @dataclass
 class AlphaFairSolution:
-    """``weights``: ``[k]`` float64 on the Jacobian's device; ``fallback``: whether a fallback was used;
-    ``reason``: which one (empty when the exact equation was solved)."""
+    """``weights``: ``[k]`` float64 on the Jacobian's device; ``fallback``: a 0-dim bool tensor on that
+    device, whether a fallback was used (``bool()`` of it reads it back); ``reason``: which one (empty
+    when the exact equation was solved), built from the flags only when asked for."""
 
     weights: Tensor
-    fallback: bool
-    reason: str = ""
+    fallback: Tensor
+    zero_rows: Tensor
+    no_solution: Tensor
+    all_zero: Tensor
+
+    @property
+    def reason(self) -> str:
+        if bool(self.all_zero):
+            return "all rows zero"
+        reasons = (["zero row(s) given weight 0"] if bool(self.zero_rows) else []) + (
+            ["no solution (Pareto-stationary or degenerate rows); bounded least squares"]
+            if bool(self.no_solution) else [])
+        return "; ".join(reasons)
 
 
-def _unit_gramian(jacobian: Tensor) -> tuple[np.ndarray, float]:
-    """The Gramian of the rows scaled to a largest row norm of 1 (float64, host), and that largest norm.
-
-    float32 Jacobians (the SAC agent's) take the shared float32 product of :func:`~._linalg.gramian`
-    (``c = 1``: the raw ``J Jᵀ``), about 9× cheaper than a float64 copy of a 10 × 684,800 critic Jacobian;
-    float64 ones are scaled before the product, so that no input magnitude overflows.
-    """
-    if jacobian.dtype != torch.float64:
-        raw = _linalg.gramian(jacobian).cpu().numpy()
-        largest = math.sqrt(max(float(np.diag(raw).max()), 0.0))
-        return (raw / largest**2 if largest > 0 else raw), largest
-    rows = jacobian.detach()
-    largest = float(torch.linalg.vector_norm(rows, dim=1).max())
-    if not largest > 0:
-        return np.zeros((rows.shape[0],) * 2), largest
-    rows = rows / largest  # largest row norm 1: no overflow in the Gramian for any input magnitude
-    if rows.device.type == "cpu":
-        # numpy's BLAS: torch's float64 kernels on a loaded CPU are up to 30x slower for these shapes.
-        rows_np = rows.numpy()
-        return rows_np @ rows_np.T, largest
-    return (rows @ rows.T).cpu().numpy(), largest
+def _early_exit(device: torch.device) -> bool:
+    return _linalg.EARLY_EXIT_ON_CPU and device.type == "cpu"
 
 
-def solve_alpha_fair(jacobian: Tensor, alpha: float, utility_weights: Tensor | None = None) -> AlphaFairSolution:
+def _log_row_norms(jacobian: Tensor) -> tuple[Tensor, Tensor]:
+    """``(K', log ‖g_i‖)``: the Gramian ``K' = c · G Gᵀ`` of :func:`~._linalg.gramian` and the rows' true
+    log norms (``-inf`` for zero rows). float32 Jacobians (the agent's) take the float32 product
+    (``c = 1``); float64 ones are divided by their largest entry first (``c = 1/max|G|²``), so that no
+    input magnitude overflows."""
+    gramian = _linalg.gramian(jacobian)
+    log_norms = 0.5 * torch.log(torch.diagonal(gramian).clamp_min(0.0))
+    if jacobian.dtype == torch.float64:
+        largest = jacobian.detach().abs().max()
+        log_norms = log_norms + torch.log(torch.where(largest > 0, largest, torch.ones_like(largest)))
+    return gramian, log_norms
+
+
+def solve_alpha_fair(jacobian: Tensor, alpha: float, utility_weights: Tensor | None = None,
+                     start: Tensor | None = None, validate: bool = True) -> AlphaFairSolution:
     """Solve ``(K w)_i = ω_i^(1/α) · w_i^(-1/α)``, ``K = G Gᵀ``, for ``w > 0`` (see the module docstring).
 
     Args:
         jacobian: ``[k, n]`` per-task gradients ``G`` (any float dtype and device; finite).
         alpha: the fairness exponent α > 0 (1: Nash bargaining / proportional fairness).
         utility_weights: ``[k]`` positive ω (default all ones).
+        start: ``[k]`` weights to start Newton from (the previous step's, for a warm start): only where
+            it is finite and positive on every non-zero row, else the cold start; it changes how fast
+            the solve converges, not the solution.
+        validate: check ω's values (a host read); ``False`` (deferred checks) replaces a bad ω by ones.
 
     Returns:
         The weights in float64 on the Jacobian's device, and whether a fallback was needed.
@@ -134,104 +159,140 @@ def solve_alpha_fair(jacobian: Tensor, alpha: float, utility_weights: Tensor | N
     k = jacobian.shape[0]
     device = jacobian.device
     p = 1.0 / alpha
-    omega = (np.ones(k) if utility_weights is None
-             else utility_weights.detach().to(device="cpu", dtype=torch.float64).numpy())
-    if omega.shape != (k,) or not (omega > 0).all() or not np.isfinite(omega).all():
-        raise ValueError(f"utility_weights must be {k} positive finite numbers, got {omega}.")
+    ones = torch.ones(k, dtype=torch.float64, device=device)
+    omega = ones if utility_weights is None else utility_weights.detach().to(device=device, dtype=torch.float64)
+    if omega.shape != (k,):
+        raise ValueError(f"utility_weights must be {k} positive finite numbers, got shape {tuple(omega.shape)}.")
+    usable_omega = (omega > 0).all() & torch.isfinite(omega).all()
+    if validate and not bool(usable_omega):
+        raise ValueError(f"utility_weights must be {k} positive finite numbers, got {omega.cpu()}.")
+    omega = torch.where(usable_omega, omega, ones)
 
-    gramian, largest = _unit_gramian(jacobian)
-    if not largest > 0:
-        return AlphaFairSolution(torch.full((k,), 1.0 / k, dtype=torch.float64, device=device), True, "all rows zero")
-    norms = np.sqrt(np.maximum(np.diag(gramian), 0.0))
-    active = norms > ZERO_ROW_RELATIVE_NORM
-    norms = norms[active]
-    cosines = gramian[np.ix_(active, active)] / np.outer(norms, norms)
-    cosines = np.clip(0.5 * (cosines + cosines.T), -1.0, 1.0)
-    np.fill_diagonal(cosines, 1.0)
-    log_norms = np.log(norms) + math.log(largest)
-    # (C v)_i = c'_i v_i^(-p) with c'_i = ω_i^(1/α) ‖g_i‖^(p-1); divide c' by its geometric mean γ.
-    log_constants = p * np.log(omega[active]) + (p - 1.0) * log_norms
-    log_gamma = float(log_constants.mean())
-    constants = np.exp(log_constants - log_gamma)
+    gramian, log_norms = _log_row_norms(jacobian)
+    relative = torch.exp(log_norms - log_norms.max())  # row norms / the largest (0/0 → nan when all zero)
+    all_zero = ~torch.isfinite(log_norms.max())
+    active = (relative > ZERO_ROW_RELATIVE_NORM) & ~all_zero
+    # Inactive rows become decoupled dummies ((C v)_i = v_i, c_i = 1: v_i = 1) that get weight 0 at the end.
+    norms = torch.sqrt(torch.diagonal(gramian).clamp_min(0.0))
+    safe_norms = torch.where(active, norms, 1.0)
+    cosines = gramian / (safe_norms[:, None] * safe_norms[None, :])
+    cosines = (0.5 * (cosines + cosines.T)).clamp(-1.0, 1.0)
+    pair = active[:, None] & active[None, :]
+    eye = torch.eye(k, dtype=torch.float64, device=device)
+    cosines = torch.where(pair, cosines, 0.0) * (1 - eye) + eye
+    safe_log_norms = torch.where(active, log_norms, 0.0)
+    # (C v)_i = c'_i v_i^(-p) with c'_i = ω_i^(1/α) ‖g_i‖^(p-1); divide c' by its geometric mean γ over active rows.
+    log_constants = torch.where(active, p * torch.log(omega) + (p - 1.0) * safe_log_norms, 0.0)
+    log_gamma = log_constants.sum() / active.sum().clamp_min(1)
+    constants = torch.where(active, torch.exp(log_constants - log_gamma), 1.0)
 
-    reason = "" if active.all() else "zero row(s) given weight 0"
-    scaled = _newton(cosines, constants, p)
-    if scaled is None:
-        scaled = _bounded_least_squares(cosines, constants, p, norms)
-        reason = _join(reason, "no solution (Pareto-stationary or degenerate rows); bounded least squares")
+    def to_weights(scaled: Tensor) -> Tensor:  # undo the scalings: v = γ^(1/(1+p)) · scaled, w = v / ‖g‖
+        return torch.where(active, torch.exp(torch.log(scaled) + log_gamma / (1.0 + p) - safe_log_norms), 0.0)
 
-    # Undo the scalings: v = γ^(1/(1+p)) · scaled, w = v / ‖g‖.
-    log_weights = np.log(scaled) + log_gamma / (1.0 + p) - log_norms
-    weights = np.zeros(k)
-    weights[active] = np.exp(log_weights)
-    return AlphaFairSolution(torch.from_numpy(weights).to(device), bool(reason), reason)
+    warm = None
+    if start is not None:
+        start = start.detach().to(device=device, dtype=torch.float64)
+        guess = torch.where(active, torch.exp(torch.log(start) + safe_log_norms - log_gamma / (1.0 + p)), 1.0)
+        warm = (guess, (torch.isfinite(guess) & (guess > 0)).all())
+    newton = _newton(cosines, constants, p, warm)
+    if newton is None:  # (tests force the fallback this way)
+        scaled, solved = constants, torch.zeros((), dtype=torch.bool, device=device)
+    else:
+        scaled, solved = newton
+    if not _early_exit(device) or not bool(solved):
+        relative_norms = torch.where(active, relative, 1.0)
+        scaled = torch.where(solved, scaled, _bounded_least_squares(cosines, constants, p, relative_norms))
+
+    weights = torch.where(all_zero, torch.full_like(ones, 1.0 / k), to_weights(scaled))
+    zero_rows = ~active.all() & ~all_zero
+    no_solution = ~solved & ~all_zero
+    return AlphaFairSolution(weights, zero_rows | no_solution | all_zero, zero_rows, no_solution, all_zero)
 
 
-def _join(first: str, second: str) -> str:
-    return f"{first}; {second}" if first else second
-
-
-def _orthogonal_start(constants: np.ndarray, p: float) -> np.ndarray:
+def _orthogonal_start(constants: Tensor, p: float) -> Tensor:
     """The solution when the rows are orthonormal, ``v_i^(1+p) = c_i``."""
     return constants ** (1.0 / (1.0 + p))
 
 
-def _potential(cosines: np.ndarray, constants: np.ndarray, p: float, v: np.ndarray) -> float:
-    """``f(v) = ½ vᵀCv − Σ c_i h(v_i)``, ``h(v) = log v`` (p = 1) or ``v^(1-p)/(1-p)``."""
-    barrier = np.log(v) if p == 1.0 else v ** (1.0 - p) / (1.0 - p)
-    return 0.5 * float(v @ cosines @ v) - float(constants @ barrier)
+def _potential(cosines: Tensor, constants: Tensor, p: float, v: Tensor) -> Tensor:
+    """``f(v) = ½ vᵀCv − Σ c_i h(v_i)``, ``h(v) = log v`` (p = 1) or ``v^(1-p)/(1-p)``; ``v`` is ``[..., k]``."""
+    barrier = torch.log(v) if p == 1.0 else v ** (1.0 - p) / (1.0 - p)
+    return 0.5 * ((v @ cosines) * v).sum(-1) - barrier @ constants
 
 
-def _newton(cosines: np.ndarray, constants: np.ndarray, p: float) -> np.ndarray | None:
-    """Solve ``(C v)_i = c_i v_i^(-p)``, ``v > 0``; ``None`` when it has no (reachable) solution."""
-    with np.errstate(all="ignore"):
-        v = _orthogonal_start(constants, p)
-        # Best point on the ray t·v: t^(1+p) = Σ c_i v_i^(1-p) / vᵀCv (skipped when vᵀCv ≤ 0).
-        curvature = float(v @ cosines @ v)
-        if curvature > 1e-12 * float(v @ v):
-            v = v * (float(constants @ v ** (1.0 - p)) / curvature) ** (1.0 / (1.0 + p))
-        for _ in range(MAX_ITERATIONS):
-            target = constants * v ** (-p)
-            gradient = cosines @ v - target
-            residual = float(np.max(np.abs(gradient) / target))
-            if not np.isfinite(residual):
-                return None
-            if residual < TOLERANCE:
-                return v
-            hessian = cosines + np.diag(p * target / v)
-            try:
-                step = np.linalg.solve(hessian, -gradient)
-            except np.linalg.LinAlgError:
-                return None
-            if not np.isfinite(step).all():
-                return None
-            if float(np.max(np.abs(step) / v)) < 1e-12:
-                # Newton has stalled at float64 precision: a task with a tiny gradient next to large ones
-                # has a utility (C v)_i that is a nearly cancelling sum, which float64 cannot resolve to
-                # a small *relative* residual. Accept a residual at rounding level relative to the size
-                # of the terms. (A diverging iterate never stalls: its steps are as large as v.)
-                backward = float(np.max(np.abs(gradient) / (np.abs(cosines) @ v + target)))
-                return v if residual < 1e-8 or backward < STALLED_TOLERANCE else None
-            slope = float(gradient @ step)  # < 0: Newton directions descend a convex f
-            if slope >= 0:
-                return None
-            shrinking = step < 0
-            t = min(1.0, 0.99 * float(np.min(-v[shrinking] / step[shrinking]))) if shrinking.any() else 1.0
-            current = _potential(cosines, constants, p, v)
-            # Armijo backtracking; in the last, quadratically convergent steps the decrease is below
-            # float64 resolution of f, so a full step with a tiny Newton decrement is taken as is.
-            if -slope > 1e-12 * (1.0 + abs(current)):
-                while not _potential(cosines, constants, p, v + t * step) <= current + 1e-4 * t * slope:
-                    t *= 0.5
-                    if t < 1e-12:
-                        return None
-            v = v + t * step
-            if not np.isfinite(v).all() or float(v.max()) > DIVERGENCE or float(v.min()) <= 0:
-                return None
-    return None
+def _ray_rescaled(cosines: Tensor, constants: Tensor, p: float, v: Tensor) -> Tensor:
+    """The best point on the ray ``t·v``: ``t^(1+p) = Σ c_i v_i^(1-p) / vᵀCv`` (``v`` itself when vᵀCv ≤ 0)."""
+    curvature = v @ cosines @ v
+    bounded = curvature > 1e-12 * (v @ v)
+    factor = ((constants @ v ** (1.0 - p)) / torch.where(bounded, curvature, 1.0)) ** (1.0 / (1.0 + p))
+    return torch.where(bounded, v * factor, v)
 
 
-def _bounded_least_squares(cosines: np.ndarray, constants: np.ndarray, p: float, norms: np.ndarray) -> np.ndarray:
+def _newton(cosines: Tensor, constants: Tensor, p: float,
+            warm: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor] | None:
+    """Solve ``(C v)_i = c_i v_i^(-p)``, ``v > 0``: ``(v, solved)``, ``solved`` a 0-dim bool tensor.
+
+    Damped Newton on the convex potential with a fraction-to-boundary rule and an Armijo search over
+    ``LINE_SEARCH_STEPS`` step lengths tried at once. An iterate that has converged, or whose solve
+    failed (no descent, no acceptable step, divergence), stays put; ``solved`` is False for the latter
+    and for one that has not converged when the iterations run out.
+    """
+    k = cosines.shape[0]
+    dtype, device = cosines.dtype, cosines.device
+    v = _ray_rescaled(cosines, constants, p, _orthogonal_start(constants, p))
+    iterations = MAX_ITERATIONS
+    if warm is not None:
+        guess, usable = warm
+        v = torch.where(usable, _ray_rescaled(cosines, constants, p, torch.where(usable, guess, v)), v)
+        iterations = WARM_ITERATIONS
+    false = torch.zeros((), dtype=torch.bool, device=device)
+    done, failed = false, false
+    fractions = 0.5 ** torch.arange(LINE_SEARCH_STEPS, dtype=dtype, device=device)
+    eye = torch.eye(k, dtype=dtype, device=device)
+    early_exit = _early_exit(device)
+    for _ in range(iterations):
+        target = constants * v ** (-p)
+        gradient = cosines @ v - target
+        residual = (gradient.abs() / target).max()
+        converged = residual < TOLERANCE
+        hessian = cosines + eye * (p * target / v)
+        step = -torch.linalg.solve_ex(hessian, gradient).result  # unchecked: a bad step is masked below
+        finite_step = torch.isfinite(step).all() & torch.isfinite(residual)
+        step = torch.where(finite_step, step, 0.0)
+        # Stalled at float64 precision: a task with a tiny gradient next to large ones has a utility that
+        # is a nearly cancelling sum, which float64 cannot resolve to a small *relative* residual. Accept a
+        # residual at rounding level relative to the size of the terms. (A diverging iterate never stalls.)
+        stalled = (step.abs() / v).max() < 1e-12
+        backward = (gradient.abs() / (cosines.abs() @ v + target)).max()
+        stalled_ok = stalled & ((residual < 1e-8) | (backward < STALLED_TOLERANCE))
+        slope = gradient @ step  # < 0: Newton directions descend a convex f
+        shrinking = step < 0
+        boundary = torch.where(shrinking, -v / torch.where(shrinking, step, -1.0), math.inf).min()
+        t_max = torch.clamp(0.99 * boundary, max=1.0)
+        current = _potential(cosines, constants, p, v)
+        # Armijo; in the last, quadratically convergent steps the decrease is below float64 resolution of
+        # f, so a full step with a tiny Newton decrement is taken as is.
+        lengths = t_max * fractions
+        trial = _potential(cosines, constants, p, v[None, :] + lengths[:, None] * step[None, :])
+        accepted = trial <= current + 1e-4 * lengths * slope
+        tiny_decrement = -slope <= 1e-12 * (1.0 + current.abs())
+        first = torch.argmax(accepted.to(torch.int8))  # the longest accepted length (0 when none is)
+        t = torch.where(tiny_decrement, t_max, lengths.gather(0, first.reshape(1)).squeeze(0))
+        moved = v + t * step
+        finished = converged | stalled_ok
+        bad = (~finite_step | (stalled & ~stalled_ok) | (slope >= 0) | (~tiny_decrement & ~accepted.any())
+               | ~torch.isfinite(moved).all() | (moved.max() > DIVERGENCE) | (moved.min() <= 0))
+        failed = failed | (~done & ~finished & bad)
+        done = done | (finished & ~failed)
+        v = torch.where(done | failed, v, moved)
+        if early_exit and bool(done | failed):
+            break
+    target = constants * v ** (-p)
+    solved = ~failed & (done | (((cosines @ v - target).abs() / target).max() < TOLERANCE))
+    return v, solved
+
+
+def _bounded_least_squares(cosines: Tensor, constants: Tensor, p: float, norms: Tensor) -> Tensor:
     """The fallback: minimise the residual of (*) over ``w > 0``, as the authors' ``least_squares(bounds=(0, ∞))``.
 
     On the raw problem the residual is ``r_i = (K w)_i − c_i w_i^(-p)``; in the scaled variables it is
@@ -243,20 +304,50 @@ def _bounded_least_squares(cosines: np.ndarray, constants: np.ndarray, p: float,
     every operation is continuous and nothing is accepted or refused, so the result is a continuous
     function of the Gramian and ω.
     """
-    x = np.log(_orthogonal_start(constants, p))
-    with np.errstate(all="ignore"):
-        for _ in range(LEAST_SQUARES_ITERATIONS):
-            v = np.exp(x)
-            target = constants * np.exp(-p * x)
-            residual = norms * (cosines @ v - target)
-            # J = diag(n) · (C diag(v) + diag(p c v^(-p))): the residual's derivative in x.
-            jacobian = norms[:, None] * (cosines * v[None, :] + np.diag(p * target))
-            normal = jacobian.T @ jacobian
-            # Marquardt's scaling, plus a floor relative to the largest curvature that keeps the
-            # system regular where JᵀJ is rank deficient (opposite rows).
-            diagonal = np.diag(normal)
-            regulariser = LEAST_SQUARES_DAMPING * diagonal + 1e-10 * float(np.max(diagonal)) + 1e-300
-            step = -np.linalg.solve(normal + np.diag(regulariser), jacobian.T @ residual)
-            cap = LEAST_SQUARES_MAX_LOG_STEP
-            x = x + cap * np.tanh(np.nan_to_num(step) / cap)
-    return np.exp(x)
+    x = torch.log(_orthogonal_start(constants, p))
+    eye = torch.eye(cosines.shape[0], dtype=cosines.dtype, device=cosines.device)
+    cap = LEAST_SQUARES_MAX_LOG_STEP
+    for _ in range(LEAST_SQUARES_ITERATIONS):
+        v = torch.exp(x)
+        target = constants * torch.exp(-p * x)
+        residual = norms * (cosines @ v - target)
+        # J = diag(n) · (C diag(v) + diag(p c v^(-p))): the residual's derivative in x.
+        jacobian = norms[:, None] * (cosines * v[None, :] + eye * (p * target))
+        normal = jacobian.T @ jacobian
+        # Marquardt's scaling, plus a floor relative to the largest curvature that keeps the system
+        # regular where JᵀJ is rank deficient (opposite rows).
+        diagonal = torch.diagonal(normal)
+        regulariser = LEAST_SQUARES_DAMPING * diagonal + 1e-10 * diagonal.max() + 1e-300
+        step = -torch.linalg.solve_ex(normal + eye * regulariser, jacobian.T @ residual).result
+        x = x + cap * torch.tanh(torch.nan_to_num(step) / cap)
+    return torch.exp(x)
+
+
+class WarmStarted:
+    """Mixin for the α-fair aggregators: the last weights, kept as a device tensor updated in place, start
+    the next solve (consecutive steps' Gramians are close: Newton then needs 1-3 iterations instead of
+    5-15). The state changes how fast a solve converges, not its solution, and being a device tensor
+    updated in place it lives inside a captured CUDA graph too (``capturable``)."""
+
+    capturable = True
+    _state_attributes: tuple[str, ...] = ("last_weights",)
+    _added_state_attributes: tuple[str, ...] = ("last_weights",)  # checkpoints from before the warm start
+
+    def _init_state(self) -> None:
+        super()._init_state()  # type: ignore[misc]
+        self.last_weights: Tensor | None = None
+
+    def _solve(self, jacobian: Tensor, alpha: float, utility_weights: Tensor | None = None) -> Tensor:
+        """Solve from the last weights (when they fit), count a fallback, remember the weights."""
+        k = jacobian.shape[0]
+        previous = self.last_weights
+        fits = previous is not None and previous.shape == (k,) and previous.device == jacobian.device
+        deferring = self.deferred_checks or _tracing_or_capturing()  # type: ignore[attr-defined]
+        solution = solve_alpha_fair(jacobian, alpha, utility_weights, start=previous if fits else None,
+                                    validate=not deferring)
+        self._count_fallback(solution.fallback)  # type: ignore[attr-defined]
+        if fits:
+            previous.copy_(solution.weights)  # in place: a captured graph's replays update it too
+        else:
+            self.last_weights = solution.weights.clone()
+        return solution.weights

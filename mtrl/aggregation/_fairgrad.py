@@ -7,12 +7,12 @@ import math
 import torch
 from torch import Tensor
 
-from mtrl.aggregation._alpha_fair import solve_alpha_fair
+from mtrl.aggregation._alpha_fair import WarmStarted
 from mtrl.aggregation._base import Aggregator, TaskStats, register
 
 
 @register("fairgrad")
-class FairGrad(Aggregator):
+class FairGrad(WarmStarted, Aggregator):
     """FairGrad: weights ``w > 0`` with ``(K w)_i = w_i^(-1/α)`` for every task, ``K = G Gᵀ``.
 
     Ban & Ji, "Fair Resource Allocation in Multi-Task Learning", ICML 2024, Eq. 4 / Algorithm 1: the
@@ -30,7 +30,8 @@ class FairGrad(Aggregator):
        their MT10 code runs 20 steps of SGD (lr 0.1, momentum 0.5) on ``‖Kw − (w + 1e-8)^(-1/α)‖²``
        and keeps the best iterate. Both stop short of the solution on ill-conditioned Gramians. We
        solve the same equation on the same raw Gramian by damped Newton in float64 to a relative
-       residual of 1e-10 (no normalisation: ``w`` scales as ``‖G‖^(-2α/(1+α))``).
+       residual of 1e-10 (no normalisation: ``w`` scales as ``‖G‖^(-2α/(1+α))``), warm-started from the
+       previous step's weights, on the Jacobian's device without host reads.
 
     .. note:: Gradient clipping. The authors clip the shared gradient to norm ``max_norm = 1.0``; here
        that is the caller's job (``torch.nn.utils.clip_grad_norm_(shared_params, 1.0)``).
@@ -55,6 +56,4 @@ class FairGrad(Aggregator):
         k = jacobian.shape[0]
         if self.alpha == 0:
             return torch.full((k,), 1.0 / k, dtype=jacobian.dtype, device=jacobian.device)
-        solution = solve_alpha_fair(jacobian, alpha=float(self.alpha))
-        self._count_fallback(solution.fallback)
-        return solution.weights.to(dtype=jacobian.dtype, device=jacobian.device)
+        return self._solve(jacobian, float(self.alpha)).to(dtype=jacobian.dtype)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from mtrl.aggregation._alpha_fair import solve_alpha_fair
+from mtrl.aggregation._alpha_fair import WarmStarted
 from mtrl.aggregation._base import Aggregator, TaskStats, check_int, register
 
 
 @register("nashmtl")
-class NashMTL(Aggregator):
+class NashMTL(WarmStarted, Aggregator):
     """Nash-MTL: weights ``α > 0`` with ``α_i (K α)_i = 1`` for every task, ``K = G Gᵀ``.
 
     Navon et al., "Multi-Task Learning as a Bargaining Game", ICML 2022, Eq. 2 / Algorithm 1: the
@@ -27,7 +27,8 @@ class NashMTL(Aggregator):
        warm-started from the previous step's α, on the Gramian divided by its Frobenius norm with the
        constraints ``α_i (Kα)_i ≥ 1`` stated on the raw Gramian). We solve the same equation
        ``α_i (Kα)_i = 1`` directly, by damped Newton in float64, to a relative residual of 1e-10
-       and from a cold start every time, so our α is the exact solution the CCP approaches; the two
+       (warm-started from the previous α like theirs, on the Jacobian's device without host reads),
+       so our α is the exact solution the CCP approaches; the two
        agree to the CCP's tolerance (tests/aggregation/test_nashmtl.py checks this against cvxpy).
        cvxpy is not a runtime dependency.
 
@@ -50,15 +51,17 @@ class NashMTL(Aggregator):
     """
 
     _state_attributes = ("calls", "last_weights")
+    _added_state_attributes = ()
 
     def __init__(self, update_weights_every: int = 1) -> None:
         self.update_weights_every = check_int("update_weights_every", update_weights_every, 1)
+        # The call counter is a host integer: only a method that solves every call can live in a CUDA graph.
+        self.capturable = self.update_weights_every == 1
         super().__init__()
 
     def _init_state(self) -> None:
         super()._init_state()
         self.calls = 0
-        self.last_weights: Tensor | None = None
 
     def _utility_weights(self, stats: TaskStats) -> Tensor | None:
         """The weights of the tasks' log-utilities; ``None`` means all ones (plain Nash-MTL)."""
@@ -70,8 +73,6 @@ class NashMTL(Aggregator):
         reuse = (self.calls % self.update_weights_every != 0 and self.last_weights is not None
                  and self.last_weights.shape == (k,))
         self.calls += 1
-        if not reuse:
-            solution = solve_alpha_fair(jacobian, alpha=1.0, utility_weights=self._utility_weights(stats))
-            self._count_fallback(solution.fallback)
-            self.last_weights = solution.weights.cpu()
-        return self.last_weights.to(dtype=jacobian.dtype, device=jacobian.device)
+        if reuse:
+            return self.last_weights.to(dtype=jacobian.dtype, device=jacobian.device)
+        return self._solve(jacobian, 1.0, self._utility_weights(stats)).to(dtype=jacobian.dtype)

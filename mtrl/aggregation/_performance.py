@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-from mtrl.aggregation._base import TaskStats
+from mtrl.aggregation._base import TaskStats, _tracing_or_capturing
 
 __all__ = ["performance_weights", "performance_variance", "PerformanceInformed",
            "OMEGA_LOWER", "OMEGA_UPPER", "TAU_MIN"]
@@ -46,13 +46,16 @@ def check_performance_options(omega_lower: float, omega_upper: float, tau_min: f
 
 
 def performance_weights(delta_m: Tensor, omega_lower: float = OMEGA_LOWER, omega_upper: float = OMEGA_UPPER,
-                        tau_min: float = TAU_MIN) -> Tensor:
+                        tau_min: float = TAU_MIN, validate: bool = True) -> Tensor:
     """``ω = k · softmax(Δm / τ)``, ``τ = max((Δm_max − Δm_min)/ln s, τ*)``, ``s = min(1/ω_lower, ω_upper)``.
 
     Args:
         delta_m: ``[k]`` per-task performance drops in percent (positive = worse than reference).
         omega_lower, omega_upper: the bounds ω must respect (0 < ω_lower < 1 < ω_upper).
         tau_min: the temperature floor τ* (in the units of Δm, percentage points).
+        validate: check that Δm is finite (a host read). Aggregators with deferred checks pass
+            ``False``: their own input check has recorded a non-finite Δm already, and ω is computed
+            on the device without reading back.
 
     Returns:
         ``[k]`` float64 tensor on ``delta_m``'s device: positive, summing to ``k``, each entry in
@@ -60,26 +63,28 @@ def performance_weights(delta_m: Tensor, omega_lower: float = OMEGA_LOWER, omega
     """
     check_performance_options(omega_lower, omega_upper, tau_min)
     delta_m = delta_m.detach().to(torch.float64)
-    if delta_m.ndim != 1 or delta_m.numel() == 0 or not torch.isfinite(delta_m).all():
+    if delta_m.ndim != 1 or delta_m.numel() == 0 or (validate and not torch.isfinite(delta_m).all()):
         raise ValueError(f"delta_m must be a non-empty finite [k] tensor, got {delta_m}.")
     k = delta_m.numel()
     s = min(1.0 / omega_lower, omega_upper)
-    spread = float(delta_m.max() - delta_m.min())
-    tau = max(spread / math.log(s), tau_min)
+    tau = ((delta_m.max() - delta_m.min()) / math.log(s)).clamp_min(tau_min)
     return k * torch.softmax(delta_m / tau, dim=0)
 
 
-def performance_variance(delta_m: Tensor) -> float:
-    """``Var[Δm_i]`` over tasks, the population variance of PIVRG paper Prop. 2 (``(1/k) Σ (Δm_i − Δm)²``)."""
-    return float(delta_m.detach().to(torch.float64).var(unbiased=False)) if delta_m.numel() > 1 else 0.0
+def performance_variance(delta_m: Tensor) -> Tensor:
+    """``Var[Δm_i]`` over tasks, the population variance of PIVRG paper Prop. 2 (``(1/k) Σ (Δm_i − Δm)²``),
+    as a 0-dim float64 tensor on ``delta_m``'s device."""
+    delta_m = delta_m.detach().to(torch.float64)
+    return delta_m.var(unbiased=False) if delta_m.numel() > 1 else delta_m.new_zeros(())
 
 
 class PerformanceInformed:
     """Mixin for aggregators that read ``stats.performance`` through PIVRG's ω.
 
     Call :meth:`_set_performance_options` in ``__init__`` before the base constructor. Each call of
-    :meth:`_performance_weights` records ``last_omega`` (``[k]`` float64, CPU) and ``last_var_delta_m``
-    so that a trainer can log ``agg/omega/<task>`` and ``agg/var_dm``. A missing ``stats.performance``
+    :meth:`_performance_weights` records ``last_omega`` (``[k]`` float64, on the device of Δm) and
+    ``last_var_delta_m`` (a float, read back only when asked for) so that a trainer can log
+    ``agg/omega/<task>`` and ``agg/var_dm`` at log time. A missing ``stats.performance``
     is read as Δm = 0, i.e. ω = 1: the method then reduces to its base.
     """
 
@@ -94,12 +99,19 @@ class PerformanceInformed:
     def _init_state(self) -> None:
         super()._init_state()  # type: ignore[misc]
         self.last_omega: Tensor | None = None
-        self.last_var_delta_m: float | None = None
+        self._var_delta_m: Tensor | None = None
+
+    @property
+    def last_var_delta_m(self) -> float | None:
+        """Var[Δm] at the last call (reading it waits for the device: read it at log time)."""
+        return None if self._var_delta_m is None else float(self._var_delta_m)
 
     def _performance_weights(self, stats: TaskStats) -> Tensor:
-        delta_m = (torch.zeros(stats.num_tasks, dtype=torch.float64) if stats.performance is None
-                   else stats.performance.detach().to(device="cpu", dtype=torch.float64))
-        omega = performance_weights(delta_m, self.omega_lower, self.omega_upper, self.tau_min)
+        """ω on the device of the losses, without a host read when the aggregator defers its checks."""
+        delta_m = (torch.zeros(stats.num_tasks, dtype=torch.float64, device=stats.losses.device)
+                   if stats.performance is None else stats.performance.detach().to(torch.float64))
+        deferring = self.deferred_checks or _tracing_or_capturing()  # type: ignore[attr-defined]
+        omega = performance_weights(delta_m, self.omega_lower, self.omega_upper, self.tau_min, validate=not deferring)
         self.last_omega = omega
-        self.last_var_delta_m = performance_variance(delta_m)
+        self._var_delta_m = performance_variance(delta_m)
         return omega

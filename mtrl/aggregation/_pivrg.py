@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from mtrl.aggregation._alpha_fair import solve_alpha_fair
+from mtrl.aggregation._alpha_fair import WarmStarted
 from mtrl.aggregation._base import Aggregator, TaskStats, register
 from mtrl.aggregation._performance import OMEGA_LOWER, OMEGA_UPPER, TAU_MIN, PerformanceInformed
 
 
 @register("pivrg")
-class PIVRG(PerformanceInformed, Aggregator):
+class PIVRG(PerformanceInformed, WarmStarted, Aggregator):
     """PIVRG: weights ``α > 0`` with ``(K α)_i² · α_i = ω_i``, ``K = G Gᵀ``, ω from the Δm's.
 
     "Rethinking Fairness Representation in Multi-Task Learning: a Performance-Informed Variance
@@ -37,7 +37,9 @@ class PIVRG(PerformanceInformed, Aggregator):
     .. note:: Scale. The paper drops the multiplier ``2kλ`` of Eq. 7 ("adjusted by the step size")
        and, following FairGrad, solves Eq. 8 on the raw Gramian with scipy least squares; we solve the
        same equation on the same raw Gramian (no normalisation of α or of ``d``: α scales as
-       ``‖G‖^(-4/3)``, ``‖d‖`` as ``‖G‖^(-1/3)``) to a relative residual of 1e-10 by damped Newton.
+       ``‖G‖^(-4/3)``, ``‖d‖`` as ``‖G‖^(-1/3)``) to a relative residual of 1e-10 by damped Newton,
+       warm-started from the previous step's weights, on the Jacobian's device without host reads
+       (ω too), so the call can be captured in a CUDA graph.
        The paper's MT10 runs use the MTRL codebase of Nash-MTL/FairGrad, which clips the shared
        gradient norm (``max_norm = 1.0``); clipping is the caller's job here.
 
@@ -70,6 +72,4 @@ class PIVRG(PerformanceInformed, Aggregator):
     def _weights(self, jacobian: Tensor | None, stats: TaskStats) -> Tensor:
         assert jacobian is not None
         omega = self._performance_weights(stats)
-        solution = solve_alpha_fair(jacobian, alpha=2.0, utility_weights=omega)
-        self._count_fallback(solution.fallback)
-        return solution.weights.to(dtype=jacobian.dtype, device=jacobian.device)
+        return self._solve(jacobian, 2.0, omega).to(dtype=jacobian.dtype)

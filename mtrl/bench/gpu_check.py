@@ -43,7 +43,7 @@ HELP = "the prepared GPU-machine check: install, bench update, bench train, MT10
 
 PHASES = ("install", "tests", "update", "train", "learn")
 #: Share of --budget-s per phase; what a phase leaves unused goes to the later ones.
-SHARES = {"install": 0.05, "tests": 0.07, "update": 0.23, "train": 0.17, "learn": 0.48}
+SHARES = {"install": 0.04, "tests": 0.12, "update": 0.2, "train": 0.16, "learn": 0.48}
 #: Seconds a learning run gets after ctrl-C to write its checkpoint and summary.
 STOP_GRACE_S = 20
 #: What the learning phase needs; the install phase is skipped when all of these import.

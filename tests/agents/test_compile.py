@@ -112,8 +112,11 @@ def test_device_side_indices_cover_the_filled_slots_uniformly() -> None:
 def test_stateful_aggregators_stay_out_of_cuda_graphs_unless_they_declare_otherwise() -> None:
     assert capture_blocker(make("ls")) is None
     assert capture_blocker(None) is None
-    assert "keeps state" in capture_blocker(make("excessmtl"))
-    declared = make("excessmtl")
+    assert "keeps state" in capture_blocker(make("dwa"))      # Python-side history: stays eager
+    assert capture_blocker(make("excessmtl")) is None          # device state updated in place: declares so
+    assert capture_blocker(make("pivrg")) is None
+    assert "declares capturable=False" in capture_blocker(make("nashmtl", update_weights_every=2))
+    declared = make("dwa")
     declared.capturable = True
     assert capture_blocker(declared) is None
 
@@ -142,10 +145,11 @@ def test_outside_compile_keeps_the_aggregator_interface() -> None:
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (python -m mtrl.bench gpu-check runs these)")
 
 
-def _cuda_agent(mode: str, **config) -> MultiTaskSAC:
+def _cuda_agent(mode: str, aggregator: str | None = None, **config) -> MultiTaskSAC:
     torch.manual_seed(0)
     config = SACConfig(**{"hidden_dim": HIDDEN, "batch_size": K * B, "compile": mode, **config})
-    return MultiTaskSAC(OBS, ACT, K, config, None, None, device="cuda", seed=0)
+    build = (lambda: make(aggregator)) if aggregator else (lambda: None)
+    return MultiTaskSAC(OBS, ACT, K, config, build(), build(), device="cuda", seed=0)
 
 
 
@@ -168,6 +172,37 @@ def test_cuda_graph_updates_agree_with_eager_and_never_sync() -> None:
         torch.testing.assert_close(replayed, eager, rtol=1e-5, atol=1e-5)
     for name, eager in outputs["none"].items():
         torch.testing.assert_close(outputs["cudagraphs"][name], eager, rtol=1e-5, atol=1e-5)
+
+
+#: Aggregators whose calls read nothing back and keep their state in device tensors updated in place.
+CAPTURED_AGGREGATORS = ["ls", "pivrg", "nashmtl", "fairgrad", "pi_nashmtl", "mgda", "cagrad", "imtlg", "excessmtl"]
+
+
+@cuda
+@pytest.mark.parametrize("name", CAPTURED_AGGREGATORS)
+def test_cuda_graph_captures_the_aggregated_update(name: str) -> None:
+    """With a Jacobian aggregator on both networks (and Δm for the performance-informed ones) every phase
+    is captured, a replay never syncs, and replays follow the eager update (state included)."""
+    agents = {mode: _cuda_agent(mode, name) for mode in ("none", "cudagraphs")}
+    buffers = {mode: filled_buffer(device="cuda") for mode in agents}
+    performance = torch.linspace(0.0, 60.0, K, device="cuda")
+    for _ in range(6):
+        outputs = {mode: agent.update(buffers[mode], performance) for mode, agent in agents.items()}
+    assert sorted(phase.name for phase in agents["cudagraphs"]._graphs.values() if phase.captured) == \
+        ["actor", "critic", "sample", "target"]
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        outputs["cudagraphs"] = agents["cudagraphs"].update(buffers["cudagraphs"], performance)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    outputs["none"] = agents["none"].update(buffers["none"], performance)
+    for eager, replayed in zip(_state(agents["none"]), _state(agents["cudagraphs"])):
+        torch.testing.assert_close(replayed, eager, rtol=1e-4, atol=1e-4)
+    for key, eager in outputs["none"].items():
+        torch.testing.assert_close(outputs["cudagraphs"][key], eager, rtol=1e-4, atol=1e-4)
+    for mode, agent in agents.items():
+        agent.critic_aggregator.check()
+        assert agent.critic_aggregator.fallbacks == 0, mode
 
 
 @cuda

@@ -226,3 +226,55 @@ def test_bad_alpha_is_rejected(alpha: float) -> None:
 def test_bad_utility_weights_are_rejected() -> None:
     with pytest.raises(ValueError, match="utility_weights"):
         solve_alpha_fair(random_jacobian(2, 4, seed=0), 1.0, torch.tensor([1.0, -1.0]))
+
+
+# ------------------------------------------------------------------------ warm starts and the device path
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
+def test_any_usable_warm_start_reaches_the_cold_solution(alpha: float) -> None:
+    """The start changes how fast Newton converges, not where: far, near and unusable starts all give
+    the cold solve's weights; an unusable start (non-finite, non-positive, wrong scale) is ignored."""
+    jacobian = random_jacobian(6, 20, seed=30, spread=1.0)
+    omega = torch.linspace(0.5, 2.0, 6, dtype=torch.float64)
+    cold = solve_alpha_fair(jacobian, alpha, omega).weights
+    starts = [cold * 1.01, cold * 1e6, torch.full((6,), 1e-9, dtype=torch.float64),
+              torch.tensor([1.0, float("nan"), 1, 1, 1, 1], dtype=torch.float64),
+              torch.tensor([1.0, -1.0, 1, 1, 1, 1], dtype=torch.float64)]
+    for start in starts:
+        warm = solve_alpha_fair(jacobian, alpha, omega, start=start)
+        assert not warm.fallback, start
+        torch.testing.assert_close(warm.weights, cold, rtol=1e-9, atol=0)
+
+
+def test_a_nearby_warm_start_converges_in_a_few_newton_iterations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The point of the warm start: the previous step's weights for a slightly changed Jacobian solve in
+    ≤ 3 iterations (a cold start needs more: with 3 it does not converge here and falls back)."""
+    monkeypatch.setattr(alpha_fair, "WARM_ITERATIONS", 3)
+    monkeypatch.setattr(alpha_fair, "MAX_ITERATIONS", 3)
+    jacobian = random_jacobian(10, 40, seed=31, spread=1.0)
+    previous = solve_alpha_fair(jacobian, 2.0, start=torch.ones(10, dtype=torch.float64))  # 3 iterations only
+    assert previous.fallback
+    monkeypatch.setattr(alpha_fair, "MAX_ITERATIONS", 30)
+    previous = solve_alpha_fair(jacobian, 2.0).weights
+    nudged = jacobian + 1e-3 * random_jacobian(10, 40, seed=32)
+    warm = solve_alpha_fair(nudged, 2.0, start=previous)
+    assert not warm.fallback
+    assert relative_residual(nudged, warm.weights, 2.0) < 1e-8
+
+
+@pytest.mark.parametrize("alpha", [1.0, 2.0])
+def test_the_fixed_count_device_path_gives_the_early_exit_weights(alpha: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU the solver runs its fixed iteration counts and computes the fallback by mask; on the CPU it
+    stops once settled. Both must give the same weights and flags, solvable or Pareto-stationary."""
+    from mtrl.aggregation import _linalg
+
+    cases = [random_jacobian(5, 12, seed=40, spread=1.0), pareto_stationary_jacobian("opposite"),
+             pareto_stationary_jacobian("more_tasks_than_params"),
+             torch.cat([random_jacobian(2, 6, seed=41), torch.zeros(1, 6, dtype=torch.float64)])]
+    for jacobian in cases:
+        omega = torch.linspace(0.5, 2.0, jacobian.shape[0], dtype=torch.float64)
+        early = solve_alpha_fair(jacobian, alpha, omega)
+        monkeypatch.setattr(_linalg, "EARLY_EXIT_ON_CPU", False)
+        fixed = solve_alpha_fair(jacobian, alpha, omega)
+        monkeypatch.setattr(_linalg, "EARLY_EXIT_ON_CPU", True)
+        assert bool(early.fallback) == bool(fixed.fallback) and early.reason == fixed.reason
+        torch.testing.assert_close(fixed.weights, early.weights, rtol=1e-12, atol=0)

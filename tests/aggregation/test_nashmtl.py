@@ -68,7 +68,9 @@ def test_update_weights_every_reuses_the_last_weights() -> None:
     weights = [method(j, stats(3)) for j in jacobians]
     fresh = [agg.make("nashmtl")(j, stats(3)) for j in jacobians]
     for i, w in enumerate(weights):
-        assert torch.equal(w, fresh[3 * (i // 3)])
+        assert torch.equal(w, weights[3 * (i // 3)])  # reused as is in between
+        # recomputed from a warm start: the same solution as a cold solve, to the solver's tolerance
+        torch.testing.assert_close(w, fresh[3 * (i // 3)], rtol=1e-9, atol=0)
 
 
 def test_state_dict_resumes_mid_cycle() -> None:

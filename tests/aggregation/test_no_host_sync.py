@@ -18,10 +18,9 @@ from torch import nn
 import mtrl.aggregation as agg
 from mtrl.aggregation import TaskStats, _linalg, mtl_backward, task_partitioned_jacobian
 
-#: Methods whose solver still runs on the host (the α-fair solver's NumPy Newton, PIVRG's ω): open work of
-#: issue 11; they read back, so these cases are expected to fail until that solver is ported.
-PENDING = {"nashmtl": "_alpha_fair", "fairgrad": "_alpha_fair", "pivrg": "_alpha_fair",
-           "pi_nashmtl": "_alpha_fair", "pi_ls": "_alpha_fair/_performance", "pi_rlw": "_alpha_fair/_performance"}
+#: Methods whose solver still reads back to the host (none since the α-fair solver and ω moved to the device);
+#: a method listed here is expected to fail the checks below.
+PENDING: dict[str, str] = {}
 HOST_READS = ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__")
 OPTIONS = {"dwa": {"window": 2}}  # leave DWA's warm-up within the calls below
 
@@ -182,7 +181,7 @@ def test_mtl_backward_with_task_partitioned_jacobian_does_not_read_back(name: st
     method.check()
 
 
-@pytest.mark.parametrize("name", ["mgda", "cagrad"])
+@pytest.mark.parametrize("name", ["mgda", "cagrad", "nashmtl", "fairgrad", "pivrg"])
 def test_device_path_gives_the_cpu_path_weights(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fixed-count loop (GPU) and the early-exiting one (CPU) agree on the hard cases: once
     settled, further iterations repeat the last one."""

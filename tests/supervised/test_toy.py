@@ -114,8 +114,9 @@ def test_vectorised_runner_equals_one_optimizer_per_start(name, options) -> None
     assert run.theta.shape == (steps // 20 + 1, 5, 2)
     for s, start in enumerate(STARTS):
         # At (0, 0) both gates are closed and ∂L/∂θ1 is 0 up to round-off, which Adam's normalisation
-        # turns into steps of ±lr: the closed-form and autograd round-offs may differ there.
-        atol = 1e-4 if start == (0.0, 0.0) else 1e-10
+        # turns into steps of ±lr: the closed-form and autograd round-offs may differ there (θ1 stays
+        # within a few lr of 0 either way).
+        atol = 3e-4 if start == (0.0, 0.0) else 1e-10
         np.testing.assert_allclose(run.theta[-1, s], _sequential(name, options, steps, start), rtol=1e-9, atol=atol)
 
 
