@@ -65,8 +65,10 @@ parameters) — ``f`` has no minimiser and Newton diverges. The fallbacks, each 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -75,6 +77,8 @@ from mtrl.aggregation import _linalg
 from mtrl.aggregation._base import _tracing_or_capturing
 
 __all__ = ["AlphaFairSolution", "solve_alpha_fair", "WarmStarted"]
+
+log = logging.getLogger(__name__)
 
 #: Rows whose norm is below this fraction of the largest row norm are treated as zero rows.
 ZERO_ROW_RELATIVE_NORM = 1e-20
@@ -232,10 +236,9 @@ def _newton(cosines: Tensor, constants: Tensor, p: float,
             warm: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor] | None:
     """Solve ``(C v)_i = c_i v_i^(-p)``, ``v > 0``: ``(v, solved)``, ``solved`` a 0-dim bool tensor.
 
-    Damped Newton on the convex potential with a fraction-to-boundary rule and an Armijo search over
-    ``LINE_SEARCH_STEPS`` step lengths tried at once. An iterate that has converged, or whose solve
-    failed (no descent, no acceptable step, divergence), stays put; ``solved`` is False for the latter
-    and for one that has not converged when the iterations run out.
+    Damped Newton on the convex potential (:func:`_newton_step`). An iterate that has converged, or whose
+    solve failed (no descent, no acceptable step, divergence), stays put; ``solved`` is False for the
+    latter and for one that has not converged when the iterations run out.
     """
     k = cosines.shape[0]
     dtype, device = cosines.dtype, cosines.device
@@ -245,51 +248,61 @@ def _newton(cosines: Tensor, constants: Tensor, p: float,
         guess, usable = warm
         v = torch.where(usable, _ray_rescaled(cosines, constants, p, torch.where(usable, guess, v)), v)
         iterations = WARM_ITERATIONS
-    false = torch.zeros((), dtype=torch.bool, device=device)
-    done, failed = false, false
+    done = failed = torch.zeros((), dtype=torch.bool, device=device)
     fractions = 0.5 ** torch.arange(LINE_SEARCH_STEPS, dtype=dtype, device=device)
     eye = torch.eye(k, dtype=dtype, device=device)
+    step = _fused(_newton_step, device)
     early_exit = _early_exit(device)
     for _ in range(iterations):
-        target = constants * v ** (-p)
-        gradient = cosines @ v - target
-        residual = (gradient.abs() / target).max()
-        converged = residual < TOLERANCE
-        hessian = cosines + eye * (p * target / v)
-        step = -torch.linalg.solve_ex(hessian, gradient).result  # unchecked: a bad step is masked below
-        finite_step = torch.isfinite(step).all() & torch.isfinite(residual)
-        step = torch.where(finite_step, step, 0.0)
-        # Stalled at float64 precision: a task with a tiny gradient next to large ones has a utility that
-        # is a nearly cancelling sum, which float64 cannot resolve to a small *relative* residual. Accept a
-        # residual at rounding level relative to the size of the terms. (A diverging iterate never stalls.)
-        stalled = (step.abs() / v).max() < 1e-12
-        backward = (gradient.abs() / (cosines.abs() @ v + target)).max()
-        stalled_ok = stalled & ((residual < 1e-8) | (backward < STALLED_TOLERANCE))
-        slope = gradient @ step  # < 0: Newton directions descend a convex f
-        shrinking = step < 0
-        boundary = torch.where(shrinking, -v / torch.where(shrinking, step, -1.0), math.inf).min()
-        t_max = torch.clamp(0.99 * boundary, max=1.0)
-        current = _potential(cosines, constants, p, v)
-        # Armijo; in the last, quadratically convergent steps the decrease is below float64 resolution of
-        # f, so a full step with a tiny Newton decrement is taken as is.
-        lengths = t_max * fractions
-        trial = _potential(cosines, constants, p, v[None, :] + lengths[:, None] * step[None, :])
-        accepted = trial <= current + 1e-4 * lengths * slope
-        tiny_decrement = -slope <= 1e-12 * (1.0 + current.abs())
-        first = torch.argmax(accepted.to(torch.int8))  # the longest accepted length (0 when none is)
-        t = torch.where(tiny_decrement, t_max, lengths.gather(0, first.reshape(1)).squeeze(0))
-        moved = v + t * step
-        finished = converged | stalled_ok
-        bad = (~finite_step | (stalled & ~stalled_ok) | (slope >= 0) | (~tiny_decrement & ~accepted.any())
-               | ~torch.isfinite(moved).all() | (moved.max() > DIVERGENCE) | (moved.min() <= 0))
-        failed = failed | (~done & ~finished & bad)
-        done = done | (finished & ~failed)
-        v = torch.where(done | failed, v, moved)
+        v, done, failed = step(cosines, constants, p, v, done, failed, fractions, eye)
         if early_exit and bool(done | failed):
             break
     target = constants * v ** (-p)
     solved = ~failed & (done | (((cosines @ v - target).abs() / target).max() < TOLERANCE))
     return v, solved
+
+
+def _newton_step(cosines: Tensor, constants: Tensor, p: float, v: Tensor, done: Tensor, failed: Tensor,
+                 fractions: Tensor, eye: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One safeguarded Newton iteration on ``f``: ``(v, done, failed)`` after it (every branch a mask).
+
+    The step has a fraction-to-boundary rule (iterates stay positive) and an Armijo search over the
+    lengths ``t_max · fractions`` tried at once, keeping the longest that passes.
+    """
+    target = constants * v ** (-p)
+    gradient = cosines @ v - target
+    residual = (gradient.abs() / target).max()
+    converged = residual < TOLERANCE
+    hessian = cosines + eye * (p * target / v)
+    step = -torch.linalg.solve_ex(hessian, gradient).result  # unchecked: a bad step is masked below
+    finite_step = torch.isfinite(step).all() & torch.isfinite(residual)
+    step = torch.where(finite_step, step, 0.0)
+    # Stalled at float64 precision: a task with a tiny gradient next to large ones has a utility that is
+    # a nearly cancelling sum, which float64 cannot resolve to a small *relative* residual. Accept a
+    # residual at rounding level relative to the size of the terms. (A diverging iterate never stalls.)
+    stalled = (step.abs() / v).max() < 1e-12
+    backward = (gradient.abs() / (cosines.abs() @ v + target)).max()
+    stalled_ok = stalled & ((residual < 1e-8) | (backward < STALLED_TOLERANCE))
+    slope = gradient @ step  # < 0: Newton directions descend a convex f
+    shrinking = step < 0
+    boundary = torch.where(shrinking, -v / torch.where(shrinking, step, -1.0), math.inf).min()
+    t_max = torch.clamp(0.99 * boundary, max=1.0)
+    current = _potential(cosines, constants, p, v)
+    # Armijo; in the last, quadratically convergent steps the decrease is below float64 resolution of f,
+    # so a full step with a tiny Newton decrement is taken as is.
+    lengths = t_max * fractions
+    trial = _potential(cosines, constants, p, v[None, :] + lengths[:, None] * step[None, :])
+    accepted = trial <= current + 1e-4 * lengths * slope
+    tiny_decrement = -slope <= 1e-12 * (1.0 + current.abs())
+    first = torch.argmax(accepted.to(torch.int8))  # the longest accepted length (0 when none is)
+    t = torch.where(tiny_decrement, t_max, lengths.gather(0, first.reshape(1)).squeeze(0))
+    moved = v + t * step
+    finished = converged | stalled_ok
+    bad = (~finite_step | (stalled & ~stalled_ok) | (slope >= 0) | (~tiny_decrement & ~accepted.any())
+           | ~torch.isfinite(moved).all() | (moved.max() > DIVERGENCE) | (moved.min() <= 0))
+    failed = failed | (~done & ~finished & bad)
+    done = done | (finished & ~failed)
+    return torch.where(done | failed, v, moved), done, failed
 
 
 def _bounded_least_squares(cosines: Tensor, constants: Tensor, p: float, norms: Tensor) -> Tensor:
@@ -306,21 +319,67 @@ def _bounded_least_squares(cosines: Tensor, constants: Tensor, p: float, norms: 
     """
     x = torch.log(_orthogonal_start(constants, p))
     eye = torch.eye(cosines.shape[0], dtype=cosines.dtype, device=cosines.device)
-    cap = LEAST_SQUARES_MAX_LOG_STEP
+    step = _fused(_least_squares_step, cosines.device)
     for _ in range(LEAST_SQUARES_ITERATIONS):
-        v = torch.exp(x)
-        target = constants * torch.exp(-p * x)
-        residual = norms * (cosines @ v - target)
-        # J = diag(n) · (C diag(v) + diag(p c v^(-p))): the residual's derivative in x.
-        jacobian = norms[:, None] * (cosines * v[None, :] + eye * (p * target))
-        normal = jacobian.T @ jacobian
-        # Marquardt's scaling, plus a floor relative to the largest curvature that keeps the system
-        # regular where JᵀJ is rank deficient (opposite rows).
-        diagonal = torch.diagonal(normal)
-        regulariser = LEAST_SQUARES_DAMPING * diagonal + 1e-10 * diagonal.max() + 1e-300
-        step = -torch.linalg.solve_ex(normal + eye * regulariser, jacobian.T @ residual).result
-        x = x + cap * torch.tanh(torch.nan_to_num(step) / cap)
+        x = step(cosines, constants, p, norms, x, eye)
     return torch.exp(x)
+
+
+def _least_squares_step(cosines: Tensor, constants: Tensor, p: float, norms: Tensor, x: Tensor,
+                        eye: Tensor) -> Tensor:
+    """One damped, capped Gauss-Newton step of the fallback in ``x = log v``."""
+    v = torch.exp(x)
+    target = constants * torch.exp(-p * x)
+    residual = norms * (cosines @ v - target)
+    # J = diag(n) · (C diag(v) + diag(p c v^(-p))): the residual's derivative in x.
+    jacobian = norms[:, None] * (cosines * v[None, :] + eye * (p * target))
+    normal = jacobian.T @ jacobian
+    # Marquardt's scaling, plus a floor relative to the largest curvature that keeps the system regular
+    # where JᵀJ is rank deficient (opposite rows).
+    diagonal = torch.diagonal(normal)
+    regulariser = LEAST_SQUARES_DAMPING * diagonal + 1e-10 * diagonal.max() + 1e-300
+    step = -torch.linalg.solve_ex(normal + eye * regulariser, jacobian.T @ residual).result
+    cap = LEAST_SQUARES_MAX_LOG_STEP
+    return x + cap * torch.tanh(torch.nan_to_num(step) / cap)
+
+
+# ------------------------------------------------------------------------------ fusing the iterations
+#: Device types whose iterations run through ``torch.compile``, and its backend. A Newton iteration is
+#: ~110 tiny kernels eagerly; on a GPU each costs a launch (~2 µs, in a CUDA graph too), so 24 of them cost
+#: ~4 ms a call. Inductor fuses an iteration into a handful of kernels plus the k×k solve. On the CPU the
+#: launches cost little and inductor's C++ build minutes: the iterations run as written. Tests put "cpu"
+#: here with the ``aot_eager`` backend to check that the functions trace whole and give the same numbers.
+FUSE_ON_DEVICES: tuple[str, ...] = ("cuda",)
+FUSE_BACKEND = "inductor"
+_FUSED: dict[tuple[Any, str], Any] = {}
+_FUSE_FAILED: list[str] = []
+
+
+def _fused(function: Any, device: torch.device) -> Any:
+    """``function`` itself, or (on ``FUSE_ON_DEVICES``) its ``torch.compile``d version, made once.
+
+    The compiled version is the same arithmetic; if compiling fails, the iterations run eagerly from
+    then on and the log says why once.
+    """
+    if device.type not in FUSE_ON_DEVICES or _FUSE_FAILED:
+        return function
+    key = (function, FUSE_BACKEND)
+    if key not in _FUSED:
+        compiled = torch.compile(function, backend=FUSE_BACKEND, fullgraph=True, dynamic=False)
+
+        def call(*args: Any) -> Any:
+            if _FUSE_FAILED:
+                return function(*args)
+            try:
+                return compiled(*args)
+            except Exception as error:  # noqa: BLE001 - e.g. no Triton: eager arithmetic is the same
+                _FUSE_FAILED.append(f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
+                log.warning("α-fair solver: torch.compile of its iterations failed (%s); they run eagerly.",
+                            _FUSE_FAILED[0])
+                return function(*args)
+
+        _FUSED[key] = call
+    return _FUSED[key]
 
 
 class WarmStarted:

@@ -139,8 +139,10 @@ def simplex_active_set(K: Tensor, b: Tensor | None = None, radius: Tensor | None
     w = face.to(dtype)
     # The bordered face system [[K_PP, −1], [1ᵀ, 0]], identity rows and columns off the face.
     system = torch.zeros(k + 1, k + 1, dtype=dtype, device=device)
-    rhs = torch.zeros(k + 1, 2, dtype=dtype, device=device)
-    rhs[k, 0] = 1.0
+    # (Not `rhs[k, 0] = 1.0`: assigning a Python number into a CUDA tensor copies it from the host, a
+    # synchronisation that the GPU check's capture found.)
+    border = torch.arange(k + 1, device=device) == k
+    rhs = torch.stack([border.to(dtype), torch.zeros(k + 1, dtype=dtype, device=device)], dim=1)
     early_exit = EARLY_EXIT_ON_CPU and device.type == "cpu"
 
     for _ in range(iteration_budget(k) if iterations is None else iterations):

@@ -278,3 +278,28 @@ def test_the_fixed_count_device_path_gives_the_early_exit_weights(alpha: float, 
         monkeypatch.setattr(_linalg, "EARLY_EXIT_ON_CPU", True)
         assert bool(early.fallback) == bool(fixed.fallback) and early.reason == fixed.reason
         torch.testing.assert_close(fixed.weights, early.weights, rtol=1e-12, atol=0)
+
+
+def test_the_fused_iterations_trace_whole_and_give_the_same_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU each Newton and least-squares iteration runs through ``torch.compile`` (fullgraph: no graph
+    break, no host read). The CPU check uses the ``aot_eager`` backend: the traced graphs must give the
+    weights of the plain iterations, on a solvable and a Pareto-stationary case, cold and warm."""
+    from mtrl.aggregation import _linalg
+
+    monkeypatch.setattr(_linalg, "EARLY_EXIT_ON_CPU", False)
+    cases = [random_jacobian(5, 12, seed=50, spread=1.0), pareto_stationary_jacobian("opposite")]
+    omega = [torch.linspace(0.5, 2.0, 5, dtype=torch.float64), torch.tensor([2.0, 0.5], dtype=torch.float64)]
+    plain = [solve_alpha_fair(j, 2.0, w) for j, w in zip(cases, omega)]
+    monkeypatch.setattr(alpha_fair, "FUSE_ON_DEVICES", ("cpu",))
+    monkeypatch.setattr(alpha_fair, "FUSE_BACKEND", "aot_eager")
+    monkeypatch.setattr(alpha_fair, "_FUSED", {})
+    monkeypatch.setattr(alpha_fair, "_FUSE_FAILED", [])
+    for jacobian, weights, reference in zip(cases, omega, plain):
+        fused = solve_alpha_fair(jacobian, 2.0, weights)
+        warm = solve_alpha_fair(jacobian, 2.0, weights, start=reference.weights * 1.1)
+        assert not alpha_fair._FUSE_FAILED, alpha_fair._FUSE_FAILED
+        assert bool(fused.fallback) == bool(reference.fallback)
+        torch.testing.assert_close(fused.weights, reference.weights, rtol=1e-12, atol=0)
+        if not bool(reference.fallback):
+            torch.testing.assert_close(warm.weights, reference.weights, rtol=1e-9, atol=0)
+    assert len(alpha_fair._FUSED) == 2  # the Newton and the least-squares step
