@@ -160,6 +160,17 @@ def solve_alpha_fair(jacobian: Tensor, alpha: float, utility_weights: Tensor | N
     """
     if not alpha > 0 or not math.isfinite(alpha):
         raise ValueError(f"Parameter `alpha` should be a positive finite number. Found `alpha = {alpha!r}`.")
+    # Inference mode: no autograd bookkeeping on the solver's ~100 small operations per iteration (a third
+    # of a CPU solve's time); the results are cloned out of it so that callers may use them in autograd.
+    with torch.inference_mode():
+        solution = _solve(jacobian, alpha, utility_weights, start, validate)
+    return AlphaFairSolution(*(field.clone() for field in (solution.weights, solution.fallback, solution.zero_rows,
+                                                           solution.no_solution, solution.all_zero)))
+
+
+def _solve(jacobian: Tensor, alpha: float, utility_weights: Tensor | None, start: Tensor | None,
+           validate: bool) -> AlphaFairSolution:
+    """:func:`solve_alpha_fair`'s body (inside inference mode)."""
     k = jacobian.shape[0]
     device = jacobian.device
     p = 1.0 / alpha

@@ -147,7 +147,8 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (pyt
 
 def _cuda_agent(mode: str, aggregator: str | None = None, **config) -> MultiTaskSAC:
     torch.manual_seed(0)
-    config = SACConfig(**{"hidden_dim": HIDDEN, "batch_size": K * B, "compile": mode, **config})
+    aggregate = {} if aggregator else {"aggregate": ()}   # no aggregator: plain mean losses
+    config = SACConfig(**{"hidden_dim": HIDDEN, "batch_size": K * B, "compile": mode, **aggregate, **config})
     build = (lambda: make(aggregator)) if aggregator else (lambda: None)
     return MultiTaskSAC(OBS, ACT, K, config, build(), build(), device="cuda", seed=0)
 
