@@ -562,11 +562,13 @@ class Trainer:
     def _stop_diverged(self, error: TrainingDiverged) -> None:
         """No checkpoint of a diverged state: say which checkpoint is good and how to go on from it."""
         self.write_summary(finished=False)
+        clip = self.agent.config.max_grad_norm   # suggest clipping, or clipping harder than now
+        change = f"agent.max_grad_norm={1.0 if clip is None else clip / 2:g}"
         if self._checkpoint_step is None:
-            hint = "No checkpoint was written before; start again with e.g. agent.max_grad_norm=1.0 or a lower agent.lr."
+            hint = f"No checkpoint was written before; start again with e.g. {change} or a lower agent.lr."
         else:
             hint = (f"{self.run_dir / CHECKPOINT_NAME} (step {self._checkpoint_step}) is the last good checkpoint. "
-                    f"Resume from it with e.g.: python -m mtrl.train resume={self.run_dir} agent.max_grad_norm=1.0 "
+                    f"Resume from it with e.g.: python -m mtrl.train resume={self.run_dir} {change} "
                     f"(or on_nonfinite=skip to drop non-finite updates).")
         raise TrainingDiverged(error.step, f"{error.problem}. The run stopped. {hint}") from error
 

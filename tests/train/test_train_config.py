@@ -37,3 +37,16 @@ def test_default_training_config_follows_the_paper(config) -> None:
     assert settings.num_tasks == 10 and settings.batch_per_task == 128
     assert settings.eval_episodes == 1   # TINY's override; the protocol default otherwise
     assert settings.performance_source == "eval" and settings.stl_reference.tolist() == [1.0] * 10
+
+
+def test_mt10_and_mt50_clip_the_trunk_gradient_at_one_and_mt1_does_not(config) -> None:
+    """Issue 12: without a GPU run long enough to choose, MT10/MT50 follow the papers' MT10 code (clip at 1.0);
+    MT1 stays unclipped (parity with SB3); the command line turns it off or changes it."""
+    from hydra import compose, initialize_config_dir
+
+    for env, expected in (("mt10", 1.0), ("mt50", 1.0), ("mt1", None)):
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            assert compose(config_name="train", overrides=[f"env={env}"]).agent.max_grad_norm == expected, env
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        assert compose(config_name="train", overrides=["agent.max_grad_norm=null"]).agent.max_grad_norm is None
+        assert compose(config_name="train", overrides=["agent.max_grad_norm=0.5"]).agent.max_grad_norm == 0.5
