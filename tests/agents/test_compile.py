@@ -46,6 +46,22 @@ def test_compiled_update_agrees_with_eager() -> None:
         torch.testing.assert_close(outputs["compile"][-1][name], eager, rtol=1e-5, atol=1e-5)
 
 
+def test_compiled_update_with_a_stateful_capturable_aggregator_agrees_with_eager() -> None:
+    """ExcessMTL declares ``capturable`` (device state updated in place), so ``compile`` traces it, its
+    first call creating that state: three updates must match eager ones, state included."""
+    agents = {mode: _agent(mode, critic="excessmtl", actor="nashmtl", backend="aot_eager", trunk_layers=1)
+              for mode in ("none", "compile")}
+    for _ in range(3):
+        outputs = {mode: agent.update(filled_buffer()) for mode, agent in agents.items()}
+    for eager, compiled in zip(_state(agents["none"]), _state(agents["compile"])):
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    for name, eager in outputs["none"].items():
+        torch.testing.assert_close(outputs["compile"][name], eager, rtol=1e-5, atol=1e-5)
+    eager_state, compiled_state = (agent.critic_aggregator.state_dict() for agent in (agents["none"], agents["compile"]))
+    torch.testing.assert_close(compiled_state["log_weights"], eager_state["log_weights"], rtol=1e-5, atol=1e-7)
+    assert int(compiled_state["calls"]) == int(eager_state["calls"]) == 3
+
+
 def test_auto_is_eager_on_the_cpu_and_bad_modes_are_refused() -> None:
     assert _agent("auto").compile_mode == "none"
     assert resolve_compile_mode("auto", torch.device("cuda")) == "cudagraphs"
