@@ -30,6 +30,23 @@ def test_bench_train_quick(tmp_path: Path) -> None:
         rows["overlap"]["vector_steps_per_s"] / rows["sequential"]["vector_steps_per_s"])
 
 
+@pytest.mark.parametrize("sync_phases", [False, True])
+def test_bench_train_synchronises_at_chunk_ends_only_unless_asked(sync_phases: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync after every update would serialise the update and the environments (on a GPU the update's
+    kernels then no longer overlap the environments' step): the window is timed per chunk instead, and
+    ``--sync-phases`` adds one sync per update."""
+    import mtrl.bench.train as bench_train
+
+    calls = []
+    monkeypatch.setattr(bench_train, "synchronize", lambda device: calls.append(device))
+    options = ["train", "--quick", "--aggs", "ls", "--torch-threads", "1"] + (["--sync-phases"] if sync_phases else [])
+    result = main(options)
+    window, chunk = result["window"], result["chunk"]
+    chunks = -(-window // chunk)
+    assert len(calls) == 2 * chunks + (window if sync_phases else 0)   # each chunk's start and end (+ each update)
+    assert result["rows"][0]["steps"] == window
+
+
 def test_bench_train_refuses_a_bad_aggregator(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--quick", "--aggs", "nosuch"])
