@@ -563,7 +563,7 @@ class Trainer:
         """No checkpoint of a diverged state: say which checkpoint is good and how to go on from it."""
         self.write_summary(finished=False)
         clip = self.agent.config.max_grad_norm   # suggest clipping, or clipping harder than now
-        change = f"agent.max_grad_norm={1.0 if clip is None else clip / 2:g}"
+        change = f"agent.max_grad_norm={1.0 if clip is None else clip / 2}"
         if self._checkpoint_step is None:
             hint = f"No checkpoint was written before; start again with e.g. {change} or a lower agent.lr."
         else:
