@@ -375,8 +375,8 @@ def _fused(function: Any, device: torch.device) -> Any:
     The compiled version is the same arithmetic; if compiling fails, the iterations run eagerly from
     then on and the log says why once.
     """
-    if device.type not in FUSE_ON_DEVICES or _FUSE_FAILED:
-        return function
+    if device.type not in FUSE_ON_DEVICES or _FUSE_FAILED or torch.compiler.is_compiling():
+        return function   # (inside an outer torch.compile, which fuses the plain function itself)
     key = (function, FUSE_BACKEND)
     if key not in _FUSED:
         compiled = torch.compile(function, backend=FUSE_BACKEND, fullgraph=True, dynamic=False)
