@@ -173,10 +173,8 @@ def solve_alpha_fair(jacobian: Tensor, alpha: float, utility_weights: Tensor | N
 
 def _solve(jacobian: Tensor, alpha: float, utility_weights: Tensor | None, start: Tensor | None,
            validate: bool) -> AlphaFairSolution:
-    """:func:`solve_alpha_fair`'s body (without autograd)."""
-    k = jacobian.shape[0]
-    device = jacobian.device
-    p = 1.0 / alpha
+    """:func:`solve_alpha_fair`'s body (without autograd): scale, Newton, the fallback where it fails, unscale."""
+    k, device, p = jacobian.shape[0], jacobian.device, 1.0 / alpha
     ones = torch.ones(k, dtype=torch.float64, device=device)
     omega = ones if utility_weights is None else utility_weights.detach().to(device=device, dtype=torch.float64)
     if omega.shape != (k,):
@@ -184,47 +182,73 @@ def _solve(jacobian: Tensor, alpha: float, utility_weights: Tensor | None, start
     usable_omega = (omega > 0).all() & torch.isfinite(omega).all()
     if validate and not bool(usable_omega):
         raise ValueError(f"utility_weights must be {k} positive finite numbers, got {omega.cpu()}.")
-    omega = torch.where(usable_omega, omega, ones)
+    problem = _ScaledProblem.of(jacobian, torch.where(usable_omega, omega, ones), p)
 
-    gramian, log_norms = _log_row_norms(jacobian)
-    relative = torch.exp(log_norms - log_norms.max())  # row norms / the largest (0/0 → nan when all zero)
-    all_zero = ~torch.isfinite(log_norms.max())
-    active = (relative > ZERO_ROW_RELATIVE_NORM) & ~all_zero
-    # Inactive rows become decoupled dummies ((C v)_i = v_i, c_i = 1: v_i = 1) that get weight 0 at the end.
-    norms = torch.sqrt(torch.diagonal(gramian).clamp_min(0.0))
-    safe_norms = torch.where(active, norms, 1.0)
-    cosines = gramian / (safe_norms[:, None] * safe_norms[None, :])
-    cosines = (0.5 * (cosines + cosines.T)).clamp(-1.0, 1.0)
-    pair = active[:, None] & active[None, :]
-    eye = torch.eye(k, dtype=torch.float64, device=device)
-    cosines = torch.where(pair, cosines, 0.0) * (1 - eye) + eye
-    safe_log_norms = torch.where(active, log_norms, 0.0)
-    # (C v)_i = c'_i v_i^(-p) with c'_i = ω_i^(1/α) ‖g_i‖^(p-1); divide c' by its geometric mean γ over active rows.
-    log_constants = torch.where(active, p * torch.log(omega) + (p - 1.0) * safe_log_norms, 0.0)
-    log_gamma = log_constants.sum() / active.sum().clamp_min(1)
-    constants = torch.where(active, torch.exp(log_constants - log_gamma), 1.0)
-
-    def to_weights(scaled: Tensor) -> Tensor:  # undo the scalings: v = γ^(1/(1+p)) · scaled, w = v / ‖g‖
-        return torch.where(active, torch.exp(torch.log(scaled) + log_gamma / (1.0 + p) - safe_log_norms), 0.0)
-
-    warm = None
-    if start is not None:
-        start = start.detach().to(device=device, dtype=torch.float64)
-        guess = torch.where(active, torch.exp(torch.log(start) + safe_log_norms - log_gamma / (1.0 + p)), 1.0)
-        warm = (guess, (torch.isfinite(guess) & (guess > 0)).all())
-    newton = _newton(cosines, constants, p, warm)
+    warm = None if start is None else problem.warm_start(start)
+    newton = _newton(problem.cosines, problem.constants, p, warm)
     if newton is None:  # (tests force the fallback this way)
-        scaled, solved = constants, torch.zeros((), dtype=torch.bool, device=device)
+        scaled, solved = problem.constants, torch.zeros((), dtype=torch.bool, device=device)
     else:
         scaled, solved = newton
     if not _early_exit(device) or not bool(solved):
-        relative_norms = torch.where(active, relative, 1.0)
-        scaled = torch.where(solved, scaled, _bounded_least_squares(cosines, constants, p, relative_norms))
+        fallback = _bounded_least_squares(problem.cosines, problem.constants, p, problem.relative_norms)
+        scaled = torch.where(solved, scaled, fallback)
 
-    weights = torch.where(all_zero, torch.full_like(ones, 1.0 / k), to_weights(scaled))
+    all_zero, active = problem.all_zero, problem.active
+    weights = torch.where(all_zero, torch.full_like(ones, 1.0 / k), problem.to_weights(scaled))
     zero_rows = ~active.all() & ~all_zero
     no_solution = ~solved & ~all_zero
     return AlphaFairSolution(weights, zero_rows | no_solution | all_zero, zero_rows, no_solution, all_zero)
+
+
+@dataclass
+class _ScaledProblem:
+    """(*) in the scaled variables ``v = γ^(-1/(1+p)) · D w`` (``D = diag(‖g_i‖)``): ``(C v)_i = c_i v_i^(-p)``
+    with ``C`` the cosine matrix and ``c`` of geometric mean 1 (see the module docstring).
+
+    Zero rows (``active`` False) become decoupled dummies, ``(C v)_i = v_i`` with ``c_i = 1``, and get weight
+    0 when unscaled; ``all_zero`` marks a Jacobian with no non-zero row.
+    """
+
+    p: float
+    cosines: Tensor
+    constants: Tensor
+    active: Tensor
+    all_zero: Tensor
+    relative_norms: Tensor   # row norms / the largest (1 for inactive rows): the fallback's residual weights
+    log_norms: Tensor        # true log row norms (0 for inactive rows)
+    log_gamma: Tensor
+
+    @classmethod
+    def of(cls, jacobian: Tensor, omega: Tensor, p: float) -> _ScaledProblem:
+        k = jacobian.shape[0]
+        gramian, log_norms = _log_row_norms(jacobian)
+        relative = torch.exp(log_norms - log_norms.max())  # 0/0 → nan when all rows are zero
+        all_zero = ~torch.isfinite(log_norms.max())
+        active = (relative > ZERO_ROW_RELATIVE_NORM) & ~all_zero
+        norms = torch.where(active, torch.sqrt(torch.diagonal(gramian).clamp_min(0.0)), 1.0)
+        cosines = gramian / (norms[:, None] * norms[None, :])
+        cosines = (0.5 * (cosines + cosines.T)).clamp(-1.0, 1.0)
+        eye = torch.eye(k, dtype=torch.float64, device=jacobian.device)
+        cosines = torch.where(active[:, None] & active[None, :], cosines, 0.0) * (1 - eye) + eye
+        log_norms = torch.where(active, log_norms, 0.0)
+        # c'_i = ω_i^(1/α) ‖g_i‖^(p-1), divided by its geometric mean γ over the active rows.
+        log_constants = torch.where(active, p * torch.log(omega) + (p - 1.0) * log_norms, 0.0)
+        log_gamma = log_constants.sum() / active.sum().clamp_min(1)
+        constants = torch.where(active, torch.exp(log_constants - log_gamma), 1.0)
+        return cls(p, cosines, constants, active, all_zero, torch.where(active, relative, 1.0), log_norms, log_gamma)
+
+    def to_weights(self, scaled: Tensor) -> Tensor:
+        """``w = γ^(1/(1+p)) · scaled / ‖g‖`` on the active rows, 0 on the others."""
+        shift = self.log_gamma / (1.0 + self.p) - self.log_norms
+        return torch.where(self.active, torch.exp(torch.log(scaled) + shift), 0.0)
+
+    def warm_start(self, weights: Tensor) -> tuple[Tensor, Tensor]:
+        """``weights`` in the scaled variables, and whether they are usable (finite and positive)."""
+        weights = weights.detach().to(device=self.cosines.device, dtype=torch.float64)
+        shift = self.log_norms - self.log_gamma / (1.0 + self.p)
+        guess = torch.where(self.active, torch.exp(torch.log(weights) + shift), 1.0)
+        return guess, (torch.isfinite(guess) & (guess > 0)).all()
 
 
 def _orthogonal_start(constants: Tensor, p: float) -> Tensor:
