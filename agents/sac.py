@@ -68,6 +68,9 @@ class SACConfig:
     actor_update_every: int = 1    # mtrl state_sac.yaml actor_update_freq 1 (temperatures update with the actor)
     target_update_every: int = 1   # mtrl state_sac.yaml critic_target_update_freq 1 (2 only in pixel-based configs)
     log_std_bounds: tuple[float, float] = (-20.0, 2.0)  # mtrl metaworld_actor.yaml log_std_bounds [-20, 2]
+    # The temperature loss: "alpha" = α_i · (−log π − H̄) (mtrl codebase, CleanRL); "log_alpha" = log α_i · (...)
+    # (SB3, Meta-World+). Same fixed point; log α moves by the gap itself instead of α times the gap.
+    temperature_loss: str = "alpha"
     # Clip the norm of the trunk's aggregated gradient before each step. None: no clipping (mtrl codebase);
     # 1.0 reproduces the MT10 code of Nash-MTL / FAMO / FairGrad (`max_norm` of their aggregators).
     max_grad_norm: float | None = None
@@ -93,6 +96,9 @@ class SACConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
                 raise ValueError(f"SACConfig: `{name}` should be a positive number. Found `{name} = {value!r}`.")
+        if self.temperature_loss not in ("alpha", "log_alpha"):
+            raise ValueError(f"SACConfig: `temperature_loss` should be 'alpha' or 'log_alpha'. "
+                             f"Found `temperature_loss = {self.temperature_loss!r}`.")
         unknown = [name for name in self.aggregate if name not in _AGGREGATABLE]
         if unknown or len(set(self.aggregate)) != len(self.aggregate):
             raise ValueError(f"SACConfig: `aggregate` should hold distinct names from {_AGGREGATABLE}. "
@@ -351,8 +357,9 @@ class MultiTaskSAC:
             "actor", actor_task_loss, self.actor.named_trunk_parameters(), self.actor.head_parameters(),
             (*critic_heads, alpha, obs, noise), performance)
 
-        # mtrl codebase form: α_i (not log α_i) times the detached entropy gap.
-        alpha_losses = (self.log_alpha.exp().unsqueeze(-1) * (-log_prob - self.target_entropy)).mean(-1)  # [k]
+        # α_i (mtrl codebase) or log α_i (SB3) times the detached entropy gap (SACConfig.temperature_loss).
+        temperature = self.log_alpha.exp() if self.config.temperature_loss == "alpha" else self.log_alpha
+        alpha_losses = (temperature.unsqueeze(-1) * (-log_prob - self.target_entropy)).mean(-1)  # [k]
         self.alpha_optimizer.zero_grad(set_to_none=True)
         alpha_losses.sum().backward()  # each log α_i gets its own task's gradient
         self.alpha_optimizer.step()

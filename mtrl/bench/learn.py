@@ -74,6 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", default="metaworld", choices=["metaworld", "mtrl"])
     parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS, help="parity: who trains")
     parser.add_argument("--aggs", nargs="+", default=["ls", "pivrg"], help="--multitask: the aggregators")
+    parser.add_argument("--temperature-loss", default="alpha", choices=["alpha", "log_alpha"],
+                        help="our SAC's temperature loss (agent.temperature_loss; parity A/B against SB3's log_alpha)")
     parser.add_argument("--workers", type=int, default=2, help="parallel processes, one torch thread each")
     parser.add_argument("--run-dir", default=None, help="per-run JSON files (default: runs/bench/learn/<settings>)")
     parser.add_argument("--resume", action="store_true",
@@ -118,7 +120,8 @@ def train_ours(spec: dict[str, Any]) -> dict[str, Any]:
     eval_env = make_eval_env("mt1", protocol, seed, task=task, vector_strategy="sync")
     torch.manual_seed(seed)
     config = SACConfig(hidden_dim=spec["hidden"], trunk_layers=spec["layers"], head_layers=1, gamma=GAMMA, tau=TAU,
-                       lr=LR, init_temperature=1.0, batch_size=spec["batch_size"])
+                       lr=LR, init_temperature=1.0, batch_size=spec["batch_size"],
+                       temperature_loss=spec.get("temperature_loss", "alpha"))
     agent = MultiTaskSAC(env.obs_dim, env.action_dim, 1, config, make("ls"), make("ls"), device="cpu", seed=seed)
     buffer = ReplayBuffer(1, env.obs_dim, env.action_dim, min(REPLAY, spec["steps"]), device="cpu", seed=seed)
     rng = np.random.default_rng(seed)
@@ -236,6 +239,7 @@ def train_multitask(spec: dict[str, Any]) -> dict[str, Any]:
         f"log_every={spec['eval_every']}", f"checkpoint_every={spec['eval_every']}",
         f"buffer_size={min(REPLAY, spec['steps'] * k)}", f"protocol={spec['protocol']}",
         f"agent.hidden_dim={spec['hidden']}", f"agent.trunk_layers={spec['layers']}",
+        f"agent.temperature_loss={spec.get('temperature_loss', 'alpha')}",
         f"agent.batch_size={spec['batch_size'] * k}", "device=cpu", "progress=false", "vector_strategy=sync",
     ]
     if spec.get("max_episode_steps"):
@@ -344,7 +348,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         hidden=quick.get("hidden", args.hidden or (256 if args.multitask else 400)),
         layers=quick.get("layers", args.layers or (2 if args.multitask else 3)),
         batch_size=quick.get("batch_size", args.batch_size), protocol=args.protocol,
-        max_episode_steps=quick.get("max_episode_steps"),
+        max_episode_steps=quick.get("max_episode_steps"), temperature_loss=args.temperature_loss,
     )
     for key in ("steps", "eval_every", "hidden", "layers", "batch_size"):
         if settings[key] < 1:
@@ -377,7 +381,9 @@ def _default_run_dir(args: argparse.Namespace, s: dict[str, Any]) -> Path:
     quick = "-quick" if args.quick else ""
     tasks = f"{len(s['tasks'])}tasks" if len(s["tasks"]) > 3 else "+".join(s["tasks"])
     protocol = "" if s["protocol"] == "metaworld" else f"-{s['protocol']}"
-    return Path("runs/bench/learn") / f"{mode}{quick}-{tasks}{protocol}-{s['steps']}steps-{s['layers']}x{s['hidden']}"
+    variant = "" if s["temperature_loss"] == "alpha" else f"-{s['temperature_loss']}"
+    return Path("runs/bench/learn") / (f"{mode}{quick}-{tasks}{protocol}-{s['steps']}steps-{s['layers']}x{s['hidden']}"
+                                       f"{variant}")
 
 
 def _specs(args: argparse.Namespace, s: dict[str, Any], run_dir: Path) -> list[tuple[dict[str, Any], Path]]:

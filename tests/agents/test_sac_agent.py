@@ -334,3 +334,27 @@ def test_max_grad_norm_clips_the_trunk_step_only() -> None:
     torch.testing.assert_close(seen["trunk"], torch.tensor(1e-3), rtol=1e-4, atol=0)
     with pytest.raises(ValueError, match="`max_grad_norm` should be a positive number"):
         SACConfig(max_grad_norm=0.0)
+
+
+@pytest.mark.parametrize("form", ["alpha", "log_alpha"])
+def test_temperature_loss_forms_give_their_gradient_on_log_alpha(form: str) -> None:
+    """``alpha``: ∂L/∂log α_i = α_i · mean(−log π − H̄) (mtrl); ``log_alpha``: the gap itself (SB3). Checked
+    against the entropy the update returns (−mean log π of the same samples) and the recorded gradient."""
+    agent, buffer = make_agent(temperature_loss=form), filled_buffer()
+    with torch.no_grad():
+        agent.log_alpha.copy_(torch.log(torch.tensor([0.5, 1.0, 2.0])))
+    alpha_before = agent.alpha.clone()
+    seen = {}
+    original_step = agent.alpha_optimizer.step
+
+    def record_then_step(*args, **kwargs):
+        seen["grad"] = agent.log_alpha.grad.clone()
+        return original_step(*args, **kwargs)
+
+    agent.alpha_optimizer.step = record_then_step
+    out = agent.update(buffer.sample(agent.batch_per_task))
+    gap = out["entropy"] - agent.target_entropy                     # mean(−log π) − H̄, per task
+    expected = gap * (alpha_before if form == "alpha" else 1.0)
+    torch.testing.assert_close(seen["grad"], expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="`temperature_loss` should be"):
+        SACConfig(temperature_loss="exp")

@@ -27,7 +27,7 @@ def test_quick_parity_writes_per_run_json_and_resumes(tmp_path: Path, capsys: py
     entry = result["per_task"]["reach-v3"]
     assert sorted(result["settings"]) == sorted(["steps", "warmup_steps", "eval_every", "hidden", "layers",
                                                   "batch_size", "protocol", "max_episode_steps", "eval_episodes",
-                                                  "tasks"])
+                                                  "temperature_loss", "tasks"])
     for agent in ("ours", "sb3"):
         assert entry[agent]["seeds"] == [0, 1]
         for run in (r for r in result["runs"] if r["spec"]["runner"] == agent):
@@ -54,6 +54,9 @@ def test_quick_parity_writes_per_run_json_and_resumes(tmp_path: Path, capsys: py
     assert resumed["per_task"]["reach-v3"]["ours"]["final_deterministic"] == entry["ours"]["final_deterministic"]
     with pytest.raises(SystemExit) as exit_info:     # other settings do not mix with the finished runs
         main([*argv, "--resume", "--protocol", "mtrl"])
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit) as exit_info:     # nor does the other temperature loss (the A/B's variant)
+        main([*argv, "--resume", "--temperature-loss", "log_alpha"])
     assert exit_info.value.code == 2
 
 
