@@ -45,7 +45,10 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    # In wall-time order: the accumulator reads the files in name order, and two writers opened in one second
+    # by one process (a test's run and its resume) are told apart by a counter compared as text ("10" < "9").
+    return {tag: [(e.step, e.value) for e in sorted(events.Scalars(tag), key=lambda e: (e.wall_time, e.step))]
+            for tag in events.Tags()["scalars"]}
 
 
 @pytest.fixture
