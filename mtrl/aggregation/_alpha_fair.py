@@ -77,7 +77,6 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregation import _linalg
-from mtrl.aggregation._base import _tracing_or_capturing
 
 __all__ = ["AlphaFairSolution", "solve_alpha_fair", "WarmStarted"]
 
@@ -113,10 +112,13 @@ class AlphaFairSolution:
     when the exact equation was solved), built from the flags only when asked for."""
 
     weights: Tensor
-    fallback: Tensor
     zero_rows: Tensor
     no_solution: Tensor
     all_zero: Tensor
+
+    @property
+    def fallback(self) -> Tensor:
+        return self.zero_rows | self.no_solution | self.all_zero
 
     @property
     def reason(self) -> str:
@@ -128,23 +130,13 @@ class AlphaFairSolution:
         return "; ".join(reasons)
 
 
-def _early_exit(device: torch.device) -> bool:
-    """Stop iterating once settled: on the CPU, where a read costs nothing, unless traced (a read would
-    break the graph)."""
-    return _linalg.EARLY_EXIT_ON_CPU and device.type == "cpu" and not torch.compiler.is_compiling()
-
-
 def _log_row_norms(jacobian: Tensor) -> tuple[Tensor, Tensor]:
     """``(K', log ‖g_i‖)``: the Gramian ``K' = c · G Gᵀ`` of :func:`~._linalg.gramian` and the rows' true
     log norms (``-inf`` for zero rows). float32 Jacobians (the agent's) take the float32 product
     (``c = 1``); float64 ones are divided by their largest entry first (``c = 1/max|G|²``), so that no
     input magnitude overflows."""
-    gramian = _linalg.gramian(jacobian)
-    log_norms = 0.5 * torch.log(torch.diagonal(gramian).clamp_min(0.0))
-    if jacobian.dtype == torch.float64:
-        largest = jacobian.detach().abs().max()
-        log_norms = log_norms + torch.log(torch.where(largest > 0, largest, torch.ones_like(largest)))
-    return gramian, log_norms
+    gramian, scale = _linalg.scaled_gramian(jacobian)
+    return gramian, 0.5 * torch.log(torch.diagonal(gramian).clamp_min(0.0)) + torch.log(scale)
 
 
 def solve_alpha_fair(jacobian: Tensor, alpha: float, utility_weights: Tensor | None = None,
@@ -190,7 +182,7 @@ def _solve(jacobian: Tensor, alpha: float, utility_weights: Tensor | None, start
         scaled, solved = problem.constants, torch.zeros((), dtype=torch.bool, device=device)
     else:
         scaled, solved = newton
-    if not _early_exit(device) or not bool(solved):
+    if not _linalg.early_exit(device) or not bool(solved):
         fallback = _bounded_least_squares(problem.cosines, problem.constants, p, problem.relative_norms)
         scaled = torch.where(solved, scaled, fallback)
 
@@ -198,7 +190,7 @@ def _solve(jacobian: Tensor, alpha: float, utility_weights: Tensor | None, start
     weights = torch.where(all_zero, torch.full_like(ones, 1.0 / k), problem.to_weights(scaled))
     zero_rows = ~active.all() & ~all_zero
     no_solution = ~solved & ~all_zero
-    return AlphaFairSolution(weights, zero_rows | no_solution | all_zero, zero_rows, no_solution, all_zero)
+    return AlphaFairSolution(weights, zero_rows, no_solution, all_zero)
 
 
 @dataclass
@@ -290,7 +282,7 @@ def _newton(cosines: Tensor, constants: Tensor, p: float,
     fractions = 0.5 ** torch.arange(LINE_SEARCH_STEPS, dtype=dtype, device=device)
     eye = torch.eye(k, dtype=dtype, device=device)
     step = _fused(_newton_step, device)
-    early_exit = _early_exit(device)
+    early_exit = _linalg.early_exit(device)
     for _ in range(iterations):
         v, done, failed = step(cosines, constants, p, v, done, failed, fractions, eye)
         if early_exit and bool(done | failed):
@@ -439,9 +431,8 @@ class WarmStarted:
         k = jacobian.shape[0]
         previous = self.last_weights
         fits = previous is not None and previous.shape == (k,) and previous.device == jacobian.device
-        deferring = self.deferred_checks or _tracing_or_capturing()  # type: ignore[attr-defined]
         solution = solve_alpha_fair(jacobian, alpha, utility_weights, start=previous if fits else None,
-                                    validate=not deferring)
+                                    validate=not self._deferring())  # type: ignore[attr-defined]
         self._count_fallback(solution.fallback)  # type: ignore[attr-defined]
         if fits:
             previous.copy_(solution.weights)  # in place: a captured graph's replays update it too

@@ -270,6 +270,10 @@ class Aggregator(ABC):
             self._check_finite_rows(stats.performance.reshape(k, 1), "performance drop Δm")
         return k
 
+    def _deferring(self) -> bool:
+        """Whether this call must not read values back: deferred checks, or inside a trace or a capture."""
+        return self.deferred_checks or _tracing_or_capturing()
+
     def _check_finite_rows(self, rows: Tensor, what: str) -> None:
         """Raise now naming the tasks whose row has a NaN or inf, or, with ``deferred_checks``, add
         them to the device mask that :meth:`check` reads."""
@@ -277,7 +281,7 @@ class Aggregator(ABC):
         # isfinite().all() on a 10 × 684,800 float32 Jacobian. It also flags a finite row whose sum
         # overflows its dtype (float32: |Σ| > 3e38); the eager path confirms entry by entry.
         bad = ~torch.isfinite(rows.detach().sum(dim=1))
-        if self.deferred_checks or _tracing_or_capturing():
+        if self._deferring():
             seen = self._non_finite.get(what)
             self._non_finite[what] = bad if seen is None or seen.shape != bad.shape else seen | bad.to(seen.device)
         elif bad.any():

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregation._base import Aggregator, TaskStats, check_int, check_positive, register
-from mtrl.aggregation._linalg import _BLOCK_ELEMENTS, _CPU_BLOCK_COLUMNS, as_state_tensor
+from mtrl.aggregation._linalg import as_state_tensor, block_columns
 
 #: Largest exponent ``η_α · r_i`` applied in one update: beyond it the weights are saturated anyway
 #: (e^700 ≈ 1e304) and a larger one would overflow.
@@ -135,7 +135,7 @@ class ExcessMTL(Aggregator):
         (65 → 12 ms a call at k = 10). Elsewhere one block of up to 128 MiB.
         """
         k, n = gradients.shape
-        columns = _CPU_BLOCK_COLUMNS if gradients.device.type == "cpu" else max(1, _BLOCK_ELEMENTS // max(k, 1))
+        columns = block_columns(gradients)
         excess_risk = torch.zeros(k, dtype=torch.float64, device=gradients.device)
         for start in range(0, n, columns):
             block = gradients[:, start:start + columns]

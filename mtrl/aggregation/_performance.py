@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-from mtrl.aggregation._base import TaskStats, _tracing_or_capturing
+from mtrl.aggregation._base import TaskStats
 
 __all__ = ["performance_weights", "performance_variance", "PerformanceInformed",
            "OMEGA_LOWER", "OMEGA_UPPER", "TAU_MIN"]
@@ -110,8 +110,8 @@ class PerformanceInformed:
         """ω on the device of the losses, without a host read when the aggregator defers its checks."""
         delta_m = (torch.zeros(stats.num_tasks, dtype=torch.float64, device=stats.losses.device)
                    if stats.performance is None else stats.performance.detach().to(torch.float64))
-        deferring = self.deferred_checks or _tracing_or_capturing()  # type: ignore[attr-defined]
-        omega = performance_weights(delta_m, self.omega_lower, self.omega_upper, self.tau_min, validate=not deferring)
+        omega = performance_weights(delta_m, self.omega_lower, self.omega_upper, self.tau_min,
+                                    validate=not self._deferring())  # type: ignore[attr-defined]
         self.last_omega = omega
         self._var_delta_m = performance_variance(delta_m)
         return omega
