@@ -304,7 +304,7 @@ def _newton_step(cosines: Tensor, constants: Tensor, p: float, v: Tensor, done: 
     residual = (gradient.abs() / target).max()
     converged = residual < TOLERANCE
     hessian = cosines + eye * (p * target / v)
-    step = -torch.linalg.solve_ex(hessian, gradient).result  # unchecked: a bad step is masked below
+    step = -_linalg.solve_spd(hessian, gradient)  # unchecked: a bad step is masked below
     finite_step = torch.isfinite(step).all() & torch.isfinite(residual)
     step = torch.where(finite_step, step, 0.0)
     # Stalled at float64 precision: a task with a tiny gradient next to large ones has a utility that is
@@ -368,7 +368,7 @@ def _least_squares_step(cosines: Tensor, constants: Tensor, p: float, norms: Ten
     # where JᵀJ is rank deficient (opposite rows).
     diagonal = torch.diagonal(normal)
     regulariser = LEAST_SQUARES_DAMPING * diagonal + 1e-10 * diagonal.max() + 1e-300
-    step = -torch.linalg.solve_ex(normal + eye * regulariser, jacobian.T @ residual).result
+    step = -_linalg.solve_spd(normal + eye * regulariser, jacobian.T @ residual)
     cap = LEAST_SQUARES_MAX_LOG_STEP
     return x + cap * torch.tanh(torch.nan_to_num(step) / cap)
 
@@ -376,9 +376,10 @@ def _least_squares_step(cosines: Tensor, constants: Tensor, p: float, norms: Ten
 # ------------------------------------------------------------------------------ fusing the iterations
 #: Device types whose iterations run through ``torch.compile``, and its backend. A Newton iteration is
 #: ~110 tiny kernels eagerly; on a GPU each costs a launch (~2 µs, in a CUDA graph too), so 24 of them cost
-#: ~4 ms a call. Inductor fuses an iteration into a handful of kernels plus the k×k solve. On the CPU the
-#: launches cost little and inductor's C++ build minutes: the iterations run as written. Tests put "cpu"
-#: here with the ``aot_eager`` backend to check that the functions trace whole and give the same numbers.
+#: ~4 ms a call. Inductor fuses an iteration into a handful of kernels, the k×k solve included (unrolled by
+#: ``_linalg.solve_spd`` when traced). On the CPU the launches cost little and inductor's C++ build
+#: minutes: the iterations run as written. Tests put "cpu" here with the ``aot_eager`` backend to check
+#: that the functions trace whole and give the same numbers.
 FUSE_ON_DEVICES: tuple[str, ...] = ("cuda",)
 FUSE_BACKEND = "inductor"
 _FUSED: dict[tuple[Any, str], Any] = {}

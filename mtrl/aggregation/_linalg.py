@@ -20,8 +20,8 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["gramian", "scaled_gramian", "block_columns", "early_exit", "simplex_active_set", "min_norm_weights", "least_squares", "adam_step_", "as_state_tensor",
-           "lowered_floor", "TINY"]
+__all__ = ["gramian", "scaled_gramian", "block_columns", "early_exit", "solve_spd", "simplex_active_set", "min_norm_weights",
+           "least_squares", "adam_step_", "as_state_tensor", "lowered_floor", "TINY"]
 
 #: Squared norms at or below this (in the units of :func:`gramian`, where the largest entry of the
 #: Jacobian is 1) are treated as exact zeros: such a row is a zero gradient.
@@ -104,6 +104,35 @@ def early_exit(device: torch.device) -> bool:
     """Whether an iterative solver may stop once settled: on the CPU, where reading a value costs nothing,
     unless traced by torch.compile (a read would break the graph)."""
     return EARLY_EXIT_ON_CPU and device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+#: Largest size that :func:`solve_spd` unrolls under ``torch.compile``: the elimination's ``k`` steps become
+#: ``k`` dependent element-wise stages, which on a GPU are up to ``k`` small kernels; beyond this a library
+#: solve is the better trade (and compiles faster).
+UNROLLED_SOLVE_MAX_K = 16
+
+
+def solve_spd(matrix: Tensor, rhs: Tensor) -> Tensor:
+    """``x`` with ``matrix @ x = rhs`` for a small symmetric positive definite ``[k, k]`` matrix and a ``[k]``
+    right-hand side. Unchecked: for a singular matrix the result may be non-finite or meaningless, and the
+    callers mask bad steps.
+
+    Eagerly this is ``torch.linalg.solve_ex`` (LAPACK, cuSOLVER). Traced by ``torch.compile`` (for
+    ``k ≤ UNROLLED_SOLVE_MAX_K``) it is Gauss-Jordan elimination without pivoting, which is stable for SPD
+    matrices as Cholesky is, unrolled over the ``k`` columns: element-wise operations that inductor fuses
+    with the rest of a solver iteration, where a library call splits the iteration's kernels and, on a GPU,
+    costs the several launches of a solver built for large matrices. On the CPU (inductor, k = 2) this
+    made a compiled α-fair solve 2.6× faster (762 → 291 µs); the two agree to rounding.
+    """
+    k = matrix.shape[-1]
+    if not torch.compiler.is_compiling() or k > UNROLLED_SOLVE_MAX_K:
+        return torch.linalg.solve_ex(matrix, rhs).result
+    augmented = torch.cat([matrix, rhs[:, None]], dim=1)   # [k, k + 1]
+    row = torch.arange(k, device=matrix.device)[:, None]
+    for j in range(k):
+        pivot_row = augmented[j] / augmented[j, j]
+        augmented = torch.where(row == j, pivot_row, augmented - augmented[:, j:j + 1] * pivot_row)
+    return augmented[:, k]
 
 
 def simplex_active_set(K: Tensor, b: Tensor | None = None, radius: Tensor | None = None,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from scipy.optimize import least_squares
 
 from mtrl.aggregation import _alpha_fair as alpha_fair
+from mtrl.aggregation import _linalg
 from mtrl.aggregation._alpha_fair import solve_alpha_fair
 
 
@@ -265,8 +268,6 @@ def test_a_nearby_warm_start_converges_in_a_few_newton_iterations(monkeypatch: p
 def test_the_fixed_count_device_path_gives_the_early_exit_weights(alpha: float, monkeypatch: pytest.MonkeyPatch) -> None:
     """On a GPU the solver runs its fixed iteration counts and computes the fallback by mask; on the CPU it
     stops once settled. Both must give the same weights and flags, solvable or Pareto-stationary."""
-    from mtrl.aggregation import _linalg
-
     cases = [random_jacobian(5, 12, seed=40, spread=1.0), pareto_stationary_jacobian("opposite"),
              pareto_stationary_jacobian("more_tasks_than_params"),
              torch.cat([random_jacobian(2, 6, seed=41), torch.zeros(1, 6, dtype=torch.float64)])]
@@ -284,8 +285,6 @@ def test_the_fused_iterations_trace_whole_and_give_the_same_weights(monkeypatch:
     """On a GPU each Newton and least-squares iteration runs through ``torch.compile`` (fullgraph: no graph
     break, no host read). The CPU check uses the ``aot_eager`` backend: the traced graphs must give the
     weights of the plain iterations, on a solvable and a Pareto-stationary case, cold and warm."""
-    from mtrl.aggregation import _linalg
-
     monkeypatch.setattr(_linalg, "EARLY_EXIT_ON_CPU", False)
     cases = [random_jacobian(5, 12, seed=50, spread=1.0), pareto_stationary_jacobian("opposite")]
     omega = [torch.linspace(0.5, 2.0, 5, dtype=torch.float64), torch.tensor([2.0, 0.5], dtype=torch.float64)]
@@ -303,3 +302,31 @@ def test_the_fused_iterations_trace_whole_and_give_the_same_weights(monkeypatch:
         if not bool(reference.fallback):
             torch.testing.assert_close(warm.weights, reference.weights, rtol=1e-9, atol=0)
     assert len(alpha_fair._FUSED) == 2  # the Newton and the least-squares step
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 10, _linalg.UNROLLED_SOLVE_MAX_K + 1])
+def test_the_spd_solve_under_compile_is_unrolled_and_matches_lapack(k: int) -> None:
+    """Traced by ``torch.compile``, ``solve_spd`` eliminates without pivoting in element-wise operations (no
+    library call in the graph) up to ``UNROLLED_SOLVE_MAX_K``, and calls the library beyond. On SPD
+    matrices of condition 10 and 1e10 the result has a backward error at rounding level and, where the
+    condition allows, equals LAPACK's pivoted solve."""
+    graphs: list[torch.fx.GraphModule] = []
+
+    def recording(graph: torch.fx.GraphModule, example_inputs: list[torch.Tensor]):
+        graphs.append(graph)
+        return graph.forward
+
+    generator = torch.Generator().manual_seed(k)
+    basis, _ = torch.linalg.qr(torch.randn(k, k, generator=generator, dtype=torch.float64))
+    for condition in (10.0, 1e10):
+        torch._dynamo.reset()
+        matrix = basis @ torch.diag(torch.logspace(0, math.log10(condition), k, dtype=torch.float64)) @ basis.T
+        matrix = 0.5 * (matrix + matrix.T)
+        rhs = torch.randn(k, generator=generator, dtype=torch.float64)
+        x = torch.compile(_linalg.solve_spd, backend=recording, fullgraph=True)(matrix, rhs)
+        backward_error = (matrix @ x - rhs).norm() / (matrix.norm() * x.norm() + rhs.norm())
+        assert backward_error < 1e-14, (condition, backward_error)
+        if condition < 1e3:
+            torch.testing.assert_close(x, torch.linalg.solve(matrix, rhs), rtol=1e-12, atol=0)
+    library_calls = [node for node in graphs[-1].graph.nodes if "solve" in str(node.target)]
+    assert bool(library_calls) == (k > _linalg.UNROLLED_SOLVE_MAX_K)
