@@ -36,10 +36,12 @@ Device. Everything runs in torch on the Jacobian's device, in float64, with ever
 passes, and iterates that have converged or failed stay put. A call reads nothing back to the host, so
 it can be captured in a CUDA graph; on a GPU (or with ``_linalg.EARLY_EXIT_ON_CPU`` off) it runs its fixed
 iteration counts (``MAX_ITERATIONS`` from a cold start, ``WARM_ITERATIONS`` from a warm one) and always
-computes the fallback, chosen by mask; on CUDA each iteration is one function fused by ``torch.compile``
-(``FUSE_ON_DEVICES``: ~110 kernel launches become a handful). On the CPU, where reading a value costs
-nothing, it stops as soon as Newton has converged or failed and computes the fallback only when it is
-used: the same arithmetic, so the same weights. The price of one path: a CPU solve of a tiny problem is
+computes the fallback, chosen by mask, its iterations beside Newton's (:func:`_paired_step`); on CUDA each
+pair is one function fused by ``torch.compile`` (``FUSE_ON_DEVICES``: ~110 kernel launches each become a
+handful; traced, the matrix products and the k×k solve are element-wise work, :func:`_mv` and
+``_linalg.solve_spd``, so that nothing splits the fusion: one kernel per pair on the CPU). On the CPU,
+where reading a value costs nothing, it stops as soon as Newton has converged or failed and computes the
+fallback only when it is used: the same arithmetic, so the same weights. The price of one path: a CPU solve of a tiny problem is
 dominated by per-operation overhead (k = 2: ~0.7 ms warm, ~3 ms on a Pareto front where Newton fails and
 the fallback runs), several times the NumPy solver this replaced.
 
@@ -177,13 +179,18 @@ def _solve(jacobian: Tensor, alpha: float, utility_weights: Tensor | None, start
     problem = _ScaledProblem.of(jacobian, torch.where(usable_omega, omega, ones), p)
 
     warm = None if start is None else problem.warm_start(start)
-    newton = _newton(problem.cosines, problem.constants, p, warm)
+    # With fixed iteration counts (a GPU, or traced) the fallback is always computed, and its iterations
+    # run beside Newton's. On the CPU Newton runs alone and stops once settled; the fallback only follows
+    # where it failed.
+    early = _linalg.early_exit(device)
+    newton = _newton(problem.cosines, problem.constants, p, warm, None if early else problem.relative_norms)
     if newton is None:  # (tests force the fallback this way)
-        scaled, solved = problem.constants, torch.zeros((), dtype=torch.bool, device=device)
+        scaled, solved, fallback = problem.constants, torch.zeros((), dtype=torch.bool, device=device), None
     else:
-        scaled, solved = newton
-    if not _linalg.early_exit(device) or not bool(solved):
+        scaled, solved, fallback = newton
+    if fallback is None and (not early or not bool(solved)):
         fallback = _bounded_least_squares(problem.cosines, problem.constants, p, problem.relative_norms)
+    if fallback is not None:
         scaled = torch.where(solved, scaled, fallback)
 
     all_zero, active = problem.all_zero, problem.active
@@ -248,10 +255,23 @@ def _orthogonal_start(constants: Tensor, p: float) -> Tensor:
     return constants ** (1.0 / (1.0 + p))
 
 
+def _mv(matrix: Tensor, v: Tensor) -> Tensor:
+    """``matrix @ v`` over the last axis of ``v`` (``[..., k]``).
+
+    Traced by ``torch.compile`` it is written as a product and a sum: a matmul is a library call (cuBLAS,
+    MKL) that inductor cannot fuse, and it splits an iteration into several kernels around it. Written
+    this way, each iteration compiles to one kernel on the CPU (k = 10; 5 kernels and 2 matmuls with
+    ``@``). Eagerly, ``@`` is one operation instead of two.
+    """
+    if torch.compiler.is_compiling():
+        return (matrix * v[..., None, :]).sum(-1)
+    return v @ matrix.transpose(-1, -2)
+
+
 def _potential(cosines: Tensor, constants: Tensor, p: float, v: Tensor) -> Tensor:
     """``f(v) = ½ vᵀCv − Σ c_i h(v_i)``, ``h(v) = log v`` (p = 1) or ``v^(1-p)/(1-p)``; ``v`` is ``[..., k]``."""
     barrier = torch.log(v) if p == 1.0 else v ** (1.0 - p) / (1.0 - p)
-    return 0.5 * ((v @ cosines) * v).sum(-1) - barrier @ constants
+    return 0.5 * (_mv(cosines, v) * v).sum(-1) - (barrier * constants).sum(-1)
 
 
 def _ray_rescaled(cosines: Tensor, constants: Tensor, p: float, v: Tensor) -> Tensor:
@@ -262,13 +282,18 @@ def _ray_rescaled(cosines: Tensor, constants: Tensor, p: float, v: Tensor) -> Te
     return torch.where(bounded, v * factor, v)
 
 
-def _newton(cosines: Tensor, constants: Tensor, p: float,
-            warm: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor] | None:
-    """Solve ``(C v)_i = c_i v_i^(-p)``, ``v > 0``: ``(v, solved)``, ``solved`` a 0-dim bool tensor.
+def _newton(cosines: Tensor, constants: Tensor, p: float, warm: tuple[Tensor, Tensor] | None = None,
+            fallback_norms: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None] | None:
+    """Solve ``(C v)_i = c_i v_i^(-p)``, ``v > 0``: ``(v, solved, fallback)``, ``solved`` a 0-dim bool tensor.
 
     Damped Newton on the convex potential (:func:`_newton_step`). An iterate that has converged, or whose
     solve failed (no descent, no acceptable step, divergence), stays put; ``solved`` is False for the
     latter and for one that has not converged when the iterations run out.
+
+    With ``fallback_norms`` (fixed iteration counts) the iterations of :func:`_bounded_least_squares` run
+    beside Newton's, each pair in one fused call (:func:`_paired_step`): the two are independent, so the
+    numbers are those of running them one after the other, with half the calls and, on a GPU, half the
+    launches. ``fallback`` is that point, or ``None`` without ``fallback_norms``.
     """
     k = cosines.shape[0]
     dtype, device = cosines.dtype, cosines.device
@@ -281,15 +306,21 @@ def _newton(cosines: Tensor, constants: Tensor, p: float,
     done = failed = torch.zeros((), dtype=torch.bool, device=device)
     fractions = 0.5 ** torch.arange(LINE_SEARCH_STEPS, dtype=dtype, device=device)
     eye = torch.eye(k, dtype=dtype, device=device)
-    step = _fused(_newton_step, device)
-    early_exit = _linalg.early_exit(device)
-    for _ in range(iterations):
-        v, done, failed = step(cosines, constants, p, v, done, failed, fractions, eye)
+    step, paired = _fused(_newton_step, device), _fused(_paired_step, device)
+    x = None if fallback_norms is None else _least_squares_start(constants, p)
+    early_exit = x is None and _linalg.early_exit(device)
+    for iteration in range(iterations):
+        if x is not None and iteration < LEAST_SQUARES_ITERATIONS:
+            v, done, failed, x = paired(cosines, constants, p, fallback_norms, v, done, failed, x, fractions, eye)
+        else:
+            v, done, failed = step(cosines, constants, p, v, done, failed, fractions, eye)
         if early_exit and bool(done | failed):
             break
+    for _ in range(iterations, LEAST_SQUARES_ITERATIONS if x is not None else 0):   # (none: Newton has more)
+        x = _fused(_least_squares_step, device)(cosines, constants, p, fallback_norms, x, eye)
     target = constants * v ** (-p)
     solved = ~failed & (done | (((cosines @ v - target).abs() / target).max() < TOLERANCE))
-    return v, solved
+    return v, solved, None if x is None else torch.exp(x)
 
 
 def _newton_step(cosines: Tensor, constants: Tensor, p: float, v: Tensor, done: Tensor, failed: Tensor,
@@ -300,7 +331,7 @@ def _newton_step(cosines: Tensor, constants: Tensor, p: float, v: Tensor, done: 
     lengths ``t_max · fractions`` tried at once, keeping the longest that passes.
     """
     target = constants * v ** (-p)
-    gradient = cosines @ v - target
+    gradient = _mv(cosines, v) - target
     residual = (gradient.abs() / target).max()
     converged = residual < TOLERANCE
     hessian = cosines + eye * (p * target / v)
@@ -311,9 +342,9 @@ def _newton_step(cosines: Tensor, constants: Tensor, p: float, v: Tensor, done: 
     # a nearly cancelling sum, which float64 cannot resolve to a small *relative* residual. Accept a
     # residual at rounding level relative to the size of the terms. (A diverging iterate never stalls.)
     stalled = (step.abs() / v).max() < 1e-12
-    backward = (gradient.abs() / (cosines.abs() @ v + target)).max()
+    backward = (gradient.abs() / (_mv(cosines.abs(), v) + target)).max()
     stalled_ok = stalled & ((residual < 1e-8) | (backward < STALLED_TOLERANCE))
-    slope = gradient @ step  # < 0: Newton directions descend a convex f
+    slope = (gradient * step).sum()  # < 0: Newton directions descend a convex f
     shrinking = step < 0
     boundary = torch.where(shrinking, -v / torch.where(shrinking, step, -1.0), math.inf).min()
     t_max = torch.clamp(0.99 * boundary, max=1.0)
@@ -347,7 +378,7 @@ def _bounded_least_squares(cosines: Tensor, constants: Tensor, p: float, norms: 
     every operation is continuous and nothing is accepted or refused, so the result is a continuous
     function of the Gramian and ω.
     """
-    x = torch.log(_orthogonal_start(constants, p))
+    x = _least_squares_start(constants, p)
     eye = torch.eye(cosines.shape[0], dtype=cosines.dtype, device=cosines.device)
     step = _fused(_least_squares_step, cosines.device)
     for _ in range(LEAST_SQUARES_ITERATIONS):
@@ -355,20 +386,32 @@ def _bounded_least_squares(cosines: Tensor, constants: Tensor, p: float, norms: 
     return torch.exp(x)
 
 
+def _least_squares_start(constants: Tensor, p: float) -> Tensor:
+    """The fallback's start, the orthogonal-rows solution, in its variable ``x = log v``."""
+    return torch.log(_orthogonal_start(constants, p))
+
+
+def _paired_step(cosines: Tensor, constants: Tensor, p: float, norms: Tensor, v: Tensor, done: Tensor,
+                 failed: Tensor, x: Tensor, fractions: Tensor, eye: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A Newton iteration and a fallback iteration, independent of each other, as one function to fuse."""
+    return (*_newton_step(cosines, constants, p, v, done, failed, fractions, eye),
+            _least_squares_step(cosines, constants, p, norms, x, eye))
+
+
 def _least_squares_step(cosines: Tensor, constants: Tensor, p: float, norms: Tensor, x: Tensor,
                         eye: Tensor) -> Tensor:
     """One damped, capped Gauss-Newton step of the fallback in ``x = log v``."""
     v = torch.exp(x)
     target = constants * torch.exp(-p * x)
-    residual = norms * (cosines @ v - target)
+    residual = norms * (_mv(cosines, v) - target)
     # J = diag(n) · (C diag(v) + diag(p c v^(-p))): the residual's derivative in x.
     jacobian = norms[:, None] * (cosines * v[None, :] + eye * (p * target))
-    normal = jacobian.T @ jacobian
+    normal = (jacobian[:, :, None] * jacobian[:, None, :]).sum(0)   # JᵀJ
     # Marquardt's scaling, plus a floor relative to the largest curvature that keeps the system regular
     # where JᵀJ is rank deficient (opposite rows).
     diagonal = torch.diagonal(normal)
     regulariser = LEAST_SQUARES_DAMPING * diagonal + 1e-10 * diagonal.max() + 1e-300
-    step = -_linalg.solve_spd(normal + eye * regulariser, jacobian.T @ residual)
+    step = -_linalg.solve_spd(normal + eye * regulariser, _mv(jacobian.T, residual))
     cap = LEAST_SQUARES_MAX_LOG_STEP
     return x + cap * torch.tanh(torch.nan_to_num(step) / cap)
 

@@ -301,7 +301,8 @@ def test_the_fused_iterations_trace_whole_and_give_the_same_weights(monkeypatch:
         torch.testing.assert_close(fused.weights, reference.weights, rtol=1e-12, atol=0)
         if not bool(reference.fallback):
             torch.testing.assert_close(warm.weights, reference.weights, rtol=1e-9, atol=0)
-    assert len(alpha_fair._FUSED) == 2  # the Newton and the least-squares step
+    # Newton's iterations, paired with the fallback's while it has some (fixed counts run both side by side).
+    assert {function.__name__ for function, _ in alpha_fair._FUSED} == {"_newton_step", "_paired_step"}
 
 
 @pytest.mark.parametrize("k", [1, 2, 5, 10, _linalg.UNROLLED_SOLVE_MAX_K + 1])
@@ -330,3 +331,29 @@ def test_the_spd_solve_under_compile_is_unrolled_and_matches_lapack(k: int) -> N
             torch.testing.assert_close(x, torch.linalg.solve(matrix, rhs), rtol=1e-12, atol=0)
     library_calls = [node for node in graphs[-1].graph.nodes if "solve" in str(node.target)]
     assert bool(library_calls) == (k > _linalg.UNROLLED_SOLVE_MAX_K)
+
+
+def test_a_traced_iteration_pair_has_no_library_call_that_would_split_its_fusion() -> None:
+    """Traced, a Newton iteration paired with a fallback iteration is element-wise work and reductions only:
+    no matmul and no library solve, which inductor cannot fuse (each would split the pair into several
+    kernels, each a launch on a GPU). Eagerly the same functions use ``@`` and LAPACK, with equal results."""
+    graphs: list[torch.fx.GraphModule] = []
+
+    def recording(graph: torch.fx.GraphModule, example_inputs: list[torch.Tensor]):
+        graphs.append(graph)
+        return graph.forward
+
+    torch._dynamo.reset()
+    problem = alpha_fair._ScaledProblem.of(random_jacobian(6, 15, seed=60, spread=1.0),
+                                           torch.linspace(0.5, 2.0, 6, dtype=torch.float64), 0.5)
+    v = alpha_fair._orthogonal_start(problem.constants, 0.5)
+    flag = torch.zeros((), dtype=torch.bool)
+    arguments = (problem.cosines, problem.constants, 0.5, problem.relative_norms, v, flag, flag,
+                 alpha_fair._least_squares_start(problem.constants, 0.5),
+                 0.5 ** torch.arange(alpha_fair.LINE_SEARCH_STEPS, dtype=torch.float64), torch.eye(6, dtype=torch.float64))
+    traced = torch.compile(alpha_fair._paired_step, backend=recording, fullgraph=True)(*arguments)
+    eager = alpha_fair._paired_step(*arguments)
+    for ours, reference in zip(traced, eager):
+        torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-300)
+    calls = [str(node.target) for node in graphs[0].graph.nodes if node.op in ("call_function", "call_method")]
+    assert not [call for call in calls if any(name in call for name in ("matmul", "solve", "mm", "mv"))], calls
