@@ -50,6 +50,12 @@ LR, GAMMA, TAU, REPLAY = 3e-4, 0.99, 0.005, 1_000_000
 #: Four MT10 tasks that single-task SAC learns within ~10-20k steps (the multi-task CPU check's default).
 EASY_MT10 = ["reach-v3", "button-press-topdown-v3", "drawer-close-v3", "window-open-v3"]
 AGENTS = ("ours", "sb3")
+#: Evaluations averaged in the ``late_*`` statistics. One evaluation of 10-20 episodes is noisy (a success
+#: rate of 0.5 has a standard error of 0.11-0.16 from the episodes alone); the mean of the last few is the
+#: steadier reading of where a run ended, beside the final one that the parity target names.
+LATE_EVALUATIONS = 3
+#: The success statistics of the parity summary, each with its gap ours − SB3.
+SUCCESS_KEYS = ("final_deterministic", "final_stochastic", "late_deterministic", "late_stochastic")
 _QUICK = dict(steps=60, warmup_steps=20, eval_every=30, eval_episodes=1, max_episode_steps=20, hidden=32, layers=1,
               batch_size=16, seeds=2)
 
@@ -407,6 +413,11 @@ def _specs(args: argparse.Namespace, s: dict[str, Any], run_dir: Path) -> list[t
     return specs
 
 
+#: Settings added after runs had been written, with the value those runs had: a run from before the
+#: setting still resumes and summarises with the runs that name it.
+ADDED_SETTINGS = {"temperature_loss": "alpha"}
+
+
 def _load_finished(specs: list[tuple[dict[str, Any], Path]], resume: bool) -> dict[Path, dict[str, Any]]:
     finished = {}
     for spec, path in specs:
@@ -415,7 +426,9 @@ def _load_finished(specs: list[tuple[dict[str, Any], Path]], resume: bool) -> di
         if not resume:
             raise LearnError(f"{path} exists: add --resume to keep the finished runs, or choose another --run-dir.")
         record = json.loads(path.read_text())
-        if record.get("spec") != json.loads(json.dumps(spec)):
+        added = {key: value for key, value in ADDED_SETTINGS.items() if key in spec}
+        record["spec"] = {**added, **record.get("spec", {})}
+        if record["spec"] != json.loads(json.dumps(spec)):
             raise LearnError(f"{path} was made with other settings; use the same options or another --run-dir.")
         finished[path] = record
     return finished
@@ -476,8 +489,14 @@ def _curve_mean(curves: list[list[dict[str, float]]], key: str) -> list[list[flo
     return rows
 
 
+def _late(curve: list[dict[str, float]], key: str) -> float:
+    """The mean of ``key`` over a run's last ``LATE_EVALUATIONS`` evaluations."""
+    return float(np.mean([point[key] for point in curve[-LATE_EVALUATIONS:]]))
+
+
 def summarize_parity(records: list[dict[str, Any]], s: dict[str, Any]) -> dict[str, Any]:
-    """Per task: each agent's mean ± s.e. over seeds, and the gap ours − SB3 with its Welch 95 % CI."""
+    """Per task: each agent's mean ± s.e. over seeds, and the gap ours − SB3 with its Welch 95 % CI, for the
+    final evaluation and for the mean of the last ``LATE_EVALUATIONS`` (``late_*``)."""
     per_task: dict[str, Any] = {}
     rows, gap_rows = [], []
     for task in s["tasks"]:
@@ -489,6 +508,8 @@ def summarize_parity(records: list[dict[str, Any]], s: dict[str, Any]) -> dict[s
                 continue
             values = {key: [r["result"][key] for r in runs]
                       for key in ("final_deterministic", "final_stochastic", "alpha", "entropy", "wall_time_s")}
+            for policy in ("deterministic", "stochastic"):
+                values[f"late_{policy}"] = [_late(r["result"]["curve"], policy) for r in runs]
             stats = {key: dict(zip(("mean", "se"), mean_se(v))) for key, v in values.items()}
             curves = [r["result"]["curve"] for r in runs]
             entry[agent] = {"seeds": [r["spec"]["seed"] for r in runs], **values, "stats": stats,
@@ -498,8 +519,7 @@ def summarize_parity(records: list[dict[str, Any]], s: dict[str, Any]) -> dict[s
                          **{key: _pm(stats[key]["mean"], stats[key]["se"]) for key in stats if key != "wall_time_s"},
                          "wall_time_s": stats["wall_time_s"]["mean"]})
         if "ours" in entry and "sb3" in entry:
-            entry["gap"] = {key: welch_interval(entry["ours"][key], entry["sb3"][key])
-                            for key in ("final_deterministic", "final_stochastic")}
+            entry["gap"] = {key: welch_interval(entry["ours"][key], entry["sb3"][key]) for key in SUCCESS_KEYS}
             entry["wall_time_ratio_ours_over_sb3"] = (entry["ours"]["stats"]["wall_time_s"]["mean"]
                                                       / entry["sb3"]["stats"]["wall_time_s"]["mean"])
             for key, gap in entry["gap"].items():
@@ -507,8 +527,9 @@ def summarize_parity(records: list[dict[str, Any]], s: dict[str, Any]) -> dict[s
                 gap_rows.append({"task": task, "metric": key, "ours - sb3": f"{gap['difference']:+.3f}",
                                  "95% CI (Welch)": ci})
         per_task[task] = entry
-    print_table(rows, title=f"final success, mean ± s.e. over seeds ({s['steps']} steps, "
-                            f"{s['layers']}x{s['hidden']}, {s['eval_episodes']} episodes per evaluation)")
+    print_table(rows, title=f"success, mean ± s.e. over seeds ({s['steps']} steps, {s['layers']}x{s['hidden']}, "
+                            f"{s['eval_episodes']} episodes per evaluation; late_*: the mean of the last "
+                            f"{LATE_EVALUATIONS} evaluations)")
     print_table(gap_rows, title="gap ours - SB3")
     return {"per_task": per_task}
 

@@ -36,9 +36,13 @@ def test_quick_parity_writes_per_run_json_and_resumes(tmp_path: Path, capsys: py
             assert all(0 <= point[key] <= 1 for point in curve for key in ("deterministic", "stochastic"))
             assert all(point["alpha"] > 0 and np.isfinite(point["entropy"]) for point in curve)
             assert (run["result"]["alpha"], run["result"]["entropy"]) == (curve[-1]["alpha"], curve[-1]["entropy"])
+            late = np.mean([point["deterministic"] for point in curve])   # both evaluations: fewer than three
+            assert entry[agent]["late_deterministic"][run["spec"]["seed"]] == pytest.approx(late)
         assert (run_dir / agent / "reach-v3" / "seed1.json").is_file()
         mean, se = entry[agent]["stats"]["final_deterministic"].values()
         assert mean == pytest.approx(np.mean(entry[agent]["final_deterministic"])) and se >= 0
+    assert sorted(entry["gap"]) == sorted(["final_deterministic", "final_stochastic", "late_deterministic",
+                                           "late_stochastic"])
     gap = entry["gap"]["final_deterministic"]
     assert gap["difference"] == pytest.approx(np.mean(entry["ours"]["final_deterministic"])
                                               - np.mean(entry["sb3"]["final_deterministic"]))
@@ -123,3 +127,25 @@ def test_interrupted_multitask_run_is_summarized_then_continued(tmp_path: Path,
     resumed = main([*argv, "--resume"])              # continues it from its checkpoint to step 60
     assert resumed["per_agg"]["ls"]["steps"] == [60] and resumed["per_agg"]["ls"]["unfinished_seeds"] == []
     assert [row[0] for row in resumed["per_agg"]["ls"]["curve"]] == [30, 60]
+
+
+def test_late_success_is_the_mean_of_the_last_evaluations() -> None:
+    from mtrl.bench.learn import LATE_EVALUATIONS, _late
+
+    curve = [{"step": 1000 * i, "deterministic": value} for i, value in enumerate([0.0, 0.0, 1.0, 0.5, 0.0, 1.0])]
+    assert LATE_EVALUATIONS == 3 and _late(curve, "deterministic") == pytest.approx(0.5)
+    assert _late(curve[:1], "deterministic") == 0.0
+
+
+def test_runs_from_before_a_setting_existed_still_resume(tmp_path: Path) -> None:
+    """A run written before ``temperature_loss`` was a setting had the α form; it joins runs that name it,
+    and not those of the other form."""
+    from mtrl.bench.learn import LearnError, _load_finished
+
+    spec = {"runner": "ours", "steps": 10, "temperature_loss": "alpha", "task": "reach-v3", "seed": 0}
+    path = tmp_path / "seed0.json"
+    path.write_text(json.dumps({"spec": {key: value for key, value in spec.items() if key != "temperature_loss"},
+                                "result": {"final_deterministic": 0.5}}))
+    assert _load_finished([(spec, path)], resume=True)[path]["spec"] == spec
+    with pytest.raises(LearnError, match="other settings"):
+        _load_finished([({**spec, "temperature_loss": "log_alpha"}, path)], resume=True)
