@@ -119,6 +119,7 @@ def prepare(cfg: DictConfig, overrides: Sequence[str] | None = None) -> TrainSet
 
     # Import here: the envs and agents packages pull in metaworld / mujoco.
     import agents
+    from agents.compiled import resolve_compile_mode
     import envs
 
     env_cfg = _section(plain, "env")
@@ -194,13 +195,18 @@ def prepare(cfg: DictConfig, overrides: Sequence[str] | None = None) -> TrainSet
     threads = plain.get("torch_threads")
     if threads is not None:
         threads = _positive_int(plain, "torch_threads")
+    device = resolve_device(plain.get("device", "auto"))
+    try:
+        resolve_compile_mode(agent_config.compile, device)   # the CUDA-graph modes need CUDA
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
 
     return TrainSettings(
         backend=backend, eval_async=_bool(plain, "eval_async") if "eval_async" in plain else True,
         benchmark=benchmark, env_name=_env_label(env_cfg.get("name", benchmark), task), task=task,
         task_names=task_names,
         protocol=protocol, agent=agent_config, agg_name=str(agg_name), agg_options=agg_options,
-        device=resolve_device(plain.get("device", "auto")), eval_episodes=int(eval_episodes),
+        device=device, eval_episodes=int(eval_episodes),
         checkpoint_buffer=_bool(plain, "checkpoint_buffer"), performance_source=source,
         stl_reference=reference, progress=_bool(plain, "progress"), vector_strategy=strategy,
         on_nonfinite=on_nonfinite, q_bound=float(q_bound), torch_threads=threads,
