@@ -41,9 +41,9 @@ pair is one function fused by ``torch.compile`` (``FUSE_ON_DEVICES``: ~110 kerne
 handful; traced, the matrix products and the k×k solve are element-wise work, :func:`_mv` and
 ``_linalg.solve_spd``, so that nothing splits the fusion: one kernel per pair on the CPU). On the CPU,
 where reading a value costs nothing, it stops as soon as Newton has converged or failed and computes the
-fallback only when it is used: the same arithmetic, so the same weights. The price of one path: a CPU solve of a tiny problem is
-dominated by per-operation overhead (k = 2: ~0.7 ms warm, ~3 ms on a Pareto front where Newton fails and
-the fallback runs), several times the NumPy solver this replaced.
+fallback only when it is used: the same arithmetic, so the same weights. The price of one path: a CPU
+solve of a tiny problem is dominated by per-operation overhead (k = 2: ~0.7 ms warm, ~2 ms on a Pareto
+front where Newton fails and the fallback runs), several times the NumPy solver this replaced.
 
 (*) has a positive solution exactly when no non-negative combination of the rows vanishes, i.e. the
 point is not Pareto stationary (Navon et al. 2022, Claim 3.1; PIVRG paper Assumption 1). Where it has

@@ -20,8 +20,8 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["gramian", "scaled_gramian", "block_columns", "early_exit", "solve_spd", "simplex_active_set", "min_norm_weights",
-           "least_squares", "adam_step_", "as_state_tensor", "lowered_floor", "TINY"]
+__all__ = ["gramian", "scaled_gramian", "block_columns", "early_exit", "solve_spd", "simplex_active_set",
+           "min_norm_weights", "least_squares", "adam_step_", "as_state_tensor", "lowered_floor", "TINY"]
 
 #: Squared norms at or below this (in the units of :func:`gramian`, where the largest entry of the
 #: Jacobian is 1) are treated as exact zeros: such a row is a zero gradient.

@@ -350,7 +350,8 @@ def test_a_traced_iteration_pair_has_no_library_call_that_would_split_its_fusion
     flag = torch.zeros((), dtype=torch.bool)
     arguments = (problem.cosines, problem.constants, 0.5, problem.relative_norms, v, flag, flag,
                  alpha_fair._least_squares_start(problem.constants, 0.5),
-                 0.5 ** torch.arange(alpha_fair.LINE_SEARCH_STEPS, dtype=torch.float64), torch.eye(6, dtype=torch.float64))
+                 0.5 ** torch.arange(alpha_fair.LINE_SEARCH_STEPS, dtype=torch.float64),
+                 torch.eye(6, dtype=torch.float64))
     traced = torch.compile(alpha_fair._paired_step, backend=recording, fullgraph=True)(*arguments)
     eager = alpha_fair._paired_step(*arguments)
     for ours, reference in zip(traced, eager):
