@@ -260,7 +260,7 @@ def _mv(matrix: Tensor, v: Tensor) -> Tensor:
 
     Traced by ``torch.compile`` it is written as a product and a sum: a matmul is a library call (cuBLAS,
     MKL) that inductor cannot fuse, and it splits an iteration into several kernels around it. Written
-    this way, each iteration compiles to one kernel on the CPU (k = 10; 5 kernels and 2 matmuls with
+    this way, each iteration compiles to one kernel on the CPU (k = 10; 3 kernels and 2 matmuls with
     ``@``). Eagerly, ``@`` is one operation instead of two.
     """
     if torch.compiler.is_compiling():
