@@ -15,9 +15,6 @@ temperatures, targets, and the replay sample), and the speed comes from wrapping
   detected during its last warm-up call through ``torch.cuda.set_sync_debug_mode``, or whose
   aggregator keeps Python state that a replay would not update, keeps running eagerly; the log says so
   once, with the reason.
-* ``compile+cudagraphs``: both, LeanRL's recipe: each phase is compiled by inductor (fused kernels: the
-  MLPs' element-wise tails, the aggregator's solver iterations) and the compiled phase is then captured
-  the same way (no launches left). Compilation happens during the warm-up calls.
 
 What a captured phase needs from its function: the same tensors (parameters, optimizer state, replay
 storage) at the same addresses on every call, tensor inputs copied into static buffers, Adam with
@@ -51,11 +48,11 @@ CAPTURE_WARMUP_CALLS = 3
 
 
 def resolve_compile_mode(mode: str, device: torch.device) -> str:
-    """``auto`` -> ``cudagraphs`` on CUDA, ``none`` elsewhere; the CUDA-graph modes off CUDA are an error."""
+    """``auto`` -> ``cudagraphs`` on CUDA, ``none`` elsewhere; ``cudagraphs`` off CUDA is an error."""
     if mode == "auto":
         return "cudagraphs" if device.type == "cuda" else "none"
-    if mode in ("cudagraphs", "compile+cudagraphs") and device.type != "cuda":
-        raise ValueError(f"agent.compile={mode} needs a CUDA device, the agent is on {device}; "
+    if mode == "cudagraphs" and device.type != "cuda":
+        raise ValueError(f"agent.compile=cudagraphs needs a CUDA device, the agent is on {device}; "
                          f"use agent.compile=auto, none or compile.")
     return mode
 
@@ -113,7 +110,7 @@ class GraphedPhase:
         self._static_args: tuple[Any, ...] = ()
         self._static_out: Any = None
         if blocker is not None:
-            log.warning("CUDA graphs: the %s phase runs eagerly: %s.", name, blocker)
+            log.warning("agent.compile=cudagraphs: the %s phase runs eagerly: %s.", name, blocker)
 
     @property
     def captured(self) -> bool:
@@ -163,14 +160,14 @@ class GraphedPhase:
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):   # other threads may use CUDA
                 self._static_out = self.fn(*self._static_args)
             self.graph = graph
-            log.info("CUDA graphs: the %s phase is captured.", self.name)
+            log.info("agent.compile=cudagraphs: the %s phase is captured.", self.name)
         except (RuntimeError, AttributeError) as error:   # e.g. a sync missed in warm-up, an old torch
             self._static_args, self._static_out = (), None
             self._stay_eager(f"its capture failed ({type(error).__name__}: {str(error).splitlines()[0][:160]})")
 
     def _stay_eager(self, reason: str) -> None:
         self.eager_reason = reason
-        log.warning("CUDA graphs: the %s phase runs eagerly from now on: %s.", self.name, reason)
+        log.warning("agent.compile=cudagraphs: the %s phase runs eagerly from now on: %s.", self.name, reason)
 
 
 class OutsideCompile:

@@ -47,10 +47,7 @@ __all__ = ["SACConfig", "MultiTaskSAC", "soft_q_target", "COMPILE_MODES"]
 
 _AGGREGATABLE = ("critic", "actor")
 #: Values of ``SACConfig.compile``.
-COMPILE_MODES = ("auto", "none", "compile", "cudagraphs", "compile+cudagraphs")
-#: Modes whose phases go through torch.compile, and modes whose phases are captured in CUDA graphs.
-_COMPILED = ("compile", "compile+cudagraphs")
-_GRAPHED = ("cudagraphs", "compile+cudagraphs")
+COMPILE_MODES = ("auto", "none", "compile", "cudagraphs")
 
 
 @dataclass
@@ -79,8 +76,7 @@ class SACConfig:
     max_grad_norm: float | None = None
     # How the update runs (LeanRL's pattern: the same update function, wrapped from outside).
     # auto: CUDA graphs on CUDA, eager on the CPU; none: eager; compile: torch.compile (inductor);
-    # cudagraphs: each update phase captured once in a CUDA graph and replayed (CUDA only);
-    # compile+cudagraphs: each phase compiled by inductor, then captured (LeanRL's recipe; CUDA only).
+    # cudagraphs: each update phase captured once in a CUDA graph and replayed (CUDA only).
     compile: str = "auto"
 
     def __post_init__(self) -> None:
@@ -172,7 +168,7 @@ class MultiTaskSAC:
         self.device = torch.device(device)
         self.compile_mode = resolve_compile_mode(config.compile, self.device)
         self.compile_backend = compile_backend
-        if self.compile_mode in _COMPILED:
+        if self.compile_mode == "compile":
             check_compile_toolchain(self.device, compile_backend)
         self.critic_aggregator, self.actor_aggregator = critic_aggregator, actor_aggregator
         for aggregator in (critic_aggregator, actor_aggregator):
@@ -305,7 +301,7 @@ class MultiTaskSAC:
 
     def _own(self, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
         """Copies of a CUDA graph's static outputs, which its next replay overwrites (other modes: as is)."""
-        if self.compile_mode not in _GRAPHED:
+        if self.compile_mode != "cudagraphs":
             return outputs
         return {name: value.clone() for name, value in outputs.items()}
 
@@ -315,24 +311,18 @@ class MultiTaskSAC:
             # The sample is one rand and a gather; compiling it would recompile as the buffer grows.
             return phase(*args)
         if self.compile_mode == "compile":
-            return self._compiled_phase(name, phase)(*args)
+            if name not in self._compiled:
+                self._compiled[name] = torch.compile(phase, backend=self.compile_backend)
+            return self._compiled[name](*args)
         # One graph per input layout (Δm given or not) and, for the sample, per buffer (its storage is baked in).
         key = (name, id(args[0]) if name == "sample" else tuple(arg is None for arg in args))
         if key not in self._graphs:
-            if self.compile_mode == "compile+cudagraphs" and name != "sample":
-                phase = self._compiled_phase(name, phase)   # compiled on its first warm-up call, then captured
             generators = [self.update_generator] + ([args[0].generator] if name == "sample" else [])
             blocker = None
             if name in self.config.aggregate:
                 blocker = capture_blocker(self.critic_aggregator if name == "critic" else self.actor_aggregator)
             self._graphs[key] = GraphedPhase(phase, name, generators, blocker)
         return self._graphs[key](*args)
-
-    def _compiled_phase(self, name: str, phase: Callable[..., Any]) -> Callable[..., Any]:
-        """``phase`` through ``torch.compile``, made once per phase."""
-        if name not in self._compiled:
-            self._compiled[name] = torch.compile(phase, backend=self.compile_backend)
-        return self._compiled[name]
 
     # ------------------------------------------------------------------ the phases of one update
     # Each is a function of tensors that reads like the pseudo-code above; `_run` executes it eagerly,
@@ -428,7 +418,7 @@ class MultiTaskSAC:
             return losses.detach(), torch.full((k,), 1.0 / k, device=self.device)
 
         aggregator = self.critic_aggregator if network == "critic" else self.actor_aggregator
-        if self.compile_mode in _COMPILED and not getattr(aggregator, "capturable", False):
+        if self.compile_mode == "compile" and not getattr(aggregator, "capturable", False):
             aggregator = OutsideCompile(aggregator)
         if aggregator.needs_jacobian:
             losses, jacobian = task_partitioned_jacobian(task_loss, trunk, *heads, *data)  # [k], [k, n_trunk]

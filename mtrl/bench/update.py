@@ -8,7 +8,7 @@ critic's aggregated step, the actor's aggregated step, the temperatures and the 
 equal weights through the task-partitioned Jacobian, which tells the Jacobian's cost apart from an
 aggregator's own solve. Per mode, ``ratio_to_ls`` is an aggregator's time over ``ls``'s; per
 aggregator, ``ratio_to_eager`` is a mode's time over ``none``'s (its speed-up is the inverse).
-``warmup_s`` covers the first calls: compilation (``compile``), warm-up and capture (``cudagraphs``) or both.
+``warmup_s`` covers the first calls: compilation (``compile``) or warm-up and capture (``cudagraphs``).
 Times are medians over ``--repeats`` rounds that time every (mode, aggregator) once, interleaved so that
 all rows see the same load, on random replay contents (the cost does not depend on them).
 """
@@ -53,16 +53,11 @@ def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-#: The modes measured on CUDA by default.
-CUDA_MODES = ("none", "cudagraphs", "compile", "compile+cudagraphs")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aggregators", type=_names, default=None,
                         help="comma-separated registered names, or 'jacobian' (default: ls, jacobian and every method)")
     parser.add_argument("--modes", type=_names, default=None,
-                        help="comma-separated agent.compile modes (default: none,compile; on CUDA also cudagraphs and "
-                             "compile+cudagraphs)")
+                        help="comma-separated agent.compile modes (default: none,compile; none,cudagraphs,compile on CUDA)")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend of mode 'compile'")
     parser.add_argument("--tasks", type=positive_int, default=10)
     parser.add_argument("--obs-dim", type=positive_int, default=49, help="Meta-World 39 + one-hot")
@@ -102,7 +97,7 @@ def prepare(aggregator: str, mode: str, args: argparse.Namespace) -> tuple[Calla
     synchronize(device)
     warmup_s = time.perf_counter() - started
     captured = sorted(phase.name for phase in agent._graphs.values() if phase.captured)
-    return update, {"warmup_s": warmup_s, "captured": ",".join(captured) if "cudagraphs" in mode else None}
+    return update, {"warmup_s": warmup_s, "captured": ",".join(captured) if mode == "cudagraphs" else None}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -112,7 +107,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.aggregators = args.aggregators or ["ls", "pivrg"]
         args.modes = args.modes or ["none"]
     aggregators = args.aggregators or ["ls", "jacobian", *[name for name in available() if name != "ls"]]
-    modes = args.modes or (list(CUDA_MODES) if cuda else ["none", "compile"])
+    modes = args.modes or (["none", "cudagraphs", "compile"] if cuda else ["none", "compile"])
     unknown = [name for name in aggregators if name != "jacobian" and name not in available()]
     if unknown:
         usage_error(f"update: unknown aggregator(s) {unknown}; choose from jacobian, {', '.join(available())}.")
@@ -124,10 +119,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.batch_size % args.tasks:
         usage_error(f"update: --batch-size {args.batch_size} should be a multiple of --tasks {args.tasks} "
                     f"(the batch is stratified by task).")
-    graphed = [mode for mode in modes if "cudagraphs" in mode]
-    if graphed and not cuda:
-        print(f"mode(s) {', '.join(graphed)} need --device cuda: skipped")
-        modes = [mode for mode in modes if mode not in graphed]
+    if "cudagraphs" in modes and not cuda:
+        print("mode cudagraphs needs --device cuda: skipped")
+        modes = [mode for mode in modes if mode != "cudagraphs"]
 
     results: dict[str, dict[str, Any]] = {mode: {} for mode in modes}
     updates: dict[tuple[str, str], Callable[[], Any]] = {}

@@ -197,7 +197,7 @@ def prepare(cfg: DictConfig, overrides: Sequence[str] | None = None) -> TrainSet
         threads = _positive_int(plain, "torch_threads")
     device = resolve_device(plain.get("device", "auto"))
     try:
-        resolve_compile_mode(agent_config.compile, device)   # the CUDA-graph modes need CUDA
+        resolve_compile_mode(agent_config.compile, device)   # cudagraphs needs CUDA
     except ValueError as error:
         raise ConfigError(str(error)) from error
 

@@ -5,7 +5,6 @@ The CUDA-graph path itself needs a GPU (`python -m mtrl.bench gpu-check`); here 
 """
 
 import logging
-import re
 import sys
 
 import numpy as np
@@ -66,43 +65,10 @@ def test_compiled_update_with_a_stateful_capturable_aggregator_agrees_with_eager
 def test_auto_is_eager_on_the_cpu_and_bad_modes_are_refused() -> None:
     assert _agent("auto").compile_mode == "none"
     assert resolve_compile_mode("auto", torch.device("cuda")) == "cudagraphs"
-    for mode in ("cudagraphs", "compile+cudagraphs"):
-        with pytest.raises(ValueError, match=re.escape(f"compile={mode} needs a CUDA device")):
-            _agent(mode)
+    with pytest.raises(ValueError, match="cudagraphs needs a CUDA device"):
+        _agent("cudagraphs")
     with pytest.raises(ValueError, match="`compile` should be one of"):
         SACConfig(compile="graphs")
-
-
-def test_compile_plus_cudagraphs_hands_compiled_phases_to_the_capture(monkeypatch) -> None:
-    """``compile+cudagraphs`` captures each phase's compiled function (the sample stays uncompiled, as in
-    ``compile``). The capture needs CUDA (the GPU check runs it); here a pass-through stands in for it, which
-    checks the wiring: what each phase hands to the capture, copies of its outputs, and updates that
-    follow the eager ones."""
-    handed = {}
-
-    class PassThrough:
-        captured = False
-
-        def __init__(self, fn, name, generators=(), blocker=None) -> None:
-            handed[name], self.fn = fn, fn
-
-        def __call__(self, *args):
-            return self.fn(*args)
-
-    monkeypatch.setattr("agents.sac.GraphedPhase", PassThrough)
-    monkeypatch.setattr("agents.sac.resolve_compile_mode", lambda mode, device: mode)
-    performance = torch.tensor([0.0, 10.0, 20.0])
-    agents = {mode: _agent(mode, critic="pivrg", backend="aot_eager", trunk_layers=1)
-              for mode in ("none", "compile+cudagraphs")}
-    outputs = {mode: [agent.update(filled_buffer(), performance) for _ in range(2)] for mode, agent in agents.items()}
-    graphed = agents["compile+cudagraphs"]
-    assert sorted(handed) == ["actor", "critic", "sample", "target"]
-    assert all(handed[name] is graphed._compiled[name] for name in ("actor", "critic", "target"))
-    assert "sample" not in graphed._compiled
-    for eager, compiled in zip(_state(agents["none"]), _state(graphed)):
-        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
-    for name, eager in outputs["none"][-1].items():
-        torch.testing.assert_close(outputs["compile+cudagraphs"][-1][name], eager, rtol=1e-5, atol=1e-5)
 
 
 def test_inductor_without_a_cpp_compiler_is_refused_before_any_update(monkeypatch) -> None:
@@ -205,25 +171,24 @@ def _cuda_agent(mode: str, aggregator: str | None = None, **config) -> MultiTask
 
 
 @cuda
-@pytest.mark.parametrize("mode", ["cudagraphs", "compile+cudagraphs"])
-def test_cuda_graph_updates_agree_with_eager_and_never_sync(mode: str) -> None:
+def test_cuda_graph_updates_agree_with_eager_and_never_sync() -> None:
     """Without aggregators every phase is captured: sample, critic, actor + temperatures, targets."""
-    agents = {name: _cuda_agent(name, aggregate=()) for name in ("none", mode)}
-    buffers = {name: filled_buffer(device="cuda") for name in agents}
+    agents = {mode: _cuda_agent(mode, aggregate=()) for mode in ("none", "cudagraphs")}
+    buffers = {mode: filled_buffer(device="cuda") for mode in agents}
     for _ in range(6):   # 3 warm-up calls, the capture, then replays
-        outputs = {name: agent.update(buffers[name]) for name, agent in agents.items()}
-    assert sorted(phase.name for phase in agents[mode]._graphs.values() if phase.captured) == \
+        outputs = {mode: agent.update(buffers[mode]) for mode, agent in agents.items()}
+    assert sorted(phase.name for phase in agents["cudagraphs"]._graphs.values() if phase.captured) == \
         ["actor", "critic", "sample", "target"]
     torch.cuda.set_sync_debug_mode("error")
     try:
-        outputs[mode] = agents[mode].update(buffers[mode])
+        outputs["cudagraphs"] = agents["cudagraphs"].update(buffers["cudagraphs"])
     finally:
         torch.cuda.set_sync_debug_mode("default")
     outputs["none"] = agents["none"].update(buffers["none"])
-    for eager, replayed in zip(_state(agents["none"]), _state(agents[mode])):
+    for eager, replayed in zip(_state(agents["none"]), _state(agents["cudagraphs"])):
         torch.testing.assert_close(replayed, eager, rtol=1e-5, atol=1e-5)
     for name, eager in outputs["none"].items():
-        torch.testing.assert_close(outputs[mode][name], eager, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(outputs["cudagraphs"][name], eager, rtol=1e-5, atol=1e-5)
 
 
 #: Aggregators whose calls read nothing back and keep their state in device tensors updated in place.
@@ -231,32 +196,30 @@ CAPTURED_AGGREGATORS = ["ls", "pivrg", "nashmtl", "fairgrad", "pi_nashmtl", "mgd
 
 
 @cuda
-@pytest.mark.parametrize("name, mode", [*((name, "cudagraphs") for name in CAPTURED_AGGREGATORS),
-                                        ("pivrg", "compile+cudagraphs")])
-def test_cuda_graph_captures_the_aggregated_update(name: str, mode: str) -> None:
+@pytest.mark.parametrize("name", CAPTURED_AGGREGATORS)
+def test_cuda_graph_captures_the_aggregated_update(name: str) -> None:
     """With a Jacobian aggregator on both networks (and Δm for the performance-informed ones) every phase
-    is captured, a replay never syncs, and replays follow the eager update (state included). With
-    ``compile+cudagraphs`` the captured kernels are inductor's, the α-fair solve's unrolled too."""
-    agents = {graphs: _cuda_agent(graphs, name) for graphs in ("none", mode)}
-    buffers = {graphs: filled_buffer(device="cuda") for graphs in agents}
+    is captured, a replay never syncs, and replays follow the eager update (state included)."""
+    agents = {mode: _cuda_agent(mode, name) for mode in ("none", "cudagraphs")}
+    buffers = {mode: filled_buffer(device="cuda") for mode in agents}
     performance = torch.linspace(0.0, 60.0, K, device="cuda")
     for _ in range(6):
-        outputs = {graphs: agent.update(buffers[graphs], performance) for graphs, agent in agents.items()}
-    assert sorted(phase.name for phase in agents[mode]._graphs.values() if phase.captured) == \
+        outputs = {mode: agent.update(buffers[mode], performance) for mode, agent in agents.items()}
+    assert sorted(phase.name for phase in agents["cudagraphs"]._graphs.values() if phase.captured) == \
         ["actor", "critic", "sample", "target"]
     torch.cuda.set_sync_debug_mode("error")
     try:
-        outputs[mode] = agents[mode].update(buffers[mode], performance)
+        outputs["cudagraphs"] = agents["cudagraphs"].update(buffers["cudagraphs"], performance)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     outputs["none"] = agents["none"].update(buffers["none"], performance)
-    for eager, replayed in zip(_state(agents["none"]), _state(agents[mode])):
+    for eager, replayed in zip(_state(agents["none"]), _state(agents["cudagraphs"])):
         torch.testing.assert_close(replayed, eager, rtol=1e-4, atol=1e-4)
     for key, eager in outputs["none"].items():
-        torch.testing.assert_close(outputs[mode][key], eager, rtol=1e-4, atol=1e-4)
-    for graphs, agent in agents.items():
+        torch.testing.assert_close(outputs["cudagraphs"][key], eager, rtol=1e-4, atol=1e-4)
+    for mode, agent in agents.items():
         agent.critic_aggregator.check()
-        assert agent.critic_aggregator.fallbacks == 0, graphs
+        assert agent.critic_aggregator.fallbacks == 0, mode
 
 
 @cuda
