@@ -305,18 +305,23 @@ def test_the_fused_iterations_trace_whole_and_give_the_same_weights(monkeypatch:
     assert {function.__name__ for function, _ in alpha_fair._FUSED} == {"_newton_step", "_paired_step"}
 
 
-@pytest.mark.parametrize("k", [1, 2, 5, 10, _linalg.UNROLLED_SOLVE_MAX_K + 1])
-def test_the_spd_solve_under_compile_is_unrolled_and_matches_lapack(k: int) -> None:
-    """Traced by ``torch.compile``, ``solve_spd`` eliminates without pivoting in element-wise operations (no
-    library call in the graph) up to ``UNROLLED_SOLVE_MAX_K``, and calls the library beyond. On SPD
-    matrices of condition 10 and 1e10 the result has a backward error at rounding level and, where the
-    condition allows, equals LAPACK's pivoted solve."""
+def _traced(function, *arguments):
+    """``function(*arguments)`` through ``torch.compile`` (whole graph), and the FX graph dynamo traced."""
     graphs: list[torch.fx.GraphModule] = []
 
     def recording(graph: torch.fx.GraphModule, example_inputs: list[torch.Tensor]):
         graphs.append(graph)
         return graph.forward
 
+    return torch.compile(function, backend=recording, fullgraph=True)(*arguments), graphs[-1]
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 10, _linalg.UNROLLED_SOLVE_MAX_K + 1])
+def test_the_spd_solve_under_compile_is_unrolled_and_matches_lapack(k: int) -> None:
+    """Traced by ``torch.compile``, ``solve_spd`` eliminates without pivoting in element-wise operations (no
+    library call in the graph) up to ``UNROLLED_SOLVE_MAX_K``, and calls the library beyond. On SPD
+    matrices of condition 10 and 1e10 the result has a backward error at rounding level and, where the
+    condition allows, equals LAPACK's pivoted solve."""
     generator = torch.Generator().manual_seed(k)
     basis, _ = torch.linalg.qr(torch.randn(k, k, generator=generator, dtype=torch.float64))
     for condition in (10.0, 1e10):
@@ -324,12 +329,12 @@ def test_the_spd_solve_under_compile_is_unrolled_and_matches_lapack(k: int) -> N
         matrix = basis @ torch.diag(torch.logspace(0, math.log10(condition), k, dtype=torch.float64)) @ basis.T
         matrix = 0.5 * (matrix + matrix.T)
         rhs = torch.randn(k, generator=generator, dtype=torch.float64)
-        x = torch.compile(_linalg.solve_spd, backend=recording, fullgraph=True)(matrix, rhs)
+        x, graph = _traced(_linalg.solve_spd, matrix, rhs)
         backward_error = (matrix @ x - rhs).norm() / (matrix.norm() * x.norm() + rhs.norm())
         assert backward_error < 1e-14, (condition, backward_error)
         if condition < 1e3:
             torch.testing.assert_close(x, torch.linalg.solve(matrix, rhs), rtol=1e-12, atol=0)
-    library_calls = [node for node in graphs[-1].graph.nodes if "solve" in str(node.target)]
+    library_calls = [node for node in graph.graph.nodes if "solve" in str(node.target)]
     assert bool(library_calls) == (k > _linalg.UNROLLED_SOLVE_MAX_K)
 
 
@@ -337,12 +342,6 @@ def test_a_traced_iteration_pair_has_no_library_call_that_would_split_its_fusion
     """Traced, a Newton iteration paired with a fallback iteration is element-wise work and reductions only:
     no matmul and no library solve, which inductor cannot fuse (each would split the pair into several
     kernels, each a launch on a GPU). Eagerly the same functions use ``@`` and LAPACK, with equal results."""
-    graphs: list[torch.fx.GraphModule] = []
-
-    def recording(graph: torch.fx.GraphModule, example_inputs: list[torch.Tensor]):
-        graphs.append(graph)
-        return graph.forward
-
     torch._dynamo.reset()
     problem = alpha_fair._ScaledProblem.of(random_jacobian(6, 15, seed=60, spread=1.0),
                                            torch.linspace(0.5, 2.0, 6, dtype=torch.float64), 0.5)
@@ -352,9 +351,9 @@ def test_a_traced_iteration_pair_has_no_library_call_that_would_split_its_fusion
                  alpha_fair._least_squares_start(problem.constants, 0.5),
                  0.5 ** torch.arange(alpha_fair.LINE_SEARCH_STEPS, dtype=torch.float64),
                  torch.eye(6, dtype=torch.float64))
-    traced = torch.compile(alpha_fair._paired_step, backend=recording, fullgraph=True)(*arguments)
+    traced, graph = _traced(alpha_fair._paired_step, *arguments)
     eager = alpha_fair._paired_step(*arguments)
     for ours, reference in zip(traced, eager):
         torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-300)
-    calls = [str(node.target) for node in graphs[0].graph.nodes if node.op in ("call_function", "call_method")]
+    calls = [str(node.target) for node in graph.graph.nodes if node.op in ("call_function", "call_method")]
     assert not [call for call in calls if any(name in call for name in ("matmul", "solve", "mm", "mv"))], calls
