@@ -36,10 +36,11 @@ Device. Everything runs in torch on the Jacobian's device, in float64, with ever
 passes, and iterates that have converged or failed stay put. A call reads nothing back to the host, so
 it can be captured in a CUDA graph; on a GPU (or with ``_linalg.EARLY_EXIT_ON_CPU`` off) it runs its fixed
 iteration counts (``MAX_ITERATIONS`` from a cold start, ``WARM_ITERATIONS`` from a warm one) and always
-computes the fallback, chosen by mask, its iterations beside Newton's (:func:`_paired_step`); on CUDA each
-pair is one function fused by ``torch.compile`` (``FUSE_ON_DEVICES``: ~110 kernel launches each become a
-handful; traced, the matrix products and the k×k solve are element-wise work, :func:`_mv` and
-``_linalg.solve_spd``, so that nothing splits the fusion: one kernel per pair on the CPU). On the CPU,
+computes the fallback, chosen by mask, its iterations beside Newton's (:func:`_paired_step`). On CUDA a
+solve is three stages fused by ``torch.compile`` (``FUSE_ON_DEVICES``): :func:`_prepare`, the iteration
+pairs and :func:`_conclude`; the k×k solves inside an iteration are one Triton launch each
+(``_linalg.solve_spd``). Counted from inductor's Triton output at k = 10 (a warm solve): 5 + 12 × 15 + 2
+launches, against ~170 + 12 × 31 before the stages and the solve kernel. On the CPU,
 where reading a value costs nothing, it stops as soon as Newton has converged or failed and computes the
 fallback only when it is used: the same arithmetic, so the same weights. The price of one path: a CPU
 solve of a tiny problem is dominated by per-operation overhead (k = 2: ~0.7 ms warm, ~2 ms on a Pareto
@@ -132,13 +133,11 @@ class AlphaFairSolution:
         return "; ".join(reasons)
 
 
-def _log_row_norms(jacobian: Tensor) -> tuple[Tensor, Tensor]:
-    """``(K', log ‖g_i‖)``: the Gramian ``K' = c · G Gᵀ`` of :func:`~._linalg.gramian` and the rows' true
-    log norms (``-inf`` for zero rows). float32 Jacobians (the agent's) take the float32 product
-    (``c = 1``); float64 ones are divided by their largest entry first (``c = 1/max|G|²``), so that no
-    input magnitude overflows."""
-    gramian, scale = _linalg.scaled_gramian(jacobian)
-    return gramian, 0.5 * torch.log(torch.diagonal(gramian).clamp_min(0.0)) + torch.log(scale)
+def _log_row_norms(gramian: Tensor, scale: Tensor) -> Tensor:
+    """The rows' true log norms (``-inf`` for zero rows) from the Gramian ``K' = G Gᵀ / s²`` of
+    :func:`~._linalg.scaled_gramian` (float32 Jacobians, the agent's: ``s = 1``; float64 ones are divided by
+    their largest entry first, so that no input magnitude overflows)."""
+    return 0.5 * torch.log(torch.diagonal(gramian).clamp_min(0.0)) + torch.log(scale)
 
 
 def solve_alpha_fair(jacobian: Tensor, alpha: float, utility_weights: Tensor | None = None,
@@ -167,36 +166,34 @@ def solve_alpha_fair(jacobian: Tensor, alpha: float, utility_weights: Tensor | N
 
 def _solve(jacobian: Tensor, alpha: float, utility_weights: Tensor | None, start: Tensor | None,
            validate: bool) -> AlphaFairSolution:
-    """:func:`solve_alpha_fair`'s body (without autograd): scale, Newton, the fallback where it fails, unscale."""
-    k, device, p = jacobian.shape[0], jacobian.device, 1.0 / alpha
-    ones = torch.ones(k, dtype=torch.float64, device=device)
-    omega = ones if utility_weights is None else utility_weights.detach().to(device=device, dtype=torch.float64)
-    if omega.shape != (k,):
-        raise ValueError(f"utility_weights must be {k} positive finite numbers, got shape {tuple(omega.shape)}.")
-    usable_omega = (omega > 0).all() & torch.isfinite(omega).all()
-    if validate and not bool(usable_omega):
-        raise ValueError(f"utility_weights must be {k} positive finite numbers, got {omega.cpu()}.")
-    problem = _ScaledProblem.of(jacobian, torch.where(usable_omega, omega, ones), p)
+    """:func:`solve_alpha_fair`'s body (without autograd): scale, Newton, the fallback where it fails, unscale.
 
-    warm = None if start is None else problem.warm_start(start)
+    Three stages, each fused into a few kernels on a GPU (:func:`_fused`): :func:`_prepare` (the scaled
+    problem and the first iterate), the iterations (:func:`_newton`), :func:`_conclude` (the weights)."""
+    k, device, p = jacobian.shape[0], jacobian.device, 1.0 / alpha
+    omega = None if utility_weights is None else utility_weights.detach().to(device=device, dtype=torch.float64)
+    if omega is not None and omega.shape != (k,):
+        raise ValueError(f"utility_weights must be {k} positive finite numbers, got shape {tuple(omega.shape)}.")
+    if validate and omega is not None and not bool((omega > 0).all() & torch.isfinite(omega).all()):
+        raise ValueError(f"utility_weights must be {k} positive finite numbers, got {omega.cpu()}.")
+    if start is not None:
+        start = start.detach().to(device=device, dtype=torch.float64)
+    gramian, scale = _linalg.scaled_gramian(jacobian)
+    problem, v = _fused(_prepare, device)(gramian, scale, omega, p, start)
+
     # With fixed iteration counts (a GPU, or traced) the fallback is always computed, and its iterations
     # run beside Newton's. On the CPU Newton runs alone and stops once settled; the fallback only follows
     # where it failed.
     early = _linalg.early_exit(device)
-    newton = _newton(problem.cosines, problem.constants, p, warm, None if early else problem.relative_norms)
-    if newton is None:  # (tests force the fallback this way)
-        scaled, solved, fallback = problem.constants, torch.zeros((), dtype=torch.bool, device=device), None
-    else:
-        scaled, solved, fallback = newton
-    if fallback is None and (not early or not bool(solved)):
+    iterations = MAX_ITERATIONS if start is None else WARM_ITERATIONS
+    newton = _newton(problem, v, iterations, not early)
+    if newton is None:  # (tests force the fallback this way: Newton "failed" at its start)
+        false = torch.zeros((), dtype=torch.bool, device=device)
+        newton = v, false, ~false, None
+    v, done, failed, fallback = newton
+    if fallback is None and (not early or not bool(_solved(problem, v, done, failed))):
         fallback = _bounded_least_squares(problem.cosines, problem.constants, p, problem.relative_norms)
-    if fallback is not None:
-        scaled = torch.where(solved, scaled, fallback)
-
-    all_zero, active = problem.all_zero, problem.active
-    weights = torch.where(all_zero, torch.full_like(ones, 1.0 / k), problem.to_weights(scaled))
-    zero_rows = ~active.all() & ~all_zero
-    no_solution = ~solved & ~all_zero
+    weights, zero_rows, no_solution, all_zero = _fused(_conclude, device)(problem, v, done, failed, fallback)
     return AlphaFairSolution(weights, zero_rows, no_solution, all_zero)
 
 
@@ -219,20 +216,26 @@ class _ScaledProblem:
     log_gamma: Tensor
 
     @classmethod
-    def of(cls, jacobian: Tensor, omega: Tensor, p: float) -> _ScaledProblem:
-        k = jacobian.shape[0]
-        gramian, log_norms = _log_row_norms(jacobian)
+    def of(cls, gramian: Tensor, scale: Tensor, omega: Tensor | None, p: float) -> _ScaledProblem:
+        """The problem for the Gramian ``G Gᵀ / scale²`` and ω (``None``, or one that is not positive and
+        finite, for ones: callers that defer their checks report a bad ω separately)."""
+        k = gramian.shape[0]
+        ones = torch.ones(k, dtype=torch.float64, device=gramian.device)
+        if omega is not None:
+            omega = torch.where((omega > 0).all() & torch.isfinite(omega).all(), omega, ones)
+        log_norms = _log_row_norms(gramian, scale)
         relative = torch.exp(log_norms - log_norms.max())  # 0/0 → nan when all rows are zero
         all_zero = ~torch.isfinite(log_norms.max())
         active = (relative > ZERO_ROW_RELATIVE_NORM) & ~all_zero
         norms = torch.where(active, torch.sqrt(torch.diagonal(gramian).clamp_min(0.0)), 1.0)
         cosines = gramian / (norms[:, None] * norms[None, :])
         cosines = (0.5 * (cosines + cosines.T)).clamp(-1.0, 1.0)
-        eye = torch.eye(k, dtype=torch.float64, device=jacobian.device)
+        eye = torch.eye(k, dtype=torch.float64, device=gramian.device)
         cosines = torch.where(active[:, None] & active[None, :], cosines, 0.0) * (1 - eye) + eye
         log_norms = torch.where(active, log_norms, 0.0)
         # c'_i = ω_i^(1/α) ‖g_i‖^(p-1), divided by its geometric mean γ over the active rows.
-        log_constants = torch.where(active, p * torch.log(omega) + (p - 1.0) * log_norms, 0.0)
+        log_omega = 0.0 if omega is None else p * torch.log(omega)
+        log_constants = torch.where(active, log_omega + (p - 1.0) * log_norms, 0.0)
         log_gamma = log_constants.sum() / active.sum().clamp_min(1)
         constants = torch.where(active, torch.exp(log_constants - log_gamma), 1.0)
         return cls(p, cosines, constants, active, all_zero, torch.where(active, relative, 1.0), log_norms, log_gamma)
@@ -244,7 +247,6 @@ class _ScaledProblem:
 
     def warm_start(self, weights: Tensor) -> tuple[Tensor, Tensor]:
         """``weights`` in the scaled variables, and whether they are usable (finite and positive)."""
-        weights = weights.detach().to(device=self.cosines.device, dtype=torch.float64)
         shift = self.log_norms - self.log_gamma / (1.0 + self.p)
         guess = torch.where(self.active, torch.exp(torch.log(weights) + shift), 1.0)
         return guess, (torch.isfinite(guess) & (guess > 0)).all()
@@ -268,6 +270,11 @@ def _mv(matrix: Tensor, v: Tensor) -> Tensor:
     return v @ matrix.transpose(-1, -2)
 
 
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for vectors; traced, a product and a sum (fused, where a library dot is a launch of its own)."""
+    return (a * b).sum(-1) if torch.compiler.is_compiling() else a @ b
+
+
 def _potential(cosines: Tensor, constants: Tensor, p: float, v: Tensor) -> Tensor:
     """``f(v) = ½ vᵀCv − Σ c_i h(v_i)``, ``h(v) = log v`` (p = 1) or ``v^(1-p)/(1-p)``; ``v`` is ``[..., k]``."""
     barrier = torch.log(v) if p == 1.0 else v ** (1.0 - p) / (1.0 - p)
@@ -276,51 +283,73 @@ def _potential(cosines: Tensor, constants: Tensor, p: float, v: Tensor) -> Tenso
 
 def _ray_rescaled(cosines: Tensor, constants: Tensor, p: float, v: Tensor) -> Tensor:
     """The best point on the ray ``t·v``: ``t^(1+p) = Σ c_i v_i^(1-p) / vᵀCv`` (``v`` itself when vᵀCv ≤ 0)."""
-    curvature = v @ cosines @ v
-    bounded = curvature > 1e-12 * (v @ v)
-    factor = ((constants @ v ** (1.0 - p)) / torch.where(bounded, curvature, 1.0)) ** (1.0 / (1.0 + p))
+    curvature = _dot(v, _mv(cosines, v))
+    bounded = curvature > 1e-12 * _dot(v, v)
+    factor = (_dot(constants, v ** (1.0 - p)) / torch.where(bounded, curvature, 1.0)) ** (1.0 / (1.0 + p))
     return torch.where(bounded, v * factor, v)
 
 
-def _newton(cosines: Tensor, constants: Tensor, p: float, warm: tuple[Tensor, Tensor] | None = None,
-            fallback_norms: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None] | None:
-    """Solve ``(C v)_i = c_i v_i^(-p)``, ``v > 0``: ``(v, solved, fallback)``, ``solved`` a 0-dim bool tensor.
-
-    Damped Newton on the convex potential (:func:`_newton_step`). An iterate that has converged, or whose
-    solve failed (no descent, no acceptable step, divergence), stays put; ``solved`` is False for the
-    latter and for one that has not converged when the iterations run out.
-
-    With ``fallback_norms`` (fixed iteration counts) the iterations of :func:`_bounded_least_squares` run
-    beside Newton's, each pair in one fused call (:func:`_paired_step`): the two are independent, so the
-    numbers are those of running them one after the other, with half the calls and, on a GPU, half the
-    launches. ``fallback`` is that point, or ``None`` without ``fallback_norms``.
-    """
-    k = cosines.shape[0]
-    dtype, device = cosines.dtype, cosines.device
+def _prepare(gramian: Tensor, scale: Tensor, omega: Tensor | None, p: float,
+             start: Tensor | None) -> tuple[_ScaledProblem, Tensor]:
+    """The scaled problem and Newton's first iterate: the orthogonal-rows solution or, where usable, the
+    caller's ``start`` (previous weights), each rescaled to the best point on its ray."""
+    problem = _ScaledProblem.of(gramian, scale, omega, p)
+    cosines, constants = problem.cosines, problem.constants
     v = _ray_rescaled(cosines, constants, p, _orthogonal_start(constants, p))
-    iterations = MAX_ITERATIONS
-    if warm is not None:
-        guess, usable = warm
+    if start is not None:
+        guess, usable = problem.warm_start(start)
         v = torch.where(usable, _ray_rescaled(cosines, constants, p, torch.where(usable, guess, v)), v)
-        iterations = WARM_ITERATIONS
+    return problem, v
+
+
+def _newton(problem: _ScaledProblem, v: Tensor, iterations: int,
+            with_fallback: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None] | None:
+    """Solve ``(C v)_i = c_i v_i^(-p)``, ``v > 0``, from ``v``: ``(v, done, failed, fallback)``, the flags 0-dim
+    bool tensors (``done``: converged; ``failed``: no descent, no acceptable step or divergence).
+
+    Damped Newton on the convex potential (:func:`_newton_step`), at most ``iterations`` steps. An iterate
+    that has converged or failed stays put; on the CPU (``_linalg.early_exit``) the loop stops there.
+
+    ``with_fallback`` (fixed iteration counts): the iterations of :func:`_bounded_least_squares` run beside
+    Newton's, each pair in one fused call (:func:`_paired_step`): the two are independent, so the numbers
+    are those of running them one after the other, with half the calls and, on a GPU, half the launches.
+    ``fallback`` is that point, or ``None`` without ``with_fallback``.
+    """
+    cosines, constants, p, device = problem.cosines, problem.constants, problem.p, problem.cosines.device
+    k, dtype = cosines.shape[0], cosines.dtype
     done = failed = torch.zeros((), dtype=torch.bool, device=device)
     fractions = 0.5 ** torch.arange(LINE_SEARCH_STEPS, dtype=dtype, device=device)
     eye = torch.eye(k, dtype=dtype, device=device)
     step, paired = _fused(_newton_step, device), _fused(_paired_step, device)
-    x = None if fallback_norms is None else _least_squares_start(constants, p)
+    x, norms = (_least_squares_start(constants, p), problem.relative_norms) if with_fallback else (None, None)
     early_exit = x is None and _linalg.early_exit(device)
     for iteration in range(iterations):
         if x is not None and iteration < LEAST_SQUARES_ITERATIONS:
-            v, done, failed, x = paired(cosines, constants, p, fallback_norms, v, done, failed, x, fractions, eye)
+            v, done, failed, x = paired(cosines, constants, p, norms, v, done, failed, x, fractions, eye)
         else:
             v, done, failed = step(cosines, constants, p, v, done, failed, fractions, eye)
         if early_exit and bool(done | failed):
             break
     for _ in range(iterations, LEAST_SQUARES_ITERATIONS if x is not None else 0):   # (none: Newton has more)
-        x = _fused(_least_squares_step, device)(cosines, constants, p, fallback_norms, x, eye)
-    target = constants * v ** (-p)
-    solved = ~failed & (done | (((cosines @ v - target).abs() / target).max() < TOLERANCE))
-    return v, solved, None if x is None else torch.exp(x)
+        x = _fused(_least_squares_step, device)(cosines, constants, p, norms, x, eye)
+    return v, done, failed, None if x is None else torch.exp(x)
+
+
+def _solved(problem: _ScaledProblem, v: Tensor, done: Tensor, failed: Tensor) -> Tensor:
+    """Whether Newton's ``v`` solves (*): converged, or within tolerance when the iterations ran out."""
+    target = problem.constants * v ** (-problem.p)
+    return ~failed & (done | (((problem.cosines @ v - target).abs() / target).max() < TOLERANCE))
+
+
+def _conclude(problem: _ScaledProblem, v: Tensor, done: Tensor, failed: Tensor,
+              fallback: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The weights (Newton's point where it solved (*), else the fallback's; ``1/k`` for an all-zero
+    Jacobian) and the flags of :class:`AlphaFairSolution`: zero rows, no solution, all rows zero."""
+    solved = _solved(problem, v, done, failed)
+    scaled = v if fallback is None else torch.where(solved, v, fallback)
+    k, all_zero = v.shape[0], problem.all_zero
+    weights = torch.where(all_zero, 1.0 / k, problem.to_weights(scaled))
+    return weights, ~problem.active.all() & ~all_zero, ~solved & ~all_zero, all_zero
 
 
 def _newton_step(cosines: Tensor, constants: Tensor, p: float, v: Tensor, done: Tensor, failed: Tensor,
@@ -417,11 +446,11 @@ def _least_squares_step(cosines: Tensor, constants: Tensor, p: float, norms: Ten
 
 
 # ------------------------------------------------------------------------------ fusing the iterations
-#: Device types whose iterations run through ``torch.compile``, and its backend. A Newton iteration is
-#: ~110 tiny kernels eagerly; on a GPU each costs a launch (~2 µs, in a CUDA graph too), so 24 of them cost
-#: ~4 ms a call. Inductor fuses an iteration into a handful of kernels, the k×k solve included (unrolled by
-#: ``_linalg.solve_spd`` when traced). On the CPU the launches cost little and inductor's C++ build
-#: minutes: the iterations run as written. Tests put "cpu" here with the ``aot_eager`` backend to check
+#: Device types whose solver stages run through ``torch.compile``, and its backend. A Newton iteration is
+#: ~110 tiny operations eagerly; on a GPU each is a launch (~2 µs, in a CUDA graph too). Inductor fuses an
+#: iteration pair into 13 kernels around its two k×k solves (the Triton launches of ``_linalg.solve_spd``),
+#: and :func:`_prepare` and :func:`_conclude` into 5 and 2. On the CPU the launches cost little and inductor's
+#: C++ build minutes: the stages run as written. Tests put "cpu" here with the ``aot_eager`` backend to check
 #: that the functions trace whole and give the same numbers.
 FUSE_ON_DEVICES: tuple[str, ...] = ("cuda",)
 FUSE_BACKEND = "inductor"

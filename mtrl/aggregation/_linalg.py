@@ -20,6 +20,8 @@ import math
 import torch
 from torch import Tensor
 
+from mtrl.aggregation import _gauss_jordan
+
 __all__ = ["gramian", "scaled_gramian", "block_columns", "early_exit", "solve_spd", "simplex_active_set",
            "min_norm_weights", "least_squares", "adam_step_", "as_state_tensor", "lowered_floor", "TINY"]
 
@@ -106,10 +108,15 @@ def early_exit(device: torch.device) -> bool:
     return EARLY_EXIT_ON_CPU and device.type == "cpu" and not torch.compiler.is_compiling()
 
 
-#: Largest size that :func:`solve_spd` unrolls under ``torch.compile``: the elimination's ``k`` steps become
-#: ``k`` dependent element-wise stages, which on a GPU are up to ``k`` small kernels; beyond this a library
-#: solve is the better trade (and compiles faster).
+#: Largest size that :func:`solve_spd` unrolls under ``torch.compile`` off CUDA: the elimination's ``k`` steps
+#: become ``k`` dependent element-wise stages; beyond this a library solve is the better trade (and compiles faster).
 UNROLLED_SOLVE_MAX_K = 16
+
+
+def _solve_in_one_launch(matrix: Tensor) -> bool:
+    """Whether :func:`solve_spd` takes the Triton kernel: CUDA, at most ``MAX_K`` unknowns, Triton installed.
+    (``python -m mtrl.bench launches`` answers yes to count a GPU's launches on the CPU.)"""
+    return matrix.is_cuda and matrix.shape[-1] <= _gauss_jordan.MAX_K and _gauss_jordan.HAVE_TRITON
 
 
 def solve_spd(matrix: Tensor, rhs: Tensor) -> Tensor:
@@ -117,22 +124,22 @@ def solve_spd(matrix: Tensor, rhs: Tensor) -> Tensor:
     right-hand side. Unchecked: for a singular matrix the result may be non-finite or meaningless, and the
     callers mask bad steps.
 
-    Eagerly this is ``torch.linalg.solve_ex`` (LAPACK, cuSOLVER). Traced by ``torch.compile`` (for
-    ``k ≤ UNROLLED_SOLVE_MAX_K``) it is Gauss-Jordan elimination without pivoting, which is stable for SPD
-    matrices as Cholesky is, unrolled over the ``k`` columns: element-wise operations that inductor fuses
-    with the rest of a solver iteration, where a library call splits the iteration's kernels and, on a GPU,
-    costs the several launches of a solver built for large matrices. On the CPU (inductor, k = 2) this
-    made a compiled α-fair solve 2.6× faster (762 → 291 µs); the two agree to rounding.
+    * CUDA (``k ≤ _gauss_jordan.MAX_K``, Triton installed): Gauss-Jordan elimination in one Triton launch
+      (``torch.ops.mtrl.spd_solve``), eagerly and traced alike; a cuSOLVER solve is several launches.
+    * Traced by ``torch.compile`` elsewhere (``k ≤ UNROLLED_SOLVE_MAX_K``): the same elimination as
+      element-wise operations (:func:`~._gauss_jordan.gauss_jordan`), which inductor fuses with the rest of a
+      solver iteration, where a library call would split it. On the CPU (inductor, k = 2) this made a
+      compiled α-fair solve 2.6× faster (762 → 291 µs).
+    * Otherwise ``torch.linalg.solve_ex`` (LAPACK).
+
+    Elimination without pivoting is stable for SPD matrices, as Cholesky is; all forms agree to rounding.
     """
     k = matrix.shape[-1]
-    if not torch.compiler.is_compiling() or k > UNROLLED_SOLVE_MAX_K:
-        return torch.linalg.solve_ex(matrix, rhs).result
-    augmented = torch.cat([matrix, rhs[:, None]], dim=1)   # [k, k + 1]
-    row = torch.arange(k, device=matrix.device)[:, None]
-    for j in range(k):
-        pivot_row = augmented[j] / augmented[j, j]
-        augmented = torch.where(row == j, pivot_row, augmented - augmented[:, j:j + 1] * pivot_row)
-    return augmented[:, k]
+    if _solve_in_one_launch(matrix):
+        return torch.ops.mtrl.spd_solve(matrix, rhs)
+    if torch.compiler.is_compiling() and k <= UNROLLED_SOLVE_MAX_K:
+        return _gauss_jordan.gauss_jordan(matrix, rhs)
+    return torch.linalg.solve_ex(matrix, rhs).result
 
 
 def simplex_active_set(K: Tensor, b: Tensor | None = None, radius: Tensor | None = None,

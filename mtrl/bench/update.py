@@ -72,20 +72,26 @@ def _aggregator(name: str) -> Aggregator:
     return EqualWeightsThroughJacobian() if name == "jacobian" else make(name)
 
 
-def prepare(aggregator: str, mode: str, args: argparse.Namespace) -> tuple[Callable[[], Any], dict[str, Any]]:
-    """An agent and a filled buffer, warmed up (compiled or captured); returns one update as a call."""
+def build(aggregator: str, mode: str, args: argparse.Namespace) -> tuple[MultiTaskSAC, ReplayBuffer, torch.Tensor]:
+    """An agent (``aggregator`` for both networks), a buffer filled with random transitions, and Δm."""
     device, k = torch.device(args.device), args.tasks
     torch.manual_seed(0)
     config = SACConfig(hidden_dim=args.hidden_dim, batch_size=args.batch_size, compile=mode)
     agent = MultiTaskSAC(args.obs_dim, args.action_dim, k, config, _aggregator(aggregator), _aggregator(aggregator),
-                         device=device, seed=0, compile_backend=args.compile_backend)
+                         device=device, seed=0, compile_backend=getattr(args, "compile_backend", "inductor"))
     steps = 500
     buffer = ReplayBuffer(k, args.obs_dim, args.action_dim, capacity=k * steps, device=device, seed=0)
     rng = np.random.default_rng(0)
     for _ in range(steps):
         buffer.add(rng.normal(size=(k, args.obs_dim)), rng.uniform(-1, 1, (k, args.action_dim)), rng.normal(size=k),
                    rng.normal(size=(k, args.obs_dim)), np.zeros(k, dtype=bool))
-    performance = torch.linspace(0.0, 90.0, k, device=device)
+    return agent, buffer, torch.linspace(0.0, 90.0, k, device=device)
+
+
+def prepare(aggregator: str, mode: str, args: argparse.Namespace) -> tuple[Callable[[], Any], dict[str, Any]]:
+    """An agent and a filled buffer, warmed up (compiled or captured); returns one update as a call."""
+    device = torch.device(args.device)
+    agent, buffer, performance = build(aggregator, mode, args)
 
     def update() -> None:
         agent.update(buffer, performance)

@@ -301,8 +301,10 @@ def test_the_fused_iterations_trace_whole_and_give_the_same_weights(monkeypatch:
         torch.testing.assert_close(fused.weights, reference.weights, rtol=1e-12, atol=0)
         if not bool(reference.fallback):
             torch.testing.assert_close(warm.weights, reference.weights, rtol=1e-9, atol=0)
-    # Newton's iterations, paired with the fallback's while it has some (fixed counts run both side by side).
-    assert {function.__name__ for function, _ in alpha_fair._FUSED} == {"_newton_step", "_paired_step"}
+    # The three stages; Newton's iterations paired with the fallback's while it has some (fixed counts run
+    # both side by side).
+    assert {function.__name__ for function, _ in alpha_fair._FUSED} == {"_prepare", "_newton_step", "_paired_step",
+                                                                          "_conclude"}
 
 
 def _traced(function, *arguments):
@@ -343,7 +345,7 @@ def test_a_traced_iteration_pair_has_no_library_call_that_would_split_its_fusion
     no matmul and no library solve, which inductor cannot fuse (each would split the pair into several
     kernels, each a launch on a GPU). Eagerly the same functions use ``@`` and LAPACK, with equal results."""
     torch._dynamo.reset()
-    problem = alpha_fair._ScaledProblem.of(random_jacobian(6, 15, seed=60, spread=1.0),
+    problem = alpha_fair._ScaledProblem.of(*_linalg.scaled_gramian(random_jacobian(6, 15, seed=60, spread=1.0)),
                                            torch.linspace(0.5, 2.0, 6, dtype=torch.float64), 0.5)
     v = alpha_fair._orthogonal_start(problem.constants, 0.5)
     flag = torch.zeros((), dtype=torch.bool)

@@ -1,0 +1,39 @@
+"""`python -m mtrl.bench launches --quick`: one update's GPU launches, counted on the CPU."""
+
+import importlib.util
+import json
+
+import pytest
+
+from mtrl.bench.__main__ import main
+
+TRITON = importlib.util.find_spec("triton") is not None
+
+
+def test_quick_launch_count_models_the_gpu_update(tmp_path) -> None:
+    out = tmp_path / "launches.json"
+    result = main(["launches", "--quick", "--torch-threads", "1", "--aggregators", "ls,pivrg", "--out", str(out)])
+    assert json.loads(out.read_text())["benchmark"] == "launches"
+    ls, pivrg = result["results"]["ls"], result["results"]["pivrg"]
+    # The GPU path reads nothing back; ls fuses nothing; pivrg's warm solves (critic and actor) run three stages,
+    # the iterations at their fixed count.
+    assert ls["host_reads"] == pivrg["host_reads"] == 0
+    assert ls["stage_calls"] == {} and ls["fused"] == 0 and ls["total"] == ls["eager"] > 0
+    from mtrl.aggregation import _alpha_fair
+    assert pivrg["stage_calls"] == {"_prepare": 2, "_paired_step": 2 * _alpha_fair.WARM_ITERATIONS, "_conclude": 2}
+    stages = result["stages"]
+    if not TRITON:
+        assert pivrg["total"] is None and all(stage["launches"] is None for stage in stages.values())
+        return
+    assert pivrg["fused"] == sum(calls * stages[name]["launches"] for name, calls in pivrg["stage_calls"].items())
+    assert pivrg["total"] == pivrg["eager"] + pivrg["fused"]
+    assert pivrg["ratio_to_ls"] == pytest.approx(pivrg["total"] / ls["total"])
+    # Each iteration pair's two k×k solves are one launch each (the Triton kernel), not an unrolled elimination.
+    assert stages["_paired_step"]["other_calls"] == 2, stages
+
+
+@pytest.mark.parametrize("argv", [["--aggregators", "pivrg"], ["--aggregators", "ls,nope"], ["--device", "cuda"]])
+def test_bad_options_are_usage_errors(argv) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["launches", "--quick", *argv])
+    assert exit_info.value.code == 2
