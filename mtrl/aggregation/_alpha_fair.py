@@ -27,9 +27,9 @@ turns (*) into ``(C v)_i = c_i ‖g_i‖^(p-1) v_i^(-p)`` for ``v = D w``; the c
 by their geometric mean. This makes the solve independent of the gradients' magnitudes (1e-8 and
 1e8 in one matrix are fine). The scaled problem is solved in float64 by damped Newton on ``f`` with
 a fraction-to-boundary rule that keeps the iterates positive and an Armijo line search, started from
-the exact solution for orthogonal rows (or from the caller's previous weights, ``start``) rescaled to the
-best point on its ray; it converges quadratically, typically in 5-15 iterations from a cold start for
-``k`` up to 50, in 1-3 from a nearby warm start.
+the exact solution for orthogonal rows or the caller's previous weights (``start``), whichever is better
+after each is rescaled to the best point on its ray (:func:`_prepare`); it converges quadratically,
+typically in 5-15 iterations for ``k`` up to 50, in 1-3 from a nearby warm start (MT10 training: 4-7).
 
 Device. Everything runs in torch on the Jacobian's device, in float64, with every branch taken by a mask
 (``torch.where``): the Armijo search tries all its step lengths at once and keeps the longest that
@@ -37,7 +37,7 @@ passes, and iterates that have converged or failed stay put. A call reads nothin
 it can be captured in a CUDA graph; on a GPU (or with ``_linalg.EARLY_EXIT_ON_CPU`` off) it runs its fixed
 iteration counts (``MAX_ITERATIONS`` from a cold start, ``WARM_ITERATIONS`` from a warm one) and always
 computes the fallback, chosen by mask, its iterations beside Newton's (:func:`_paired_step`). On CUDA a
-solve is three stages fused by ``torch.compile`` (``FUSE_ON_DEVICES``): :func:`_prepare`, the iteration
+solve is three stages fused by ``torch.compile`` (``_linalg.FUSE_ON_DEVICES``): :func:`_prepare`, the iteration
 pairs and :func:`_conclude`; the k×k solves inside an iteration are one Triton launch each
 (``_linalg.solve_spd``). Counted from inductor's Triton output at k = 10 (a warm solve): 5 + 12 × 15 + 2
 launches, against ~170 + 12 × 31 before the stages and the solve kernel. On the CPU,
@@ -71,10 +71,8 @@ parameters) — ``f`` has no minimiser and Newton diverges. The fallbacks, each 
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -83,7 +81,6 @@ from mtrl.aggregation import _linalg
 
 __all__ = ["AlphaFairSolution", "solve_alpha_fair", "WarmStarted"]
 
-log = logging.getLogger(__name__)
 
 #: Rows whose norm is below this fraction of the largest row norm are treated as zero rows.
 ZERO_ROW_RELATIVE_NORM = 1e-20
@@ -168,7 +165,7 @@ def _solve(jacobian: Tensor, alpha: float, utility_weights: Tensor | None, start
            validate: bool) -> AlphaFairSolution:
     """:func:`solve_alpha_fair`'s body (without autograd): scale, Newton, the fallback where it fails, unscale.
 
-    Three stages, each fused into a few kernels on a GPU (:func:`_fused`): :func:`_prepare` (the scaled
+    Three stages, each fused into a few kernels on a GPU (:func:`~._linalg.fused`): :func:`_prepare` (the scaled
     problem and the first iterate), the iterations (:func:`_newton`), :func:`_conclude` (the weights)."""
     k, device, p = jacobian.shape[0], jacobian.device, 1.0 / alpha
     omega = None if utility_weights is None else utility_weights.detach().to(device=device, dtype=torch.float64)
@@ -179,7 +176,7 @@ def _solve(jacobian: Tensor, alpha: float, utility_weights: Tensor | None, start
     if start is not None:
         start = start.detach().to(device=device, dtype=torch.float64)
     gramian, scale = _linalg.scaled_gramian(jacobian)
-    problem, v = _fused(_prepare, device)(gramian, scale, omega, p, start)
+    problem, v = _linalg.fused(_prepare, device)(gramian, scale, omega, p, start)
 
     # With fixed iteration counts (a GPU, or traced) the fallback is always computed, and its iterations
     # run beside Newton's. On the CPU Newton runs alone and stops once settled; the fallback only follows
@@ -193,7 +190,7 @@ def _solve(jacobian: Tensor, alpha: float, utility_weights: Tensor | None, start
     v, done, failed, fallback = newton
     if fallback is None and (not early or not bool(_solved(problem, v, done, failed))):
         fallback = _bounded_least_squares(problem.cosines, problem.constants, p, problem.relative_norms)
-    weights, zero_rows, no_solution, all_zero = _fused(_conclude, device)(problem, v, done, failed, fallback)
+    weights, zero_rows, no_solution, all_zero = _linalg.fused(_conclude, device)(problem, v, done, failed, fallback)
     return AlphaFairSolution(weights, zero_rows, no_solution, all_zero)
 
 
@@ -257,48 +254,53 @@ def _orthogonal_start(constants: Tensor, p: float) -> Tensor:
     return constants ** (1.0 / (1.0 + p))
 
 
-def _mv(matrix: Tensor, v: Tensor) -> Tensor:
-    """``matrix @ v`` over the last axis of ``v`` (``[..., k]``).
-
-    Traced by ``torch.compile`` it is written as a product and a sum: a matmul is a library call (cuBLAS,
-    MKL) that inductor cannot fuse, and it splits an iteration into several kernels around it. Written
-    this way, each iteration compiles to one kernel on the CPU (k = 10; 3 kernels and 2 matmuls with
-    ``@``). Eagerly, ``@`` is one operation instead of two.
-    """
-    if torch.compiler.is_compiling():
-        return (matrix * v[..., None, :]).sum(-1)
-    return v @ matrix.transpose(-1, -2)
-
-
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b`` for vectors; traced, a product and a sum (fused, where a library dot is a launch of its own)."""
-    return (a * b).sum(-1) if torch.compiler.is_compiling() else a @ b
-
-
 def _potential(cosines: Tensor, constants: Tensor, p: float, v: Tensor) -> Tensor:
     """``f(v) = ½ vᵀCv − Σ c_i h(v_i)``, ``h(v) = log v`` (p = 1) or ``v^(1-p)/(1-p)``; ``v`` is ``[..., k]``."""
     barrier = torch.log(v) if p == 1.0 else v ** (1.0 - p) / (1.0 - p)
-    return 0.5 * (_mv(cosines, v) * v).sum(-1) - (barrier * constants).sum(-1)
+    return 0.5 * (_linalg.matvec(cosines, v) * v).sum(-1) - (barrier * constants).sum(-1)
+
+
+def _decrease(cv: Tensor, curvature: Tensor, constants: Tensor, p: float, v: Tensor, step: Tensor,
+              lengths: Tensor) -> Tensor:
+    """``f(v + t·s) − f(v)`` for each length ``t`` (``cv = Cv``, ``curvature = sᵀCs``):
+    ``t sᵀCv + ½ t² sᵀCs − Σ_i c_i (h(v_i + t s_i) − h(v_i))``.
+
+    The quadratic part is exact in ``t``, and the barrier's differences are formed without cancellation
+    (``log1p``, ``expm1``), so the Armijo test resolves decreases far below the size of ``f`` itself. It
+    needs no product with ``C`` per trial length: on a GPU two of an iteration's kernels fewer than
+    evaluating ``f`` at every trial point. Needs ``t s_i / v_i > −1`` (the fraction-to-boundary rule).
+    """
+    growth = torch.log1p(lengths[:, None] * (step / v)[None, :])          # log((v_i + t s_i) / v_i)
+    barrier = growth if p == 1.0 else v ** (1.0 - p) * torch.expm1((1.0 - p) * growth) / (1.0 - p)
+    return lengths * _linalg.dot(step, cv) + 0.5 * lengths ** 2 * curvature - (barrier * constants).sum(-1)
 
 
 def _ray_rescaled(cosines: Tensor, constants: Tensor, p: float, v: Tensor) -> Tensor:
     """The best point on the ray ``t·v``: ``t^(1+p) = Σ c_i v_i^(1-p) / vᵀCv`` (``v`` itself when vᵀCv ≤ 0)."""
-    curvature = _dot(v, _mv(cosines, v))
-    bounded = curvature > 1e-12 * _dot(v, v)
-    factor = (_dot(constants, v ** (1.0 - p)) / torch.where(bounded, curvature, 1.0)) ** (1.0 / (1.0 + p))
+    curvature = _linalg.dot(v, _linalg.matvec(cosines, v))
+    bounded = curvature > 1e-12 * _linalg.dot(v, v)
+    factor = (_linalg.dot(constants, v ** (1.0 - p)) / torch.where(bounded, curvature, 1.0)) ** (1.0 / (1.0 + p))
     return torch.where(bounded, v * factor, v)
 
 
 def _prepare(gramian: Tensor, scale: Tensor, omega: Tensor | None, p: float,
              start: Tensor | None) -> tuple[_ScaledProblem, Tensor]:
-    """The scaled problem and Newton's first iterate: the orthogonal-rows solution or, where usable, the
-    caller's ``start`` (previous weights), each rescaled to the best point on its ray."""
+    """The scaled problem and Newton's first iterate: the orthogonal-rows solution or the caller's ``start``
+    (the previous weights), each rescaled to the best point on its ray, whichever has the lower potential.
+
+    The damped phase of Newton's method shortens with the potential's excess over its minimum, and neither
+    start is always the better: over the first 600 pivrg updates of an MT10 run (CPU, 1,600 solves),
+    Newton needed 4-5 iterations from the orthogonal start in most solves (up to 10) and 6-7 from the
+    previous weights (up to 11): consecutive batches' Gramians differ that much. A nearby start (the
+    same Gramian, slowly changing ones) wins where it exists."""
     problem = _ScaledProblem.of(gramian, scale, omega, p)
     cosines, constants = problem.cosines, problem.constants
     v = _ray_rescaled(cosines, constants, p, _orthogonal_start(constants, p))
     if start is not None:
         guess, usable = problem.warm_start(start)
-        v = torch.where(usable, _ray_rescaled(cosines, constants, p, torch.where(usable, guess, v)), v)
+        warm = _ray_rescaled(cosines, constants, p, torch.where(usable, guess, v))
+        better = usable & (_potential(cosines, constants, p, warm) < _potential(cosines, constants, p, v))
+        v = torch.where(better, warm, v)
     return problem, v
 
 
@@ -320,7 +322,7 @@ def _newton(problem: _ScaledProblem, v: Tensor, iterations: int,
     done = failed = torch.zeros((), dtype=torch.bool, device=device)
     fractions = 0.5 ** torch.arange(LINE_SEARCH_STEPS, dtype=dtype, device=device)
     eye = torch.eye(k, dtype=dtype, device=device)
-    step, paired = _fused(_newton_step, device), _fused(_paired_step, device)
+    step, paired = _linalg.fused(_newton_step, device), _linalg.fused(_paired_step, device)
     x, norms = (_least_squares_start(constants, p), problem.relative_norms) if with_fallback else (None, None)
     early_exit = x is None and _linalg.early_exit(device)
     for iteration in range(iterations):
@@ -331,7 +333,7 @@ def _newton(problem: _ScaledProblem, v: Tensor, iterations: int,
         if early_exit and bool(done | failed):
             break
     for _ in range(iterations, LEAST_SQUARES_ITERATIONS if x is not None else 0):   # (none: Newton has more)
-        x = _fused(_least_squares_step, device)(cosines, constants, p, norms, x, eye)
+        x = _linalg.fused(_least_squares_step, device)(cosines, constants, p, norms, x, eye)
     return v, done, failed, None if x is None else torch.exp(x)
 
 
@@ -360,7 +362,8 @@ def _newton_step(cosines: Tensor, constants: Tensor, p: float, v: Tensor, done: 
     lengths ``t_max · fractions`` tried at once, keeping the longest that passes.
     """
     target = constants * v ** (-p)
-    gradient = _mv(cosines, v) - target
+    cv = _linalg.matvec(cosines, v)
+    gradient = cv - target
     residual = (gradient.abs() / target).max()
     converged = residual < TOLERANCE
     hessian = cosines + eye * (p * target / v)
@@ -371,7 +374,7 @@ def _newton_step(cosines: Tensor, constants: Tensor, p: float, v: Tensor, done: 
     # a nearly cancelling sum, which float64 cannot resolve to a small *relative* residual. Accept a
     # residual at rounding level relative to the size of the terms. (A diverging iterate never stalls.)
     stalled = (step.abs() / v).max() < 1e-12
-    backward = (gradient.abs() / (_mv(cosines.abs(), v) + target)).max()
+    backward = (gradient.abs() / (_linalg.matvec(cosines.abs(), v) + target)).max()
     stalled_ok = stalled & ((residual < 1e-8) | (backward < STALLED_TOLERANCE))
     slope = (gradient * step).sum()  # < 0: Newton directions descend a convex f
     shrinking = step < 0
@@ -381,8 +384,9 @@ def _newton_step(cosines: Tensor, constants: Tensor, p: float, v: Tensor, done: 
     # Armijo; in the last, quadratically convergent steps the decrease is below float64 resolution of f,
     # so a full step with a tiny Newton decrement is taken as is.
     lengths = t_max * fractions
-    trial = _potential(cosines, constants, p, v[None, :] + lengths[:, None] * step[None, :])
-    accepted = trial <= current + 1e-4 * lengths * slope
+    # sᵀCs from the Newton system (C + D) s = −∇f, D = diag(p c_i v_i^(-p-1)): −slope − sᵀDs, no product with C.
+    curvature = -slope - (p * target / v * step * step).sum()
+    accepted = _decrease(cv, curvature, constants, p, v, step, lengths) <= 1e-4 * lengths * slope
     tiny_decrement = -slope <= 1e-12 * (1.0 + current.abs())
     first = torch.argmax(accepted.to(torch.int8))  # the longest accepted length (0 when none is)
     t = torch.where(tiny_decrement, t_max, lengths.gather(0, first.reshape(1)).squeeze(0))
@@ -409,7 +413,7 @@ def _bounded_least_squares(cosines: Tensor, constants: Tensor, p: float, norms: 
     """
     x = _least_squares_start(constants, p)
     eye = torch.eye(cosines.shape[0], dtype=cosines.dtype, device=cosines.device)
-    step = _fused(_least_squares_step, cosines.device)
+    step = _linalg.fused(_least_squares_step, cosines.device)
     for _ in range(LEAST_SQUARES_ITERATIONS):
         x = step(cosines, constants, p, norms, x, eye)
     return torch.exp(x)
@@ -432,7 +436,7 @@ def _least_squares_step(cosines: Tensor, constants: Tensor, p: float, norms: Ten
     """One damped, capped Gauss-Newton step of the fallback in ``x = log v``."""
     v = torch.exp(x)
     target = constants * torch.exp(-p * x)
-    residual = norms * (_mv(cosines, v) - target)
+    residual = norms * (_linalg.matvec(cosines, v) - target)
     # J = diag(n) · (C diag(v) + diag(p c v^(-p))): the residual's derivative in x.
     jacobian = norms[:, None] * (cosines * v[None, :] + eye * (p * target))
     normal = (jacobian[:, :, None] * jacobian[:, None, :]).sum(0)   # JᵀJ
@@ -440,56 +444,18 @@ def _least_squares_step(cosines: Tensor, constants: Tensor, p: float, norms: Ten
     # where JᵀJ is rank deficient (opposite rows).
     diagonal = torch.diagonal(normal)
     regulariser = LEAST_SQUARES_DAMPING * diagonal + 1e-10 * diagonal.max() + 1e-300
-    step = -_linalg.solve_spd(normal + eye * regulariser, _mv(jacobian.T, residual))
+    step = -_linalg.solve_spd(normal + eye * regulariser, _linalg.matvec(jacobian.T, residual))
     cap = LEAST_SQUARES_MAX_LOG_STEP
     return x + cap * torch.tanh(torch.nan_to_num(step) / cap)
 
 
-# ------------------------------------------------------------------------------ fusing the iterations
-#: Device types whose solver stages run through ``torch.compile``, and its backend. A Newton iteration is
-#: ~110 tiny operations eagerly; on a GPU each is a launch (~2 µs, in a CUDA graph too). Inductor fuses an
-#: iteration pair into 13 kernels around its two k×k solves (the Triton launches of ``_linalg.solve_spd``),
-#: and :func:`_prepare` and :func:`_conclude` into 5 and 2. On the CPU the launches cost little and inductor's
-#: C++ build minutes: the stages run as written. Tests put "cpu" here with the ``aot_eager`` backend to check
-#: that the functions trace whole and give the same numbers.
-FUSE_ON_DEVICES: tuple[str, ...] = ("cuda",)
-FUSE_BACKEND = "inductor"
-_FUSED: dict[tuple[Any, str], Any] = {}
-_FUSE_FAILED: list[str] = []
-
-
-def _fused(function: Any, device: torch.device) -> Any:
-    """``function`` itself, or (on ``FUSE_ON_DEVICES``) its ``torch.compile``d version, made once.
-
-    The compiled version is the same arithmetic; if compiling fails, the iterations run eagerly from
-    then on and the log says why once.
-    """
-    if device.type not in FUSE_ON_DEVICES or _FUSE_FAILED or torch.compiler.is_compiling():
-        return function   # (inside an outer torch.compile, which fuses the plain function itself)
-    key = (function, FUSE_BACKEND)
-    if key not in _FUSED:
-        compiled = torch.compile(function, backend=FUSE_BACKEND, fullgraph=True, dynamic=False)
-
-        def call(*args: Any) -> Any:
-            if _FUSE_FAILED:
-                return function(*args)
-            try:
-                return compiled(*args)
-            except Exception as error:  # noqa: BLE001 - e.g. no Triton: eager arithmetic is the same
-                _FUSE_FAILED.append(f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
-                log.warning("α-fair solver: torch.compile of its iterations failed (%s); they run eagerly.",
-                            _FUSE_FAILED[0])
-                return function(*args)
-
-        _FUSED[key] = call
-    return _FUSED[key]
-
-
 class WarmStarted:
-    """Mixin for the α-fair aggregators: the last weights, kept as a device tensor updated in place, start
-    the next solve (consecutive steps' Gramians are close: Newton then needs 1-3 iterations instead of
-    5-15). The state changes how fast a solve converges, not its solution, and being a device tensor
-    updated in place it lives inside a captured CUDA graph too (``capturable``)."""
+    """Mixin for the α-fair aggregators: the last weights, kept as a device tensor updated in place, are a
+    candidate start of the next solve (:func:`_prepare` takes it where its potential is lower than the
+    orthogonal-rows start's: from nearby weights Newton needs 1-3 iterations instead of 5-15). It also sets
+    the iteration budget of fixed-count solves (``WARM_ITERATIONS`` instead of ``MAX_ITERATIONS``). The
+    state changes how fast a solve converges, not its solution, and being a device tensor updated in place
+    it lives inside a captured CUDA graph too (``capturable``)."""
 
     capturable = True
     _state_attributes: tuple[str, ...] = ("last_weights",)

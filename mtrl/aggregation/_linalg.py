@@ -15,14 +15,18 @@ be captured in a CUDA graph; on the CPU it is the CPU path. Whether a solve conv
 
 from __future__ import annotations
 
+import logging
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from mtrl.aggregation import _gauss_jordan
 
-__all__ = ["gramian", "scaled_gramian", "block_columns", "early_exit", "solve_spd", "simplex_active_set",
+log = logging.getLogger(__name__)
+
+__all__ = ["gramian", "scaled_gramian", "block_columns", "early_exit", "fused", "matvec", "dot", "solve_spd", "simplex_active_set",
            "min_norm_weights", "least_squares", "adam_step_", "as_state_tensor", "lowered_floor", "TINY"]
 
 #: Squared norms at or below this (in the units of :func:`gramian`, where the largest entry of the
@@ -108,6 +112,66 @@ def early_exit(device: torch.device) -> bool:
     return EARLY_EXIT_ON_CPU and device.type == "cpu" and not torch.compiler.is_compiling()
 
 
+# -------------------------------------------------------------------- fusing solver iterations on a GPU
+#: Device types whose solver stages run through ``torch.compile``, and its backend. A solver iteration is
+#: ~50-110 tiny operations eagerly; on a GPU each is a launch (~2 µs, in a CUDA graph too), so the
+#: iterations of a solve cost milliseconds. Inductor fuses an iteration into a handful of kernels
+#: (``python -m mtrl.bench launches`` counts them: an α-fair iteration pair is 13 launches, its two k×k
+#: solves included, one Triton launch each). On the CPU the launches cost little and inductor's C++ build
+#: minutes: the stages run as written. Tests put "cpu" here with the ``aot_eager`` backend to check that the
+#: functions trace whole and give the same numbers.
+FUSE_ON_DEVICES: tuple[str, ...] = ("cuda",)
+FUSE_BACKEND = "inductor"
+_FUSED: dict[tuple[Any, str], Any] = {}
+_FUSE_FAILED: list[str] = []
+
+
+def fused(function: Any, device: torch.device) -> Any:
+    """``function`` itself, or (on ``FUSE_ON_DEVICES``) its ``torch.compile``d version, made once.
+
+    ``function`` is a pure function of tensors (and constants) that reads nothing back to the host. The
+    compiled version is the same arithmetic; if compiling fails, every stage runs eagerly from then on and
+    the log says why once.
+    """
+    if device.type not in FUSE_ON_DEVICES or _FUSE_FAILED or torch.compiler.is_compiling():
+        return function   # (inside an outer torch.compile, which fuses the plain function itself)
+    key = (function, FUSE_BACKEND)
+    if key not in _FUSED:
+        compiled = torch.compile(function, backend=FUSE_BACKEND, fullgraph=True, dynamic=False)
+
+        def call(*args: Any) -> Any:
+            if _FUSE_FAILED:
+                return function(*args)
+            try:
+                return compiled(*args)
+            except Exception as error:  # noqa: BLE001 - e.g. no Triton: eager arithmetic is the same
+                _FUSE_FAILED.append(f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
+                log.warning("solvers: torch.compile of their iterations failed (%s); they run eagerly.",
+                            _FUSE_FAILED[0])
+                return function(*args)
+
+        _FUSED[key] = call
+    return _FUSED[key]
+
+
+def matvec(matrix: Tensor, v: Tensor) -> Tensor:
+    """``matrix @ v`` over the last axis of ``v`` (``[..., k]``), for the solvers' small matrices.
+
+    Traced by ``torch.compile`` it is written as a product and a sum: a matmul is a library call (cuBLAS,
+    MKL) that inductor cannot fuse, and it splits an iteration into several kernels around it. Written
+    this way, an α-fair iteration compiles to one kernel on the CPU (k = 10; 3 kernels and 2 matmuls with
+    ``@``). Eagerly, ``@`` is one operation instead of two.
+    """
+    if torch.compiler.is_compiling():
+        return (matrix * v[..., None, :]).sum(-1)
+    return v @ matrix.transpose(-1, -2)
+
+
+def dot(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for vectors; traced, a product and a sum (fused, where a library dot is a launch of its own)."""
+    return (a * b).sum(-1) if torch.compiler.is_compiling() else a @ b
+
+
 #: Largest size that :func:`solve_spd` unrolls under ``torch.compile`` off CUDA: the elimination's ``k`` steps
 #: become ``k`` dependent element-wise stages; beyond this a library solve is the better trade (and compiles faster).
 UNROLLED_SOLVE_MAX_K = 16
@@ -177,8 +241,6 @@ def simplex_active_set(K: Tensor, b: Tensor | None = None, radius: Tensor | None
     index = torch.arange(k, device=device)
     scale = torch.diagonal(K).max().clamp_min(TINY)
     K = K / scale  # largest diagonal entry 1; b scales along, r with √scale
-    eye = torch.eye(k, dtype=dtype, device=device)
-    infinity = torch.full((k,), math.inf, dtype=dtype, device=device)
     cagrad = b is not None
     if cagrad:
         b = b / scale
@@ -188,53 +250,16 @@ def simplex_active_set(K: Tensor, b: Tensor | None = None, radius: Tensor | None
         b_largest = b.abs().max()
     else:
         b = torch.zeros(k, dtype=dtype, device=device)
+        r2 = b_largest = torch.zeros((), dtype=dtype, device=device)
         start = torch.argmin(torch.diagonal(K))
-        tolerance = 1e-12
     face = index == start
     w = face.to(dtype)
-    # The bordered face system [[K_PP, −1], [1ᵀ, 0]], identity rows and columns off the face.
-    system = torch.zeros(k + 1, k + 1, dtype=dtype, device=device)
-    # (Not `rhs[k, 0] = 1.0`: assigning a Python number into a CUDA tensor copies it from the host, a
-    # synchronisation that the GPU check's capture found.)
-    border = torch.arange(k + 1, device=device) == k
-    rhs = torch.stack([border.to(dtype), torch.zeros(k + 1, dtype=dtype, device=device)], dim=1)
+    step = fused(_active_set_step, device)
     stop_when_settled = early_exit(device)
-
     for _ in range(iteration_budget(k) if iterations is None else iterations):
-        on = face.to(dtype)
-        system[:k, :k] = torch.where(face[:, None] & face[None, :], K, eye)
-        system[:k, k] = -on
-        system[k, :k] = on
-        rhs[:k, 1] = -b * on
-        solution = torch.linalg.solve_ex(system, rhs).result  # unchecked: a failed solve is masked below
-        a, c = solution[:k, 0] * on, solution[:k, 1] * on
-        if cagrad:
-            room = r2 - (c @ K @ c).clamp_min(0.0)
-            bounded = room > 1e-14 * r2
-            t = torch.where(bounded, ((a @ K @ a).clamp_min(0.0) / torch.where(bounded, room, r2)).sqrt(), _FAR)
-            z, lam = a + t * c, solution[k, 0] + t * solution[k, 1]
-            reduced = t * b + K @ z - lam  # t-scaled reduced gradient: 0 on the face, < 0 where entering descends
-            tolerance = 1e-12 * (1.0 + t * b_largest)
-        else:
-            z = a
-            reduced = K @ z - solution[k, 0]
-        feasible = ((z > 0) | ~face).all() & torch.isfinite(z).all()
-        # (A 0-dim tensor used as an index would be read back to the host: compare through min/argmin.)
-        outside = torch.where(face, infinity, reduced)
-        enter = feasible & (outside.min() < -tolerance)
-        # Infeasible z: step from w toward z until the first weight on the face reaches 0.
-        ratios = torch.where(face & (z <= 0), w / (w - z).clamp_min(TINY), infinity)
-        step = ratios.min().clamp(max=1.0)
-        stepped = torch.where(face, w + step * (z - w), 0.0)
-        leave = face & ((ratios <= step) | (stepped <= 0))
-        moved = torch.where(feasible, z, torch.where(leave, 0.0, stepped)).clamp_min(0.0)
-        moved = moved / moved.sum()
-        usable = torch.isfinite(moved).all()
-        w = torch.where(usable, moved, w)
-        grown = face | (enter & (index == torch.argmin(outside)))
-        face = torch.where(usable, torch.where(feasible, grown, face & ~leave), face)
-        if stop_when_settled and not bool(enter | ~feasible | ~usable):
-            break  # settled: further iterations would repeat this one
+        w, face, settled = step(K, b, r2, b_largest, w, face, cagrad)
+        if stop_when_settled and bool(settled):
+            break  # further iterations would repeat this one
 
     # Certificate: the Frank-Wolfe gap at the final point.
     Kw = K @ w
@@ -247,6 +272,55 @@ def simplex_active_set(K: Tensor, b: Tensor | None = None, radius: Tensor | None
     gap = w @ gradient - gradient.min()
     converged = gap <= GAP_TOLERANCE * (1.0 + gradient.abs().max())
     return w, t, converged
+
+
+def _active_set_step(K: Tensor, b: Tensor, r2: Tensor, b_largest: Tensor, w: Tensor, face: Tensor,
+                     cagrad: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """One iteration of :func:`simplex_active_set`: ``(w, face, settled)`` after it (every branch a mask).
+
+    ``K`` normalised (largest diagonal entry 1), ``b`` and ``r2 = r²`` in its units (zeros for MGDA),
+    ``b_largest = max|b|``; ``settled``: nothing entered, left or failed, so further iterations repeat it.
+    """
+    k, dtype, device = K.shape[0], K.dtype, K.device
+    index = torch.arange(k, device=device)
+    eye = torch.eye(k, dtype=dtype, device=device)
+    infinity = torch.full((k,), math.inf, dtype=dtype, device=device)
+    on = face.to(dtype)
+    # The bordered face system [[K_PP, −1], [1ᵀ, 0]], identity rows and columns off the face, with the
+    # right-hand sides e_k (the face's min-norm point a) and (−b_P, 0) (its direction c).
+    top = torch.cat([torch.where(face[:, None] & face[None, :], K, eye), -on[:, None]], dim=1)
+    system = torch.cat([top, torch.cat([on, torch.zeros(1, dtype=dtype, device=device)])[None, :]], dim=0)
+    border = (torch.arange(k + 1, device=device) == k).to(dtype)
+    rhs = torch.stack([border, torch.cat([-b * on, torch.zeros(1, dtype=dtype, device=device)])], dim=1)
+    solution = torch.linalg.solve_ex(system, rhs).result  # unchecked: a failed solve is masked below
+    a, c = solution[:k, 0] * on, solution[:k, 1] * on
+    if cagrad:
+        room = r2 - dot(c, matvec(K, c)).clamp_min(0.0)
+        bounded = room > 1e-14 * r2
+        t = torch.where(bounded, (dot(a, matvec(K, a)).clamp_min(0.0) / torch.where(bounded, room, r2)).sqrt(), _FAR)
+        z, lam = a + t * c, solution[k, 0] + t * solution[k, 1]
+        reduced = t * b + matvec(K, z) - lam  # t-scaled reduced gradient: 0 on the face, < 0 where entering descends
+        tolerance = 1e-12 * (1.0 + t * b_largest)
+    else:
+        z = a
+        reduced = matvec(K, z) - solution[k, 0]
+        tolerance = 1e-12
+    feasible = ((z > 0) | ~face).all() & torch.isfinite(z).all()
+    # (A 0-dim tensor used as an index would be read back to the host: compare through min/argmin.)
+    outside = torch.where(face, infinity, reduced)
+    enter = feasible & (outside.min() < -tolerance)
+    # Infeasible z: step from w toward z until the first weight on the face reaches 0.
+    ratios = torch.where(face & (z <= 0), w / (w - z).clamp_min(TINY), infinity)
+    step = ratios.min().clamp(max=1.0)
+    stepped = torch.where(face, w + step * (z - w), 0.0)
+    leave = face & ((ratios <= step) | (stepped <= 0))
+    moved = torch.where(feasible, z, torch.where(leave, 0.0, stepped)).clamp_min(0.0)
+    moved = moved / moved.sum()
+    usable = torch.isfinite(moved).all()
+    w = torch.where(usable, moved, w)
+    grown = face | (enter & (index == torch.argmin(outside)))
+    face = torch.where(usable, torch.where(feasible, grown, face & ~leave), face)
+    return w, face, ~(enter | ~feasible | ~usable)
 
 
 def min_norm_weights(K: Tensor) -> tuple[Tensor, Tensor]:

@@ -14,9 +14,10 @@ iteration counts, fused Adam, the GPU's block size for passes over the Jacobian)
 * ``eager``: aten operations that launch a kernel (not views, allocations or metadata), under a
   dispatch mode; ``host_reads`` counts values read back (0 on the GPU path);
 * ``fused``: each call of a solver stage that ``torch.compile`` fuses on CUDA
-  (:data:`mtrl.aggregation._alpha_fair.FUSE_ON_DEVICES`) counts as the launches inductor generates for
-  it there: its Triton kernels plus the library or custom-operator calls between them (the small
-  solves' Triton kernel, one launch each). They are read from inductor's own Triton code generation,
+  (:data:`mtrl.aggregation._linalg.FUSE_ON_DEVICES`; one variant per value of its Python constants,
+  e.g. ``_paired_step[0.5]`` for α = 2) counts as the launches inductor generates for it there: its
+  Triton kernels plus the library or custom-operator calls between them, one launch each (right for the
+  small solves' Triton kernel; a cuSOLVER solve, the active-set method's, is a few). They are read from inductor's own Triton code generation,
   run for the CPU tensors with ``cpu_backend="triton"`` and stopped before anything is compiled (needs
   the ``triton`` package; inductor internals that may change between torch versions: where this fails
   the stage's count is ``None`` and the reason is printed).
@@ -35,7 +36,7 @@ from unittest import mock
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from mtrl.aggregation import _alpha_fair, _linalg, available
+from mtrl.aggregation import _linalg, available
 from mtrl.bench._common import positive_int, print_table, usage_error
 from mtrl.bench.update import build
 
@@ -97,8 +98,11 @@ def count_update(aggregator: str, args: argparse.Namespace) -> tuple[dict[str, A
 
     def fused(function: Callable, device: torch.device) -> Callable:
         def call(*arguments: Any) -> Any:
-            calls[function.__name__] += 1
-            examples.setdefault(function.__name__, (function, arguments))
+            # One compiled variant per value of the Python constants among the arguments (p, cagrad, ...).
+            constants = [repr(value) for value in arguments if isinstance(value, (bool, int, float, str))]
+            name = f"{function.__name__}[{', '.join(constants)}]" if constants else function.__name__
+            calls[name] += 1
+            examples.setdefault(name, (function, arguments))
             counter.paused += 1
             try:
                 return function(*arguments)
@@ -107,7 +111,7 @@ def count_update(aggregator: str, args: argparse.Namespace) -> tuple[dict[str, A
         return call
 
     gpu_blocks = max(1, _linalg._BLOCK_ELEMENTS // args.tasks)   # passes over the Jacobian: the GPU's block size
-    with mock.patch.object(_linalg, "EARLY_EXIT_ON_CPU", False), mock.patch.object(_alpha_fair, "_fused", fused), \
+    with mock.patch.object(_linalg, "EARLY_EXIT_ON_CPU", False), mock.patch.object(_linalg, "fused", fused), \
             mock.patch.object(_linalg, "_CPU_BLOCK_COLUMNS", gpu_blocks):
         agent.update(buffer, performance)   # the first update: cold starts, lazy state
         calls.clear()

@@ -289,21 +289,21 @@ def test_the_fused_iterations_trace_whole_and_give_the_same_weights(monkeypatch:
     cases = [random_jacobian(5, 12, seed=50, spread=1.0), pareto_stationary_jacobian("opposite")]
     omega = [torch.linspace(0.5, 2.0, 5, dtype=torch.float64), torch.tensor([2.0, 0.5], dtype=torch.float64)]
     plain = [solve_alpha_fair(j, 2.0, w) for j, w in zip(cases, omega)]
-    monkeypatch.setattr(alpha_fair, "FUSE_ON_DEVICES", ("cpu",))
-    monkeypatch.setattr(alpha_fair, "FUSE_BACKEND", "aot_eager")
-    monkeypatch.setattr(alpha_fair, "_FUSED", {})
-    monkeypatch.setattr(alpha_fair, "_FUSE_FAILED", [])
+    monkeypatch.setattr(_linalg, "FUSE_ON_DEVICES", ("cpu",))
+    monkeypatch.setattr(_linalg, "FUSE_BACKEND", "aot_eager")
+    monkeypatch.setattr(_linalg, "_FUSED", {})
+    monkeypatch.setattr(_linalg, "_FUSE_FAILED", [])
     for jacobian, weights, reference in zip(cases, omega, plain):
         fused = solve_alpha_fair(jacobian, 2.0, weights)
         warm = solve_alpha_fair(jacobian, 2.0, weights, start=reference.weights * 1.1)
-        assert not alpha_fair._FUSE_FAILED, alpha_fair._FUSE_FAILED
+        assert not _linalg._FUSE_FAILED, _linalg._FUSE_FAILED
         assert bool(fused.fallback) == bool(reference.fallback)
         torch.testing.assert_close(fused.weights, reference.weights, rtol=1e-12, atol=0)
         if not bool(reference.fallback):
             torch.testing.assert_close(warm.weights, reference.weights, rtol=1e-9, atol=0)
     # The three stages; Newton's iterations paired with the fallback's while it has some (fixed counts run
     # both side by side).
-    assert {function.__name__ for function, _ in alpha_fair._FUSED} == {"_prepare", "_newton_step", "_paired_step",
+    assert {function.__name__ for function, _ in _linalg._FUSED} == {"_prepare", "_newton_step", "_paired_step",
                                                                           "_conclude"}
 
 

@@ -20,7 +20,8 @@ def test_quick_launch_count_models_the_gpu_update(tmp_path) -> None:
     assert ls["host_reads"] == pivrg["host_reads"] == 0
     assert ls["stage_calls"] == {} and ls["fused"] == 0 and ls["total"] == ls["eager"] > 0
     from mtrl.aggregation import _alpha_fair
-    assert pivrg["stage_calls"] == {"_prepare": 2, "_paired_step": 2 * _alpha_fair.WARM_ITERATIONS, "_conclude": 2}
+    assert pivrg["stage_calls"] == {"_prepare[0.5]": 2, "_paired_step[0.5]": 2 * _alpha_fair.WARM_ITERATIONS,
+                                    "_conclude": 2}
     stages = result["stages"]
     if not TRITON:
         assert pivrg["total"] is None and all(stage["launches"] is None for stage in stages.values())
@@ -29,7 +30,7 @@ def test_quick_launch_count_models_the_gpu_update(tmp_path) -> None:
     assert pivrg["total"] == pivrg["eager"] + pivrg["fused"]
     assert pivrg["ratio_to_ls"] == pytest.approx(pivrg["total"] / ls["total"])
     # Each iteration pair's two k×k solves are one launch each (the Triton kernel), not an unrolled elimination.
-    assert stages["_paired_step"]["other_calls"] == 2, stages
+    assert stages["_paired_step[0.5]"]["other_calls"] == 2, stages
 
 
 @pytest.mark.parametrize("argv", [["--aggregators", "pivrg"], ["--aggregators", "ls,nope"], ["--device", "cuda"]])

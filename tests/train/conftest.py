@@ -43,10 +43,12 @@ def tensorboard_scalars() -> object:
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    events.Reload()
     # In wall-time order: the accumulator reads the files in name order, and two writers opened in one second
     # by one process (a test's run and its resume) are told apart by a counter compared as text ("10" < "9").
+    # Without purge_orphaned_data=False, reading the resume's file first and then the run's earlier steps
+    # would count as a restart and drop the resume's steps (which happened once the counter passed 9).
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0}, purge_orphaned_data=False)
+    events.Reload()
     return {tag: [(e.step, e.value) for e in sorted(events.Scalars(tag), key=lambda e: (e.wall_time, e.step))]
             for tag in events.Tags()["scalars"]}
 
