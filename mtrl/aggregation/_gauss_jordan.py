@@ -47,40 +47,43 @@ _TRITON_FAILED: list[str] = []
 
 
 def gauss_jordan(matrix: Tensor, rhs: Tensor) -> Tensor:
-    """``x`` with ``matrix @ x = rhs`` (``[..., k, k]``, ``[..., k]``) by elimination without pivoting.
+    """``x`` with ``matrix @ x = rhs`` by elimination without pivoting: ``matrix [..., k, k]`` and ``rhs [..., k]``
+    (one right-hand side) or ``[..., k, m]`` (``m`` of them, as ``torch.linalg.solve``).
 
     Written as ``k`` element-wise stages over the augmented matrix, so that ``torch.compile`` fuses it.
     Stable for SPD matrices; unchecked (a singular matrix gives non-finite or meaningless values).
     """
-    k = matrix.shape[-1]
-    augmented = torch.cat([matrix, rhs[..., None]], dim=-1)   # [..., k, k + 1]
+    k, vector = matrix.shape[-1], rhs.ndim == matrix.ndim - 1
+    augmented = torch.cat([matrix, rhs[..., None] if vector else rhs], dim=-1)   # [..., k, k + m]
     row = torch.arange(k, device=matrix.device)[:, None]
     for j in range(k):
         pivot_row = augmented[..., j:j + 1, :] / augmented[..., j:j + 1, j:j + 1]
         augmented = torch.where(row == j, pivot_row, augmented - augmented[..., :, j:j + 1] * pivot_row)
-    return augmented[..., k]
+    return augmented[..., k] if vector else augmented[..., k:]
 
 
 if HAVE_TRITON:
     @triton.jit
-    def _gauss_jordan_kernel(matrix_ptr, rhs_ptr, out_ptr, k, BLOCK: tl.constexpr):
-        """One system per program: the augmented matrix in registers, the ``k`` stages of :func:`gauss_jordan`."""
+    def _gauss_jordan_kernel(matrix_ptr, rhs_ptr, out_ptr, k, m, BLOCK: tl.constexpr, BLOCK_M: tl.constexpr):
+        """One system per program: ``A`` and the ``m`` right-hand sides in registers, the ``k`` stages of
+        :func:`gauss_jordan`."""
         system = tl.program_id(0).to(tl.int64)
         index = tl.arange(0, BLOCK)
-        rows, cols = index[:, None], index[None, :]
-        inside = (rows < k) & (cols < k)
-        a = tl.load(matrix_ptr + system * k * k + rows * k + cols, mask=inside, other=0.0)
-        b = tl.load(rhs_ptr + system * k + index, mask=index < k, other=0.0)
+        rows, cols, rhs_cols = index[:, None], index[None, :], tl.arange(0, BLOCK_M)[None, :]
+        a = tl.load(matrix_ptr + system * k * k + rows * k + cols, mask=(rows < k) & (cols < k), other=0.0)
+        in_b = (rows < k) & (rhs_cols < m)
+        b = tl.load(rhs_ptr + system * k * m + rows * m + rhs_cols, mask=in_b, other=0.0)
         for j in range(0, k):
             # Row j and column j of the current stage, read out by masked sums (no indexing in registers).
             pivot_row = tl.sum(tl.where(rows == j, a, 0.0), axis=0)
+            pivot_b = tl.sum(tl.where(rows == j, b, 0.0), axis=0)
             column = tl.sum(tl.where(cols == j, a, 0.0), axis=1)
             pivot = tl.sum(tl.where(index == j, pivot_row, 0.0), axis=0)
             pivot_row = pivot_row / pivot
-            pivot_b = tl.sum(tl.where(index == j, b, 0.0), axis=0) / pivot
+            pivot_b = pivot_b / pivot
             a = tl.where(rows == j, pivot_row[None, :], a - column[:, None] * pivot_row[None, :])
-            b = tl.where(index == j, pivot_b, b - column * pivot_b)
-        tl.store(out_ptr + system * k + index, b, mask=index < k)
+            b = tl.where(rows == j, pivot_b[None, :], b - column[:, None] * pivot_b[None, :])
+        tl.store(out_ptr + system * k * m + rows * m + rhs_cols, b, mask=in_b)
 
 
 def triton_solve(matrix: Tensor, rhs: Tensor) -> Tensor:
@@ -88,22 +91,24 @@ def triton_solve(matrix: Tensor, rhs: Tensor) -> Tensor:
     (CUDA, or the CPU under ``TRITON_INTERPRET=1``)."""
     if not HAVE_TRITON:
         raise RuntimeError("triton_solve needs the triton package.")
-    k = matrix.shape[-1]
+    k, vector = matrix.shape[-1], rhs.ndim == matrix.ndim - 1
     if k > MAX_K:
         raise ValueError(f"triton_solve solves systems of up to {MAX_K} unknowns, got {k}.")
-    batch = rhs.shape[:-1]
+    columns = rhs[..., None] if vector else rhs                     # [..., k, m]
+    m, batch = columns.shape[-1], columns.shape[:-2]
     matrix = matrix.expand(*batch, k, k).contiguous()
-    rhs = rhs.contiguous()
-    out = rhs.new_empty(rhs.shape)
-    systems = max(1, rhs.numel() // max(k, 1))
-    _gauss_jordan_kernel[(systems,)](matrix, rhs, out, k, BLOCK=max(16, triton.next_power_of_2(k)))
-    return out
+    columns = columns.contiguous()
+    out = columns.new_empty(columns.shape)
+    systems = max(1, columns.numel() // max(k * m, 1))
+    _gauss_jordan_kernel[(systems,)](matrix, columns, out, k, m, BLOCK=max(16, triton.next_power_of_2(k)),
+                                     BLOCK_M=max(2, triton.next_power_of_2(m)))
+    return out[..., 0] if vector else out
 
 
 @torch.library.custom_op("mtrl::spd_solve", mutates_args=())
 def spd_solve(matrix: Tensor, rhs: Tensor) -> Tensor:
-    """``x`` with ``matrix @ x = rhs`` for small SPD systems (``k ≤ MAX_K``): one Triton launch on CUDA,
-    :func:`gauss_jordan` elsewhere (and on CUDA where the Triton kernel cannot be built)."""
+    """``x`` with ``matrix @ x = rhs`` for small SPD systems (``k ≤ MAX_K``; ``rhs [..., k]`` or ``[..., k, m]``):
+    one Triton launch on CUDA, :func:`gauss_jordan` elsewhere (and on CUDA where the kernel cannot be built)."""
     if matrix.is_cuda and HAVE_TRITON and not _TRITON_FAILED:
         try:
             return triton_solve(matrix, rhs)

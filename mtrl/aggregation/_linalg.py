@@ -185,7 +185,7 @@ def _solve_in_one_launch(matrix: Tensor) -> bool:
 
 def solve_spd(matrix: Tensor, rhs: Tensor) -> Tensor:
     """``x`` with ``matrix @ x = rhs`` for a small symmetric positive definite ``[k, k]`` matrix and a ``[k]``
-    right-hand side. Unchecked: for a singular matrix the result may be non-finite or meaningless, and the
+    right-hand side (or ``[k, m]``: ``m`` of them). Unchecked: for a singular matrix the result may be non-finite or meaningless, and the
     callers mask bad steps.
 
     * CUDA (``k ≤ _gauss_jordan.MAX_K``, Triton installed): Gauss-Jordan elimination in one Triton launch
@@ -216,8 +216,8 @@ def simplex_active_set(K: Tensor, b: Tensor | None = None, radius: Tensor | None
     * otherwise ``F(w) = bᵀw + r ‖g_w‖`` with ``b = K m``, ``r = radius`` — CAGrad's dual.
 
     On a face (the support ``P`` fixed, ``1ᵀw = 1``) both have a closed-form minimiser: the stationary
-    points of ``½ wᵀKw + t bᵀw`` on the face are ``a + t c`` (one bordered linear solve with two
-    right-hand sides; ``a`` is the face's min-norm point). For MGDA ``b = 0``: ``z = a``. For CAGrad,
+    points of ``½ wᵀKw + t bᵀw`` on the face are ``a + t c`` (one SPD solve with two right-hand sides,
+    :func:`_face_stationary_points`; ``a`` is the face's min-norm point). For MGDA ``b = 0``: ``z = a``. For CAGrad,
     ``r‖x‖ = min_t ‖x‖²/(2t) + r²t/2``, ``g_c = −`` the projection of ``g_0`` on the face's tangent
     space, so ``‖g_w(t)‖² = ‖g_a‖² + t²‖g_c‖²``, and ``‖g_w‖ = r t`` gives
     ``t = ‖g_a‖ / √(r² − ‖g_c‖²)``. When ``‖g_c‖ ≥ r`` the face has no minimiser (``F`` decreases
@@ -226,9 +226,10 @@ def simplex_active_set(K: Tensor, b: Tensor | None = None, radius: Tensor | None
     Each iteration either (the face minimiser ``z`` is feasible) moves to ``z`` and adds the index
     with the most negative reduced gradient, or steps from the current point toward ``z`` until a
     weight reaches 0 and drops it; every step descends ``F``. It starts from the best vertex and runs
-    :func:`iteration_budget` iterations; once optimal it stays put (on the CPU it stops there, see
-    ``EARLY_EXIT_ON_CPU``). A point in the affine hull of the face (a duplicated or dependent row) has
-    reduced gradient 0 and never enters, so the face systems stay non-singular.
+    :func:`iteration_budget` iterations (:func:`_active_set_step`, fused on CUDA, :func:`fused`); once optimal it
+    stays put (on the CPU it stops there, see ``EARLY_EXIT_ON_CPU``). A point in the affine hull of the face
+    (a duplicated or dependent row) has reduced gradient 0 and never enters, so the face systems stay
+    non-singular.
 
     Returns:
         ``(w, t, converged)``: the weights (on the simplex), CAGrad's ``t = ‖g_w‖/r`` in the units of
@@ -283,27 +284,19 @@ def _active_set_step(K: Tensor, b: Tensor, r2: Tensor, b_largest: Tensor, w: Ten
     """
     k, dtype, device = K.shape[0], K.dtype, K.device
     index = torch.arange(k, device=device)
-    eye = torch.eye(k, dtype=dtype, device=device)
     infinity = torch.full((k,), math.inf, dtype=dtype, device=device)
     on = face.to(dtype)
-    # The bordered face system [[K_PP, −1], [1ᵀ, 0]], identity rows and columns off the face, with the
-    # right-hand sides e_k (the face's min-norm point a) and (−b_P, 0) (its direction c).
-    top = torch.cat([torch.where(face[:, None] & face[None, :], K, eye), -on[:, None]], dim=1)
-    system = torch.cat([top, torch.cat([on, torch.zeros(1, dtype=dtype, device=device)])[None, :]], dim=0)
-    border = (torch.arange(k + 1, device=device) == k).to(dtype)
-    rhs = torch.stack([border, torch.cat([-b * on, torch.zeros(1, dtype=dtype, device=device)])], dim=1)
-    solution = torch.linalg.solve_ex(system, rhs).result  # unchecked: a failed solve is masked below
-    a, c = solution[:k, 0] * on, solution[:k, 1] * on
+    a, c, lam_a, lam_c = _face_stationary_points(K, b, on, face)
     if cagrad:
         room = r2 - dot(c, matvec(K, c)).clamp_min(0.0)
         bounded = room > 1e-14 * r2
         t = torch.where(bounded, (dot(a, matvec(K, a)).clamp_min(0.0) / torch.where(bounded, room, r2)).sqrt(), _FAR)
-        z, lam = a + t * c, solution[k, 0] + t * solution[k, 1]
+        z, lam = a + t * c, lam_a + t * lam_c
         reduced = t * b + matvec(K, z) - lam  # t-scaled reduced gradient: 0 on the face, < 0 where entering descends
         tolerance = 1e-12 * (1.0 + t * b_largest)
     else:
         z = a
-        reduced = matvec(K, z) - solution[k, 0]
+        reduced = matvec(K, z) - lam_a
         tolerance = 1e-12
     feasible = ((z > 0) | ~face).all() & torch.isfinite(z).all()
     # (A 0-dim tensor used as an index would be read back to the host: compare through min/argmin.)
@@ -321,6 +314,28 @@ def _active_set_step(K: Tensor, b: Tensor, r2: Tensor, b_largest: Tensor, w: Ten
     grown = face | (enter & (index == torch.argmin(outside)))
     face = torch.where(usable, torch.where(feasible, grown, face & ~leave), face)
     return w, face, ~(enter | ~feasible | ~usable)
+
+
+def _face_stationary_points(K: Tensor, b: Tensor, on: Tensor, face: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """On the face ``P`` (``on`` its indicator): ``a``, the face's min-norm point (``K_PP a = λ_a 1``,
+    ``1ᵀa = 1``), and ``c``, the direction with ``K_PP c = −b_P + λ_c 1``, ``1ᵀc = 0``; zero off the face.
+
+    These are the solutions of the bordered system ``[[K_PP, −1], [1ᵀ, 0]]``, which is indefinite. With
+    ``ρ = 1`` (``K`` is normalised to a largest diagonal entry of 1), ``M = K_PP + ρ 11ᵀ`` is positive
+    definite exactly when that system is regular (``xᵀMx = xᵀKx + ρ(1ᵀx)²``, and the system is regular when
+    ``K`` is definite on ``1ᵀx = 0``), so one SPD solve with two right-hand sides gives both:
+    ``M y = 1``, ``M c₀ = −b``; then ``a = y / 1ᵀy``, ``λ_a = 1/1ᵀy − ρ``, ``c = c₀ − s y``, ``λ_c = −s``
+    with ``s = 1ᵀc₀ / 1ᵀy``. On CUDA that solve is one Triton launch (:func:`solve_spd`) where a pivoted
+    LU of the bordered system is several.
+    """
+    k, dtype, device = K.shape[0], K.dtype, K.device
+    eye = torch.eye(k, dtype=dtype, device=device)
+    shifted = torch.where(face[:, None] & face[None, :], K + 1.0, eye)          # K_PP + ρ 11ᵀ, identity off P
+    solution = solve_spd(shifted, torch.stack([on, -b * on], dim=1))  # unchecked: a failed solve is masked later
+    y, c0 = solution[:, 0] * on, solution[:, 1] * on
+    total = y.sum()
+    share = c0.sum() / total
+    return y / total, c0 - share * y, 1.0 / total - 1.0, -share
 
 
 def min_norm_weights(K: Tensor) -> tuple[Tensor, Tensor]:

@@ -359,3 +359,34 @@ def test_a_traced_iteration_pair_has_no_library_call_that_would_split_its_fusion
         torch.testing.assert_close(ours, reference, rtol=1e-12, atol=1e-300)
     calls = [str(node.target) for node in graph.graph.nodes if node.op in ("call_function", "call_method")]
     assert not [call for call in calls if any(name in call for name in ("matmul", "solve", "mm", "mv"))], calls
+
+
+@pytest.mark.parametrize("p", [1.0, 0.5, 2.0])
+def test_the_armijo_decrease_equals_the_potential_difference(p: float) -> None:
+    """The line search's ``f(v + t s) − f(v)``, expanded (exact quadratic part, barrier differences by log1p /
+    expm1, ``sᵀCs`` from the Newton system), equals the difference of the potential evaluated at both points,
+    for a Newton step on a random problem, at every trial length down to the smallest; and it stays accurate
+    where that difference is lost to cancellation (``t·s`` tiny next to ``v``)."""
+    problem = alpha_fair._ScaledProblem.of(*_linalg.scaled_gramian(random_jacobian(6, 15, seed=70, spread=1.0)),
+                                           torch.linspace(0.5, 2.0, 6, dtype=torch.float64), p)
+    cosines, constants = problem.cosines, problem.constants
+    v = alpha_fair._orthogonal_start(constants, p) * torch.linspace(0.7, 1.4, 6, dtype=torch.float64)
+    target = constants * v ** (-p)
+    cv = cosines @ v
+    gradient = cv - target
+    step = -torch.linalg.solve(cosines + torch.diag(p * target / v), gradient)
+    slope = gradient @ step
+    curvature = -slope - (p * target / v * step * step).sum()
+    torch.testing.assert_close(curvature, step @ cosines @ step, rtol=1e-12, atol=0)
+    boundary = torch.where(step < 0, -v / step, math.inf).min()
+    lengths = torch.clamp(0.99 * boundary, max=1.0) * 0.5 ** torch.arange(alpha_fair.LINE_SEARCH_STEPS,
+                                                                        dtype=torch.float64)
+    expanded = alpha_fair._decrease(cv, curvature, constants, p, v, step, lengths)
+    at = alpha_fair._potential(cosines, constants, p, v[None, :] + lengths[:, None] * step[None, :])
+    direct = at - alpha_fair._potential(cosines, constants, p, v)
+    scale = alpha_fair._potential(cosines, constants, p, v).abs() + 1.0
+    torch.testing.assert_close(expanded, direct, rtol=0, atol=1e-14 * float(scale))
+    # Long steps: agreement to the relative accuracy of the difference itself.
+    torch.testing.assert_close(expanded[:10], direct[:10], rtol=1e-9, atol=0)
+    # Tiny steps: the decrease is −t·|slope| to first order, which the direct difference cannot resolve.
+    torch.testing.assert_close(expanded[-1] / lengths[-1], slope, rtol=1e-6, atol=0)

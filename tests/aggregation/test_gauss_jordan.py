@@ -47,15 +47,19 @@ def test_the_elimination_has_rounding_level_backward_error_on_spd_systems(k: int
         assert backward_error(matrix, rhs, x) < 1e-14, condition
         if condition <= 1e3:
             torch.testing.assert_close(x, torch.linalg.solve(matrix, rhs), rtol=1e-11, atol=1e-14)
+            several = torch.stack([rhs, 2.0 * rhs + 1.0], dim=-1)              # [..., k, 2]
+            torch.testing.assert_close(_gauss_jordan.gauss_jordan(matrix, several), torch.linalg.solve(matrix, several),
+                                       rtol=1e-11, atol=1e-14)
 
 
 def test_the_operator_is_registered_for_tracing() -> None:
     """``torch.ops.mtrl.spd_solve``: its fake implementation agrees with the real one (shapes, dtypes, strides),
     so that ``torch.compile`` traces through it; off CUDA it is the torch elimination."""
     matrix, rhs = spd_system(6, 100.0, seed=1)
-    torch.library.opcheck(torch.ops.mtrl.spd_solve, (matrix, rhs))
-    torch.testing.assert_close(torch.ops.mtrl.spd_solve(matrix, rhs), _gauss_jordan.gauss_jordan(matrix, rhs),
-                               rtol=0, atol=0)
+    for right in (rhs, torch.stack([rhs, -rhs], dim=-1)):   # one right-hand side, or several
+        torch.library.opcheck(torch.ops.mtrl.spd_solve, (matrix, right))
+        torch.testing.assert_close(torch.ops.mtrl.spd_solve(matrix, right), _gauss_jordan.gauss_jordan(matrix, right),
+                                   rtol=0, atol=0)
 
 
 _INTERPRETED = textwrap.dedent("""
@@ -65,17 +69,23 @@ _INTERPRETED = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     from test_gauss_jordan import backward_error, spd_system
     results = []
-    for k, condition, batch, dtype in [(1, 10.0, (), torch.float64), (2, 1e10, (), torch.float64),
+    for k, condition, batch, dtype, *rhs_columns in [(1, 10.0, (), torch.float64), (2, 1e10, (), torch.float64),
                                        (10, 1e10, (), torch.float64), (16, 1e3, (), torch.float64),
                                        (17, 1e6, (), torch.float64), (50, 1e10, (), torch.float64),
                                        (64, 1e3, (), torch.float64), (10, 1e3, (4, 3), torch.float64),
-                                       (10, 1e2, (), torch.float32)]:
+                                       (10, 1e2, (), torch.float32), (11, 1e4, (), torch.float64, 2),
+                                       (6, 1e3, (3,), torch.float64, 5)]:
+        columns = rhs_columns[0] if rhs_columns else None
         matrix, rhs = spd_system(k, condition, seed=k, batch=batch, dtype=dtype)
+        if columns is not None:   # several right-hand sides, [..., k, m]
+            rhs = torch.stack([rhs * (1.0 + j) + j for j in range(columns)], dim=-1)
         x = _gauss_jordan.triton_solve(matrix, rhs)
         reference = _gauss_jordan.gauss_jordan(matrix, rhs)
         scale = reference.abs().max().item()
+        error = (backward_error(matrix.double(), rhs.double(), x.double()) if columns is None else
+                 max(backward_error(matrix.double(), rhs[..., j].double(), x[..., j].double()) for j in range(columns)))
         results.append({"k": k, "batch": list(batch), "dtype": str(dtype), "shape": list(x.shape),
-                        "backward_error": backward_error(matrix.double(), rhs.double(), x.double()),
+                        "columns": columns, "backward_error": error,
                         "difference": (x - reference).abs().max().item() / scale})
     print(json.dumps(results))
 """)
@@ -85,14 +95,14 @@ _INTERPRETED = textwrap.dedent("""
 def test_the_triton_kernel_equals_the_torch_elimination_under_the_interpreter() -> None:
     """The Triton program (one per system) runs the same ``k`` stages as :func:`gauss_jordan`. Triton's
     interpreter executes it on the CPU: the same results, to rounding, for k from 1 to ``MAX_K`` (block sizes
-    16, 32, 64), batched systems and float32."""
+    16, 32, 64), batched systems, several right-hand sides and float32."""
     environment = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
     completed = subprocess.run([sys.executable, "-c", _INTERPRETED, os.path.dirname(__file__)], env=environment,
                                capture_output=True, text=True, timeout=300)
     assert completed.returncode == 0, completed.stderr[-3000:]
     results = json.loads(completed.stdout.strip().splitlines()[-1])
     for result in results:
-        expected_shape = [*result["batch"], result["k"]]
+        expected_shape = [*result["batch"], result["k"]] + ([result["columns"]] if result["columns"] else [])
         assert result["shape"] == expected_shape, result
         rounding = 1e-5 if result["dtype"] == "torch.float32" else 1e-14
         assert result["backward_error"] < rounding, result

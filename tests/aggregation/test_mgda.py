@@ -131,3 +131,40 @@ def test_exhausted_iteration_budget_is_a_counted_fallback(monkeypatch: pytest.Mo
 def test_bad_option_names_the_value() -> None:
     with pytest.raises(ValueError, match="normalization = 'norm'"):
         agg.make("mgda", normalization="norm")
+
+
+@pytest.mark.parametrize("case", ["random", "opposite_rows", "singular_on_the_face"])
+def test_the_face_solve_equals_the_bordered_system(case: str) -> None:
+    """The active set's face step solves the indefinite bordered system ``[[K_PP, −1], [1ᵀ, 0]]`` through one
+    SPD solve with ``K_PP + 11ᵀ``; it equals LAPACK's pivoted solve of the bordered system itself, also where
+    ``K_PP`` is singular (opposite rows: the origin is on the face) but definite on ``1ᵀx = 0``."""
+    generator = torch.Generator().manual_seed(5)
+    if case == "random":
+        G = torch.randn(6, 4, dtype=torch.float64, generator=generator)
+        face = torch.tensor([True, False, True, True, False, False])
+    elif case == "opposite_rows":
+        G = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.3, 2.0]], dtype=torch.float64)
+        face = torch.tensor([True, True, False])
+    else:   # three rows in a plane through the origin: K_PP has rank 2
+        G = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-1.0, -1.5, 0.0], [0.0, 0.0, 3.0]], dtype=torch.float64)
+        face = torch.tensor([True, True, True, False])
+    K = G @ G.T
+    K = K / torch.diagonal(K).max()
+    b = torch.randn(K.shape[0], dtype=torch.float64, generator=generator)
+    on = face.to(torch.float64)
+    a, c, lam_a, lam_c = _linalg._face_stationary_points(K, b, on, face)
+
+    P = face.nonzero().flatten()
+    m = len(P)
+    bordered = torch.zeros(m + 1, m + 1, dtype=torch.float64)
+    bordered[:m, :m] = K[P][:, P]
+    bordered[:m, m] = -1.0
+    bordered[m, :m] = 1.0
+    rhs = torch.zeros(m + 1, 2, dtype=torch.float64)
+    rhs[m, 0] = 1.0
+    rhs[:m, 1] = -b[P]
+    reference = torch.linalg.solve(bordered, rhs)
+    torch.testing.assert_close(a[P], reference[:m, 0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(c[P], reference[:m, 1], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(torch.stack([lam_a, lam_c]), reference[m], rtol=1e-10, atol=1e-12)
+    assert not a[~face].any() and not c[~face].any()
