@@ -39,8 +39,9 @@ iteration counts (``MAX_ITERATIONS`` from a cold start, ``WARM_ITERATIONS`` from
 computes the fallback, chosen by mask, its iterations beside Newton's (:func:`_paired_step`). On CUDA a
 solve is three stages fused by ``torch.compile`` (``_linalg.FUSE_ON_DEVICES``): :func:`_prepare`, the iteration
 pairs and :func:`_conclude`; the k×k solves inside an iteration are one Triton launch each
-(``_linalg.solve_spd``). Counted from inductor's Triton output at k = 10 (a warm solve): 5 + 12 × 15 + 2
-launches, against ~170 + 12 × 31 before the stages and the solve kernel. On the CPU,
+(``_linalg.solve_spd``). ``python -m mtrl.bench launches`` counts them from inductor's Triton output: at
+k = 10 a warm solve is 8 + 12 × 13 + 2 launches, against ~170 + 12 × 31 before the stages, the solve kernel
+and the expanded line search (:func:`_decrease`). On the CPU,
 where reading a value costs nothing, it stops as soon as Newton has converged or failed and computes the
 fallback only when it is used: the same arithmetic, so the same weights. The price of one path: a CPU
 solve of a tiny problem is dominated by per-operation overhead (k = 2: ~0.7 ms warm, ~2 ms on a Pareto

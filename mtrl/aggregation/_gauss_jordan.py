@@ -10,8 +10,9 @@ definite systems (``k`` the number of tasks). Elimination without pivoting is st
   runs all ``k`` stages: **one launch** per solve. Inductor cannot do this from :func:`gauss_jordan`:
   every stage reads the pivot row the previous stage wrote, so its Triton output is about one kernel per
   stage (12 of the 16 kernels of a Newton iteration at k = 10, and 31 → 15 for a Newton iteration paired
-  with a fallback iteration; counted from inductor's generated Triton code). cuSOLVER's solve is several
-  launches sized for large matrices.
+  with a fallback iteration; ``python -m mtrl.bench launches`` counts them from inductor's generated Triton
+  code). cuSOLVER's solve is several launches sized for large matrices. The active-set method of MGDA and
+  CAGrad uses it too (its face systems, made SPD: ``_linalg._face_stationary_points``).
 
 ``torch.ops.mtrl.spd_solve`` is the operator: a fake implementation lets ``torch.compile`` trace
 through it (inductor calls it between the kernels it generates, and a CUDA graph captures its launch);
