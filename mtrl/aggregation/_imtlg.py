@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregation._base import Aggregator, TaskStats, register
+from mtrl.aggregation import _linalg
 from mtrl.aggregation._linalg import TINY, gramian, least_squares
 
 
@@ -50,7 +51,8 @@ class IMTLG(Aggregator):
 
     def _weights(self, jacobian: Tensor | None, stats: TaskStats) -> Tensor:
         assert jacobian is not None
-        weights, solved = self.solve(gramian(jacobian))
+        K = gramian(jacobian)
+        weights, solved = _linalg.fused(IMTLG.solve, K.device)(K)   # one fused stage on CUDA
         self._count_fallback(~solved)
         return weights.to(dtype=jacobian.dtype)
 
@@ -73,8 +75,7 @@ class IMTLG(Aggregator):
         top = torch.cat([cosines, -on[:, None]], dim=1)
         bottom = torch.cat([on * smallest / norms, torch.zeros(1, dtype=K.dtype, device=K.device)])[None, :]
         system = torch.cat([top, bottom], dim=0)
-        rhs = torch.zeros(k + 1, dtype=K.dtype, device=K.device)
-        rhs[k] = smallest
+        rhs = torch.cat([torch.zeros(k, dtype=K.dtype, device=K.device), smallest[None]])
         solution = least_squares(system, rhs)
         residual = torch.linalg.vector_norm(system @ solution - rhs)
         alpha = solution[:k] / norms * on

@@ -368,16 +368,17 @@ def least_squares(system: Tensor, rhs: Tensor, iterations: int = 20, ridge: floa
     (``δ = 1e-8 · max diag(AᵀA)``: rounding along a null direction is amplified by at most 1e8·eps;
     20 iterations shrink directions with ``σ² ≥ δ`` below 1e-6 of their error, those with ``σ² ≥ 100δ``
     to rounding). The residual is evaluated on ``A`` itself, which makes the
-    iteration an iterative refinement too.
+    iteration an iterative refinement too. The inverse is one SPD solve with the identity as right-hand
+    sides (:func:`solve_spd`: one Triton launch on CUDA); the products are :func:`matvec`, so that the
+    whole solve fuses when traced.
     """
-    normal = system.T @ system
+    normal = matvec(system.T, system.T)   # AᵀA
     ridge_value = ridge * torch.diagonal(normal).max().clamp_min(TINY)
     eye = torch.eye(normal.shape[0], dtype=normal.dtype, device=normal.device)
-    # inv_ex: no error check, so no host read (cholesky_solve checks its info on some backends).
-    inverse = torch.linalg.inv_ex(normal + ridge_value * eye).inverse
+    inverse = solve_spd(normal + ridge_value * eye, eye)   # unchecked: no host read
     x = torch.zeros(system.shape[1], dtype=system.dtype, device=system.device)
     for _ in range(iterations):
-        x = x + inverse @ (system.T @ (rhs - system @ x))
+        x = x + matvec(inverse, matvec(system.T, rhs - matvec(system, x)))
     return x
 
 

@@ -100,7 +100,7 @@ def count_update(aggregator: str, args: argparse.Namespace) -> tuple[dict[str, A
         def call(*arguments: Any) -> Any:
             # One compiled variant per value of the Python constants among the arguments (p, cagrad, ...).
             constants = [repr(value) for value in arguments if isinstance(value, (bool, int, float, str))]
-            name = f"{function.__name__}[{', '.join(constants)}]" if constants else function.__name__
+            name = f"{function.__qualname__}[{', '.join(constants)}]" if constants else function.__qualname__
             calls[name] += 1
             examples.setdefault(name, (function, arguments))
             counter.paused += 1

@@ -200,11 +200,15 @@ def test_device_path_gives_the_cpu_path_weights(name: str, monkeypatch: pytest.M
         torch.testing.assert_close(fixed, early, rtol=0, atol=1e-12, msg=case)
 
 
-@pytest.mark.parametrize("name", ["mgda", "cagrad", "pivrg"])
+FUSED_STAGES = {"mgda": {"_active_set_step"}, "cagrad": {"_active_set_step"}, "imtlg": {"solve"},
+                "pivrg": {"_prepare", "_paired_step", "_conclude"}}
+
+
+@pytest.mark.parametrize("name", sorted(FUSED_STAGES))
 def test_the_fused_solver_stages_trace_whole_and_give_the_same_weights(name: str,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a GPU the solvers' stages (active-set iterations; α-fair preparation, iteration pairs and conclusion)
-    run through ``torch.compile`` with ``fullgraph``: no graph break, no host read. Checked on the CPU with
+    """On a GPU the solvers' stages (active-set iterations; α-fair preparation, iteration pairs and conclusion;
+    IMTL-G's whole solve) run through ``torch.compile`` with ``fullgraph``: no graph break, no host read. Checked on the CPU with
     the ``aot_eager`` backend: the traced stages give the weights of the plain fixed-count path on random
     and Pareto-stationary Jacobians."""
     from test_properties import HARD
@@ -221,6 +225,9 @@ def test_the_fused_solver_stages_trace_whole_and_give_the_same_weights(name: str
     for case, jacobian in cases.items():
         fused = agg.make(name)(jacobian, TaskStats(torch.ones(jacobian.shape[0], dtype=torch.float64)))
         assert not _linalg._FUSE_FAILED, _linalg._FUSE_FAILED
-        torch.testing.assert_close(fused, plain[case], rtol=1e-12, atol=1e-14, msg=case)
+        # IMTL-G's least squares amplifies the rounding of its inverse along null directions by up to 1e8
+        # (its ridge, 1e-8): traced (elimination) and eager (LAPACK) inverses then differ at 1e-8 (duplicated rows).
+        tolerance = 1e-7 if name == "imtlg" else 1e-12
+        torch.testing.assert_close(fused, plain[case], rtol=tolerance, atol=1e-14, msg=case)
     stages = {function.__name__ for function, _ in _linalg._FUSED}
-    assert stages >= ({"_prepare", "_paired_step", "_conclude"} if name == "pivrg" else {"_active_set_step"}), stages
+    assert stages >= FUSED_STAGES[name], stages
