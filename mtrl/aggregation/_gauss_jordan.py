@@ -1,7 +1,7 @@
 """Small SPD solves by Gauss-Jordan elimination: a fusable torch form and, on CUDA, one Triton launch.
 
-The α-fair solver's iterations (:mod:`._alpha_fair`) each solve one or two ``k×k`` symmetric positive
-definite systems (``k`` the number of tasks). Elimination without pivoting is stable for SPD matrices
+The solvers' iterations (the α-fair ones of :mod:`._alpha_fair`, the active set of MGDA and CAGrad,
+IMTL-G's least squares) solve small ``k×k`` symmetric positive definite systems (``k`` the number of tasks). Elimination without pivoting is stable for SPD matrices
 (as Cholesky is) and has no data-dependent branch, so it can be written two ways:
 
 * :func:`gauss_jordan` — torch element-wise operations unrolled over the ``k`` columns. Traced by
@@ -11,18 +11,19 @@ definite systems (``k`` the number of tasks). Elimination without pivoting is st
   every stage reads the pivot row the previous stage wrote, so its Triton output is about one kernel per
   stage (12 of the 16 kernels of a Newton iteration at k = 10, and 31 → 15 for a Newton iteration paired
   with a fallback iteration; ``python -m mtrl.bench launches`` counts them from inductor's generated Triton
-  code). cuSOLVER's solve is several launches sized for large matrices. The active-set method of MGDA and
-  CAGrad uses it too (its face systems, made SPD: ``_linalg._face_stationary_points``).
+  code). cuSOLVER's solve is several launches sized for large matrices.
 
 ``torch.ops.mtrl.spd_solve`` is the operator: a fake implementation lets ``torch.compile`` trace
 through it (inductor calls it between the kernels it generates, and a CUDA graph captures its launch);
 its CPU implementation is :func:`gauss_jordan`, and the tests run the Triton kernel with Triton's
 interpreter against it. Where Triton is missing or its kernel fails to build, CUDA tensors take
-:func:`gauss_jordan` too (the log says so once): the same arithmetic, more launches.
+:func:`gauss_jordan` too (the log says so once): the same arithmetic, more launches. The kernel itself is
+in :mod:`._gauss_jordan_triton`, imported on first use.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 import torch
@@ -36,13 +37,8 @@ log = logging.getLogger(__name__)
 #: program's warps; beyond this :func:`spd_solve` is not the tool (callers use a library solve).
 MAX_K = 64
 
-try:  # Triton ships with CUDA builds of torch; CPU-only installs may lack it.
-    import triton
-    import triton.language as tl
-
-    HAVE_TRITON = True
-except ImportError:  # pragma: no cover - depends on the install
-    HAVE_TRITON = False
+#: Triton ships with CUDA builds of torch; CPU-only installs may lack it (found here without importing it).
+HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
 _TRITON_FAILED: list[str] = []
 
@@ -63,30 +59,6 @@ def gauss_jordan(matrix: Tensor, rhs: Tensor) -> Tensor:
     return augmented[..., k] if vector else augmented[..., k:]
 
 
-if HAVE_TRITON:
-    @triton.jit
-    def _gauss_jordan_kernel(matrix_ptr, rhs_ptr, out_ptr, k, m, BLOCK: tl.constexpr, BLOCK_M: tl.constexpr):
-        """One system per program: ``A`` and the ``m`` right-hand sides in registers, the ``k`` stages of
-        :func:`gauss_jordan`."""
-        system = tl.program_id(0).to(tl.int64)
-        index = tl.arange(0, BLOCK)
-        rows, cols, rhs_cols = index[:, None], index[None, :], tl.arange(0, BLOCK_M)[None, :]
-        a = tl.load(matrix_ptr + system * k * k + rows * k + cols, mask=(rows < k) & (cols < k), other=0.0)
-        in_b = (rows < k) & (rhs_cols < m)
-        b = tl.load(rhs_ptr + system * k * m + rows * m + rhs_cols, mask=in_b, other=0.0)
-        for j in range(0, k):
-            # Row j and column j of the current stage, read out by masked sums (no indexing in registers).
-            pivot_row = tl.sum(tl.where(rows == j, a, 0.0), axis=0)
-            pivot_b = tl.sum(tl.where(rows == j, b, 0.0), axis=0)
-            column = tl.sum(tl.where(cols == j, a, 0.0), axis=1)
-            pivot = tl.sum(tl.where(index == j, pivot_row, 0.0), axis=0)
-            pivot_row = pivot_row / pivot
-            pivot_b = pivot_b / pivot
-            a = tl.where(rows == j, pivot_row[None, :], a - column[:, None] * pivot_row[None, :])
-            b = tl.where(rows == j, pivot_b[None, :], b - column[:, None] * pivot_b[None, :])
-        tl.store(out_ptr + system * k * m + rows * m + rhs_cols, b, mask=in_b)
-
-
 def triton_solve(matrix: Tensor, rhs: Tensor) -> Tensor:
     """:func:`gauss_jordan` as one Triton launch (one program per system); any device Triton runs on
     (CUDA, or the CPU under ``TRITON_INTERPRET=1``)."""
@@ -101,8 +73,9 @@ def triton_solve(matrix: Tensor, rhs: Tensor) -> Tensor:
     columns = columns.contiguous()
     out = columns.new_empty(columns.shape)
     systems = max(1, columns.numel() // max(k * m, 1))
-    _gauss_jordan_kernel[(systems,)](matrix, columns, out, k, m, BLOCK=max(16, triton.next_power_of_2(k)),
-                                     BLOCK_M=max(2, triton.next_power_of_2(m)))
+    from mtrl.aggregation._gauss_jordan_triton import gauss_jordan_kernel, triton
+    gauss_jordan_kernel[(systems,)](matrix, columns, out, k, m, BLOCK=max(16, triton.next_power_of_2(k)),
+                                    BLOCK_M=max(2, triton.next_power_of_2(m)))
     return out[..., 0] if vector else out
 
 
