@@ -44,7 +44,7 @@ k = 10 a warm solve is 8 + 12 × 13 + 2 launches, against ~170 + 12 × 31 before
 and the expanded line search (:func:`_decrease`). On the CPU,
 where reading a value costs nothing, it stops as soon as Newton has converged or failed and computes the
 fallback only when it is used: the same arithmetic, so the same weights. The price of one path: a CPU
-solve of a tiny problem is dominated by per-operation overhead (k = 2: ~0.7 ms warm, ~2 ms on a Pareto
+solve of a tiny problem is dominated by per-operation overhead (k = 2: ~0.8 ms warm, ~3.5 ms on a Pareto
 front where Newton fails and the fallback runs), several times the NumPy solver this replaced.
 
 (*) has a positive solution exactly when no non-negative combination of the rows vanishes, i.e. the
