@@ -10,7 +10,9 @@ aggregator's own solve. Per mode, ``ratio_to_ls`` is an aggregator's time over `
 aggregator, ``ratio_to_eager`` is a mode's time over ``none``'s (its speed-up is the inverse).
 ``warmup_s`` covers the first calls: compilation (``compile``) or warm-up and capture (``cudagraphs``).
 Times are medians over ``--repeats`` rounds that time every (mode, aggregator) once, interleaved so that
-all rows see the same load, on random replay contents (the cost does not depend on them).
+all rows see the same load, on random replay contents (the cost does not depend on them). On CUDA,
+``kernels`` counts the kernels one update launches (the profiler's CUDA activity): what ``bench launches``
+models on any machine.
 """
 
 from __future__ import annotations
@@ -106,6 +108,22 @@ def prepare(aggregator: str, mode: str, args: argparse.Namespace) -> tuple[Calla
     return update, {"warmup_s": warmup_s, "captured": ",".join(captured) if mode == "cudagraphs" else None}
 
 
+def count_kernels(update: Callable[[], Any]) -> int | str:
+    """The GPU kernels one update launches, from the profiler's CUDA activity (copies and fills excluded);
+    the error's text where the profiler cannot tell."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+            update()
+            torch.cuda.synchronize()
+        kernels = [event for event in profiler.events() if event.device_type == torch.autograd.DeviceType.CUDA
+                   and not event.name.lower().startswith(("memcpy", "memset"))]
+        return len(kernels)
+    except Exception as error:  # noqa: BLE001 - a count is a diagnostic; the timings stand without it
+        return f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     cuda = args.device.startswith("cuda")
     if args.quick:
@@ -146,6 +164,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             samples[key].append(timed_median(update, 1, warmup=0, device=args.device))
     for (mode, name), times in samples.items():
         results[mode][name]["ms"] = 1e3 * statistics.median(times)
+        if cuda:   # what `bench launches` models on the CPU, measured
+            results[mode][name]["kernels"] = count_kernels(updates[mode, name])
 
     rows = []
     for mode in modes:
@@ -158,7 +178,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row["ratio_to_ls"] = row["ms"] / ls_ms if ls_ms else None
             row["ratio_to_eager"] = row["ms"] / eager_ms if eager_ms else None
             rows.append({"mode": mode, "aggregator": name, **row})
-    print_table(rows, ["mode", "aggregator", "ms", "ratio_to_ls", "ratio_to_eager", "warmup_s", "captured"],
+    print_table(rows, ["mode", "aggregator", "ms", "ratio_to_ls", "ratio_to_eager", "kernels", "warmup_s", "captured"],
                 title=f"One SAC update, k={args.tasks}, batch {args.batch_size}, 3x{args.hidden_dim} trunks, {args.device}")
     return {"tasks": args.tasks, "batch_size": args.batch_size, "hidden_dim": args.hidden_dim,
             "device": args.device, "repeats": args.repeats, "compile_backend": args.compile_backend,

@@ -3,8 +3,10 @@
 import json
 
 import pytest
+import torch
 
 from mtrl.bench.__main__ import main
+from mtrl.bench.update import count_kernels
 
 
 def test_quick_update_bench_times_each_aggregator_against_ls(tmp_path) -> None:
@@ -25,3 +27,18 @@ def test_bad_options_are_usage_errors(argv) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["update", "--quick", *argv])
     assert exit_info.value.code == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (python -m mtrl.bench gpu-check runs it)")
+def test_cuda_kernel_count_of_an_update_matches_its_operations() -> None:
+    """``bench update``'s ``kernels`` column counts the kernels a call launches: three element-wise
+    operations on CUDA tensors are three kernels (allocations and copies are not counted)."""
+    x = torch.ones(1000, device="cuda")
+
+    def three() -> None:
+        y = x * 2.0
+        y = y + 1.0
+        torch.exp(y)
+
+    three()
+    assert count_kernels(three) == 3
