@@ -7,6 +7,7 @@ from torch import Tensor
 
 from mtrl.aggregation._base import (Aggregator, TaskStats, check_choice, check_seed, generator_on, register,
                                     seeded_generator)
+from mtrl.aggregation import _linalg
 from mtrl.aggregation._linalg import TINY, gramian
 
 
@@ -42,7 +43,7 @@ class PCGrad(Aggregator):
     .. note:: Device. The orders are drawn on the Jacobian's device (on a GPU from a generator there,
        seeded once from the CPU one, so GPU and CPU runs draw different orders), and the ``k``
        projections run for all tasks at once, one order position per step, with the conflict test
-       as a mask: no host read.
+       as a mask: no host read (on CUDA they are one fused stage, ``_linalg.fused``).
     """
 
     _state_attributes = ("generator",)
@@ -62,17 +63,23 @@ class PCGrad(Aggregator):
         self.generator = generator_on(self.generator, K.device)
         # Row i: task i's projection order (the same draws, in the same sequence, as one randperm per task).
         orders = torch.stack([torch.randperm(k, generator=self.generator, device=K.device) for _ in range(k)])
-        diagonal = torch.diagonal(K)
-        rows = torch.arange(k, device=K.device)
-        current = torch.eye(k, dtype=K.dtype, device=K.device)  # row i: c^(i), g_i^PC = c^(i) @ J
-        for position in range(k):
-            j = orders[:, position]
-            inner = (current @ K).gather(1, j[:, None])[:, 0]  # ⟨g_i^PC, g_j⟩ for every task i
-            project = (j != rows) & (diagonal[j] > TINY) & (inner < 0)
-            step = torch.where(project, inner / torch.where(project, diagonal[j], torch.ones_like(inner)),
-                               torch.zeros_like(inner))
-            current = current - torch.zeros_like(current).scatter_(1, j[:, None], step[:, None])
-        weights = current.sum(dim=0)
-        if self.reduction == "mean":
-            weights = weights / k
+        weights = _linalg.fused(_projected_weights, K.device)(K, orders, self.reduction == "mean")
         return weights.to(dtype=jacobian.dtype)
+
+
+def _projected_weights(K: Tensor, orders: Tensor, mean: bool) -> Tensor:
+    """The PCGrad weights from the Gramian and each task's projection order (row ``i`` of ``orders``): the
+    ``k`` projections of all tasks at once, one order position per step (one fused stage on CUDA)."""
+    k = K.shape[0]
+    diagonal = torch.diagonal(K)
+    rows = torch.arange(k, device=K.device)
+    current = torch.eye(k, dtype=K.dtype, device=K.device)  # row i: c^(i), g_i^PC = c^(i) @ J
+    for position in range(k):
+        j = orders[:, position]
+        inner = _linalg.matvec(K.T, current).gather(1, j[:, None])[:, 0]  # ⟨g_i^PC, g_j⟩ = (c^(i) K)_j for every i
+        project = (j != rows) & (diagonal[j] > TINY) & (inner < 0)
+        step = torch.where(project, inner / torch.where(project, diagonal[j], torch.ones_like(inner)),
+                           torch.zeros_like(inner))
+        current = current - torch.zeros_like(current).scatter_(1, j[:, None], step[:, None])
+    weights = current.sum(dim=0)
+    return weights / k if mean else weights

@@ -201,6 +201,7 @@ def test_device_path_gives_the_cpu_path_weights(name: str, monkeypatch: pytest.M
 
 
 FUSED_STAGES = {"mgda": {"_active_set_step"}, "cagrad": {"_active_set_step"}, "imtlg": {"solve"},
+                "pcgrad": {"_projected_weights"},
                 "pivrg": {"_prepare", "_paired_step", "_conclude"}}
 
 
@@ -208,14 +209,15 @@ FUSED_STAGES = {"mgda": {"_active_set_step"}, "cagrad": {"_active_set_step"}, "i
 def test_the_fused_solver_stages_trace_whole_and_give_the_same_weights(name: str,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """On a GPU the solvers' stages (active-set iterations; α-fair preparation, iteration pairs and conclusion;
-    IMTL-G's whole solve) run through ``torch.compile`` with ``fullgraph``: no graph break, no host read. Checked on the CPU with
+    IMTL-G's whole solve; PCGrad's projections) run through ``torch.compile`` with ``fullgraph``: no graph break, no host read. Checked on the CPU with
     the ``aot_eager`` backend: the traced stages give the weights of the plain fixed-count path on random
     and Pareto-stationary Jacobians."""
     from test_properties import HARD
 
     cases = {"random": torch.randn(5, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(3)),
              **{case: HARD[case] for case in sorted(HARD)[:3]}}
-    plain = {case: agg.make(name)(jacobian, TaskStats(torch.ones(jacobian.shape[0], dtype=torch.float64)))
+    options = {"seed": 0} if name == "pcgrad" else {}   # the same projection orders in both runs
+    plain = {case: agg.make(name, **options)(jacobian, TaskStats(torch.ones(jacobian.shape[0], dtype=torch.float64)))
              for case, jacobian in cases.items()}
     monkeypatch.setattr(_linalg, "FUSE_ON_DEVICES", ("cpu",))
     monkeypatch.setattr(_linalg, "FUSE_BACKEND", "aot_eager")
@@ -223,7 +225,7 @@ def test_the_fused_solver_stages_trace_whole_and_give_the_same_weights(name: str
     monkeypatch.setattr(_linalg, "_FUSE_FAILED", [])
     torch._dynamo.reset()
     for case, jacobian in cases.items():
-        fused = agg.make(name)(jacobian, TaskStats(torch.ones(jacobian.shape[0], dtype=torch.float64)))
+        fused = agg.make(name, **options)(jacobian, TaskStats(torch.ones(jacobian.shape[0], dtype=torch.float64)))
         assert not _linalg._FUSE_FAILED, _linalg._FUSE_FAILED
         # IMTL-G's least squares amplifies the rounding of its inverse along null directions by up to 1e8
         # (its ridge, 1e-8): traced (elimination) and eager (LAPACK) inverses then differ at 1e-8 (duplicated rows).
