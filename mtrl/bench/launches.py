@@ -71,11 +71,10 @@ class _Launches(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         if not self.paused:
-            name = func.__name__ if hasattr(func, "__name__") else str(func)
-            overload = f"{name.split('.')[0]}.{func._overloadname}" if hasattr(func, "_overloadname") else name
-            if overload == "_local_scalar_dense.default":
+            name = getattr(func, "__name__", str(func))   # "add.Tensor": the operator and its overload
+            if name == "_local_scalar_dense.default":
                 self.host_reads += 1
-            elif not getattr(func, "is_view", False) and overload not in NO_LAUNCH:
+            elif not getattr(func, "is_view", False) and name not in NO_LAUNCH:
                 self.launches += 1
         return func(*args, **(kwargs or {}))
 

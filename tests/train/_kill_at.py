@@ -12,6 +12,7 @@ Used by test_train_kill.py; nothing else may import it.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import sys
@@ -23,14 +24,16 @@ def _kill() -> None:
 
 
 def _on_call(owner: object, name: str, n: int, before: bool) -> None:
-    original, calls = getattr(owner, name), {"n": 0}
+    # Each call takes its number once (next() on a count is atomic): the evaluation thread steps its own
+    # environment concurrently, and a shared counter read again after the call could skip n altogether.
+    original, numbers = getattr(owner, name), itertools.count(1)
 
     def wrapper(*args, **kwargs):
-        calls["n"] += 1
-        if before and calls["n"] == n:
+        number = next(numbers)
+        if before and number == n:
             _kill()
         result = original(*args, **kwargs)
-        if not before and calls["n"] == n:
+        if not before and number == n:
             _kill()
         return result
 
