@@ -41,8 +41,8 @@ computes the fallback, chosen by mask, its iterations beside Newton's (:func:`_p
 solve is three stages fused by ``torch.compile`` (``_linalg.FUSE_ON_DEVICES``): :func:`_prepare`, the iteration
 pairs and :func:`_conclude`; the k×k solves inside an iteration are one Triton launch each
 (``_linalg.solve_spd``). ``python -m mtrl.bench launches`` counts them from inductor's Triton output: at
-k = 10 a warm solve is 8 + 12 × 11 + 2 launches, against ~170 + 12 × 31 before the stages, the solve kernel
-(the fallback's damping added inside its launch) and the expanded line search (:func:`_decrease`). On the CPU,
+k = 10 a warm solve is 8 + 12 × 13 + 2 launches, against ~170 + 12 × 31 before the stages, the solve kernel
+and the expanded line search (:func:`_decrease`). On the CPU,
 where reading a value costs nothing, it stops as soon as Newton has converged or failed and computes the
 fallback only when it is used: the same arithmetic, so the same weights. The price of one path: a CPU
 solve of a tiny problem is dominated by per-operation overhead (k = 2: ~0.8 ms warm, ~3.5 ms on a Pareto
@@ -443,8 +443,10 @@ def _least_squares_step(cosines: Tensor, constants: Tensor, p: float, norms: Ten
     jacobian = norms[:, None] * (cosines * v[None, :] + eye * (p * target))
     normal = (jacobian[:, :, None] * jacobian[:, None, :]).sum(0)   # JᵀJ
     # Marquardt's scaling, plus a floor relative to the largest curvature that keeps the system regular
-    # where JᵀJ is rank deficient (opposite rows); added inside the solve (on CUDA, in its one launch).
-    step = -_linalg.solve_spd(normal, _linalg.matvec(jacobian.T, residual), LEAST_SQUARES_DAMPING, 1e-10, 1e-300)
+    # where JᵀJ is rank deficient (opposite rows).
+    diagonal = torch.diagonal(normal)
+    regulariser = LEAST_SQUARES_DAMPING * diagonal + 1e-10 * diagonal.max() + 1e-300
+    step = -_linalg.solve_spd(normal + eye * regulariser, _linalg.matvec(jacobian.T, residual))
     cap = LEAST_SQUARES_MAX_LOG_STEP
     return x + cap * torch.tanh(torch.nan_to_num(step) / cap)
 

@@ -29,7 +29,7 @@ import logging
 import torch
 from torch import Tensor
 
-__all__ = ["damped", "gauss_jordan", "spd_solve", "triton_solve", "MAX_K", "HAVE_TRITON"]
+__all__ = ["gauss_jordan", "spd_solve", "triton_solve", "MAX_K", "HAVE_TRITON"]
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +41,6 @@ MAX_K = 64
 HAVE_TRITON = importlib.util.find_spec("triton") is not None
 
 _TRITON_FAILED: list[str] = []
-
-
-def damped(matrix: Tensor, relative: float = 0.0, absolute: float = 0.0, floor: float = 0.0) -> Tensor:
-    """``A + diag(relative·d + absolute·max(d) + floor)``, ``d`` the diagonal of ``A`` ``[..., k, k]``:
-    Levenberg-Marquardt's damping of normal equations, with a floor relative to the largest curvature."""
-    if not (relative or absolute or floor):
-        return matrix
-    diagonal = torch.diagonal(matrix, dim1=-2, dim2=-1)
-    shift = relative * diagonal + absolute * diagonal.max(dim=-1, keepdim=True).values + floor
-    return matrix + torch.diag_embed(shift)
 
 
 def gauss_jordan(matrix: Tensor, rhs: Tensor) -> Tensor:
@@ -69,10 +59,9 @@ def gauss_jordan(matrix: Tensor, rhs: Tensor) -> Tensor:
     return augmented[..., k] if vector else augmented[..., k:]
 
 
-def triton_solve(matrix: Tensor, rhs: Tensor, relative: float = 0.0, absolute: float = 0.0,
-                 floor: float = 0.0) -> Tensor:
-    """:func:`gauss_jordan` of the :func:`damped` matrix as one Triton launch (one program per system, the
-    damping added in registers); any device Triton runs on (CUDA, or the CPU under ``TRITON_INTERPRET=1``)."""
+def triton_solve(matrix: Tensor, rhs: Tensor) -> Tensor:
+    """:func:`gauss_jordan` as one Triton launch (one program per system); any device Triton runs on
+    (CUDA, or the CPU under ``TRITON_INTERPRET=1``)."""
     if not HAVE_TRITON:
         raise RuntimeError("triton_solve needs the triton package.")
     k, vector = matrix.shape[-1], rhs.ndim == matrix.ndim - 1
@@ -85,28 +74,25 @@ def triton_solve(matrix: Tensor, rhs: Tensor, relative: float = 0.0, absolute: f
     out = columns.new_empty(columns.shape)
     systems = max(1, columns.numel() // max(k * m, 1))
     from mtrl.aggregation._gauss_jordan_triton import gauss_jordan_kernel, triton
-    gauss_jordan_kernel[(systems,)](matrix, columns, out, k, m, float(relative), float(absolute), float(floor),
-                                    BLOCK=max(16, triton.next_power_of_2(k)), BLOCK_M=max(2, triton.next_power_of_2(m)))
+    gauss_jordan_kernel[(systems,)](matrix, columns, out, k, m, BLOCK=max(16, triton.next_power_of_2(k)),
+                                    BLOCK_M=max(2, triton.next_power_of_2(m)))
     return out[..., 0] if vector else out
 
 
 @torch.library.custom_op("mtrl::spd_solve", mutates_args=())
-def spd_solve(matrix: Tensor, rhs: Tensor, relative: float = 0.0, absolute: float = 0.0,
-              floor: float = 0.0) -> Tensor:
-    """``x`` with ``damped(matrix, relative, absolute, floor) @ x = rhs`` for small SPD systems (``k ≤ MAX_K``;
-    ``rhs [..., k]`` or ``[..., k, m]``; no damping by default): one Triton launch on CUDA, :func:`gauss_jordan`
-    elsewhere (and on CUDA where the kernel cannot be built). The damping inside the launch spares the
-    kernels that would form the damped matrix (its diagonal's maximum is a reduction of its own)."""
+def spd_solve(matrix: Tensor, rhs: Tensor) -> Tensor:
+    """``x`` with ``matrix @ x = rhs`` for small SPD systems (``k ≤ MAX_K``; ``rhs [..., k]`` or ``[..., k, m]``):
+    one Triton launch on CUDA, :func:`gauss_jordan` elsewhere (and on CUDA where the kernel cannot be built)."""
     if matrix.is_cuda and HAVE_TRITON and not _TRITON_FAILED:
         try:
-            return triton_solve(matrix, rhs, relative, absolute, floor)
+            return triton_solve(matrix, rhs)
         except Exception as error:  # noqa: BLE001 - e.g. a Triton too old for this kernel: same arithmetic below
             _TRITON_FAILED.append(f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
             log.warning("spd_solve: the Triton kernel failed (%s); small solves use torch operations.",
                         _TRITON_FAILED[0])
-    return gauss_jordan(damped(matrix, relative, absolute, floor), rhs).contiguous()   # (fresh, as the fake one)
+    return gauss_jordan(matrix, rhs).contiguous()   # (a fresh tensor, as the fake one: not a view)
 
 
 @spd_solve.register_fake
-def _(matrix: Tensor, rhs: Tensor, relative: float = 0.0, absolute: float = 0.0, floor: float = 0.0) -> Tensor:
+def _(matrix: Tensor, rhs: Tensor) -> Tensor:
     return rhs.new_empty(rhs.shape)

@@ -7,20 +7,13 @@ import triton.language as tl
 
 
 @triton.jit
-def gauss_jordan_kernel(matrix_ptr, rhs_ptr, out_ptr, k, m, relative, absolute, floor, BLOCK: tl.constexpr,
-                        BLOCK_M: tl.constexpr):
-    """One system per program: ``A`` and the ``m`` right-hand sides in registers, ``A`` damped as
-    :func:`~mtrl.aggregation._gauss_jordan.damped`, then the ``k`` stages of
+def gauss_jordan_kernel(matrix_ptr, rhs_ptr, out_ptr, k, m, BLOCK: tl.constexpr, BLOCK_M: tl.constexpr):
+    """One system per program: ``A`` and the ``m`` right-hand sides in registers, the ``k`` stages of
     :func:`~mtrl.aggregation._gauss_jordan.gauss_jordan`."""
     system = tl.program_id(0).to(tl.int64)
     index = tl.arange(0, BLOCK)
     rows, cols, rhs_cols = index[:, None], index[None, :], tl.arange(0, BLOCK_M)[None, :]
     a = tl.load(matrix_ptr + system * k * k + rows * k + cols, mask=(rows < k) & (cols < k), other=0.0)
-    on_diagonal = (rows == cols) & (rows < k)
-    diagonal = tl.sum(tl.where(on_diagonal, a, 0.0), axis=1)                                  # [BLOCK], by row
-    largest = tl.max(tl.where(index < k, diagonal, -float("inf")), axis=0)
-    shift = relative * diagonal + absolute * largest + floor
-    a = tl.where(on_diagonal, a + shift[:, None], a)
     in_b = (rows < k) & (rhs_cols < m)
     b = tl.load(rhs_ptr + system * k * m + rows * m + rhs_cols, mask=in_b, other=0.0)
     for j in range(0, k):

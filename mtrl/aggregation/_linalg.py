@@ -116,7 +116,7 @@ def early_exit(device: torch.device) -> bool:
 #: Device types whose solver stages run through ``torch.compile``, and its backend. A solver iteration is
 #: ~50-110 tiny operations eagerly; on a GPU each is a launch (~2 µs, in a CUDA graph too), so the
 #: iterations of a solve cost milliseconds. Inductor fuses an iteration into a handful of kernels
-#: (``python -m mtrl.bench launches`` counts them: an α-fair iteration pair is 11 launches, its two k×k
+#: (``python -m mtrl.bench launches`` counts them: an α-fair iteration pair is 13 launches, its two k×k
 #: solves included, one Triton launch each). On the CPU the launches cost little and inductor's C++ build
 #: minutes: the stages run as written. Tests put "cpu" here with the ``aot_eager`` backend to check that the
 #: functions trace whole and give the same numbers.
@@ -183,12 +183,9 @@ def _solve_in_one_launch(matrix: Tensor) -> bool:
     return matrix.is_cuda and matrix.shape[-1] <= _gauss_jordan.MAX_K and _gauss_jordan.HAVE_TRITON
 
 
-def solve_spd(matrix: Tensor, rhs: Tensor, relative: float = 0.0, absolute: float = 0.0,
-              floor: float = 0.0) -> Tensor:
-    """``x`` with ``A x = rhs`` for a small symmetric positive definite ``[k, k]`` matrix ``A`` and a ``[k]``
-    right-hand side (or ``[k, m]``: ``m`` of them); ``A`` is ``matrix`` with the Levenberg-Marquardt damping
-    ``diag(relative·d + absolute·max(d) + floor)`` added (``d`` its diagonal;
-    :func:`~._gauss_jordan.damped`), none by default. Unchecked: for a singular matrix the result may be non-finite or meaningless, and the
+def solve_spd(matrix: Tensor, rhs: Tensor) -> Tensor:
+    """``x`` with ``matrix @ x = rhs`` for a small symmetric positive definite ``[k, k]`` matrix and a ``[k]``
+    right-hand side (or ``[k, m]``: ``m`` of them). Unchecked: for a singular matrix the result may be non-finite or meaningless, and the
     callers mask bad steps.
 
     * CUDA (``k ≤ _gauss_jordan.MAX_K``, Triton installed): Gauss-Jordan elimination in one Triton launch
@@ -202,9 +199,8 @@ def solve_spd(matrix: Tensor, rhs: Tensor, relative: float = 0.0, absolute: floa
     Elimination without pivoting is stable for SPD matrices, as Cholesky is; all forms agree to rounding.
     """
     k = matrix.shape[-1]
-    if _solve_in_one_launch(matrix):   # (the damping inside the launch)
-        return torch.ops.mtrl.spd_solve(matrix, rhs, relative, absolute, floor)
-    matrix = _gauss_jordan.damped(matrix, relative, absolute, floor)
+    if _solve_in_one_launch(matrix):
+        return torch.ops.mtrl.spd_solve(matrix, rhs)
     if torch.compiler.is_compiling() and k <= UNROLLED_SOLVE_MAX_K:
         return _gauss_jordan.gauss_jordan(matrix, rhs)
     return torch.linalg.solve_ex(matrix, rhs).result

@@ -60,22 +60,6 @@ def test_the_operator_is_registered_for_tracing() -> None:
         torch.library.opcheck(torch.ops.mtrl.spd_solve, (matrix, right))
         torch.testing.assert_close(torch.ops.mtrl.spd_solve(matrix, right), _gauss_jordan.gauss_jordan(matrix, right),
                                    rtol=0, atol=0)
-    torch.library.opcheck(torch.ops.mtrl.spd_solve, (matrix, rhs, 1e-3, 1e-10, 1e-300))
-
-
-def test_the_damping_is_levenberg_marquardts() -> None:
-    """``solve_spd(A, b, relative, absolute, floor)`` solves ``(A + diag(relative·d + absolute·max d + floor)) x = b``
-    (``d = diag A``), eagerly (LAPACK) and traced (the elimination), and the operator agrees."""
-    matrix, rhs = spd_system(5, 1e3, seed=2)
-    d = torch.diagonal(matrix)
-    explicit = matrix + torch.diag(1e-2 * d + 1e-3 * d.max() + 0.5)
-    torch.testing.assert_close(_gauss_jordan.damped(matrix, 1e-2, 1e-3, 0.5), explicit, rtol=0, atol=0)
-    assert _gauss_jordan.damped(matrix) is matrix
-    expected = torch.linalg.solve(explicit, rhs)
-    torch.testing.assert_close(_linalg.solve_spd(matrix, rhs, 1e-2, 1e-3, 0.5), expected, rtol=1e-12, atol=0)
-    traced = torch.compile(_linalg.solve_spd, backend="aot_eager", fullgraph=True)(matrix, rhs, 1e-2, 1e-3, 0.5)
-    torch.testing.assert_close(traced, expected, rtol=1e-11, atol=0)
-    torch.testing.assert_close(torch.ops.mtrl.spd_solve(matrix, rhs, 1e-2, 1e-3, 0.5), expected, rtol=1e-11, atol=0)
 
 
 _INTERPRETED = textwrap.dedent("""
@@ -97,12 +81,6 @@ _INTERPRETED = textwrap.dedent("""
             rhs = torch.stack([rhs * (1.0 + j) + j for j in range(columns)], dim=-1)
         x = _gauss_jordan.triton_solve(matrix, rhs)
         reference = _gauss_jordan.gauss_jordan(matrix, rhs)
-        if k == 10 and dtype == torch.float64 and not batch:   # Levenberg-Marquardt damping inside the launch
-            damped = _gauss_jordan.triton_solve(matrix, rhs, 1e-3, 1e-10, 1e-300)
-            expected = _gauss_jordan.gauss_jordan(_gauss_jordan.damped(matrix, 1e-3, 1e-10, 1e-300), rhs)
-            results.append({"k": k, "batch": [], "dtype": str(dtype), "shape": list(damped.shape), "columns": columns,
-                            "backward_error": 0.0,
-                            "difference": (damped - expected).abs().max().item() / expected.abs().max().item()})
         scale = reference.abs().max().item()
         error = (backward_error(matrix.double(), rhs.double(), x.double()) if columns is None else
                  max(backward_error(matrix.double(), rhs[..., j].double(), x[..., j].double()) for j in range(columns)))
@@ -117,8 +95,7 @@ _INTERPRETED = textwrap.dedent("""
 def test_the_triton_kernel_equals_the_torch_elimination_under_the_interpreter() -> None:
     """The Triton program (one per system) runs the same ``k`` stages as :func:`gauss_jordan`. Triton's
     interpreter executes it on the CPU: the same results, to rounding, for k from 1 to ``MAX_K`` (block sizes
-    16, 32, 64), batched systems, several right-hand sides, float32, and with the damping added in the
-    kernel."""
+    16, 32, 64), batched systems, several right-hand sides and float32."""
     environment = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
     completed = subprocess.run([sys.executable, "-c", _INTERPRETED, os.path.dirname(__file__)], env=environment,
                                capture_output=True, text=True, timeout=300)
@@ -161,6 +138,3 @@ def test_cuda_a_small_solve_is_one_triton_launch_eager_and_traced() -> None:
     torch.testing.assert_close(traced.cpu(), reference, rtol=1e-9, atol=1e-12)
     compiled = torch.compile(_linalg.solve_spd, fullgraph=True)(matrix, rhs)   # inductor around the operator
     torch.testing.assert_close(compiled.cpu(), reference, rtol=1e-9, atol=1e-12)
-    damped = _linalg.solve_spd(matrix, rhs, 1e-3, 1e-10, 1e-300)   # the damping added inside the launch
-    expected = torch.linalg.solve(_gauss_jordan.damped(matrix.cpu(), 1e-3, 1e-10, 1e-300), rhs.cpu())
-    torch.testing.assert_close(damped.cpu(), expected, rtol=1e-9, atol=1e-12)
