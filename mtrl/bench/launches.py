@@ -18,9 +18,9 @@ iteration counts, fused Adam, the GPU's block size for passes over the Jacobian)
   e.g. ``_paired_step[0.5]`` for α = 2) counts as the launches inductor generates for it there: its
   Triton kernels plus the library or custom-operator calls between them, one launch each (right for the
   small solves' Triton kernel; a cuSOLVER solve, the active-set method's, is a few). They are read from inductor's own Triton code generation,
-  run for the CPU tensors with ``cpu_backend="triton"`` and stopped before anything is compiled (needs
-  the ``triton`` package; inductor internals that may change between torch versions: where this fails
-  the stage's count is ``None`` and the reason is printed).
+  run for the CPU tensors with ``cpu_backend="triton"`` and stopped before anything is compiled (no GPU
+  and no Triton backend needed). It patches inductor internals that may change between torch versions:
+  where this fails, the stage's count is ``None`` and the reason is printed.
 """
 
 from __future__ import annotations
