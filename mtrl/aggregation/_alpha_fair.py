@@ -256,10 +256,12 @@ def _orthogonal_start(constants: Tensor, p: float) -> Tensor:
     return constants ** (1.0 / (1.0 + p))
 
 
-def _potential(cosines: Tensor, constants: Tensor, p: float, v: Tensor) -> Tensor:
-    """``f(v) = ½ vᵀCv − Σ c_i h(v_i)``, ``h(v) = log v`` (p = 1) or ``v^(1-p)/(1-p)``; ``v`` is ``[..., k]``."""
+def _potential(cosines: Tensor, constants: Tensor, p: float, v: Tensor, cv: Tensor | None = None) -> Tensor:
+    """``f(v) = ½ vᵀCv − Σ c_i h(v_i)``, ``h(v) = log v`` (p = 1) or ``v^(1-p)/(1-p)``; ``v`` is ``[..., k]``;
+    ``cv = Cv`` where the caller has it already."""
     barrier = torch.log(v) if p == 1.0 else v ** (1.0 - p) / (1.0 - p)
-    return 0.5 * (_linalg.matvec(cosines, v) * v).sum(-1) - (barrier * constants).sum(-1)
+    cv = _linalg.matvec(cosines, v) if cv is None else cv
+    return 0.5 * (cv * v).sum(-1) - (barrier * constants).sum(-1)
 
 
 def _decrease(cv: Tensor, curvature: Tensor, constants: Tensor, p: float, v: Tensor, step: Tensor,
@@ -382,7 +384,7 @@ def _newton_step(cosines: Tensor, constants: Tensor, p: float, v: Tensor, done: 
     shrinking = step < 0
     boundary = torch.where(shrinking, -v / torch.where(shrinking, step, -1.0), math.inf).min()
     t_max = torch.clamp(0.99 * boundary, max=1.0)
-    current = _potential(cosines, constants, p, v)
+    current = _potential(cosines, constants, p, v, cv)
     # Armijo; in the last, quadratically convergent steps the decrease is below float64 resolution of f,
     # so a full step with a tiny Newton decrement is taken as is.
     lengths = t_max * fractions

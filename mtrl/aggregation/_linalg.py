@@ -285,8 +285,7 @@ def _active_set_step(K: Tensor, b: Tensor, r2: Tensor, b_largest: Tensor, w: Ten
     k, dtype, device = K.shape[0], K.dtype, K.device
     index = torch.arange(k, device=device)
     infinity = torch.full((k,), math.inf, dtype=dtype, device=device)
-    on = face.to(dtype)
-    a, c, lam_a, lam_c = _face_stationary_points(K, b, on, face)
+    a, c, lam_a, lam_c = _face_stationary_points(K, b, face)
     if cagrad:
         room = r2 - dot(c, matvec(K, c)).clamp_min(0.0)
         bounded = room > 1e-14 * r2
@@ -316,8 +315,8 @@ def _active_set_step(K: Tensor, b: Tensor, r2: Tensor, b_largest: Tensor, w: Ten
     return w, face, ~(enter | ~feasible | ~usable)
 
 
-def _face_stationary_points(K: Tensor, b: Tensor, on: Tensor, face: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """On the face ``P`` (``on`` its indicator): ``a``, the face's min-norm point (``K_PP a = λ_a 1``,
+def _face_stationary_points(K: Tensor, b: Tensor, face: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """On the face ``P`` (``face`` its mask): ``a``, the face's min-norm point (``K_PP a = λ_a 1``,
     ``1ᵀa = 1``), and ``c``, the direction with ``K_PP c = −b_P + λ_c 1``, ``1ᵀc = 0``; zero off the face.
 
     These are the solutions of the bordered system ``[[K_PP, −1], [1ᵀ, 0]]``, which is indefinite. With
@@ -329,7 +328,7 @@ def _face_stationary_points(K: Tensor, b: Tensor, on: Tensor, face: Tensor) -> t
     LU of the bordered system is several.
     """
     k, dtype, device = K.shape[0], K.dtype, K.device
-    eye = torch.eye(k, dtype=dtype, device=device)
+    on, eye = face.to(dtype), torch.eye(k, dtype=dtype, device=device)
     shifted = torch.where(face[:, None] & face[None, :], K + 1.0, eye)          # K_PP + ρ 11ᵀ, identity off P
     solution = solve_spd(shifted, torch.stack([on, -b * on], dim=1))  # unchecked: a failed solve is masked later
     y, c0 = solution[:, 0] * on, solution[:, 1] * on

@@ -74,13 +74,14 @@ def _aggregator(name: str) -> Aggregator:
     return EqualWeightsThroughJacobian() if name == "jacobian" else make(name)
 
 
-def build(aggregator: str, mode: str, args: argparse.Namespace) -> tuple[MultiTaskSAC, ReplayBuffer, torch.Tensor]:
+def build(aggregator: str, mode: str, args: argparse.Namespace,
+          compile_backend: str = "inductor") -> tuple[MultiTaskSAC, ReplayBuffer, torch.Tensor]:
     """An agent (``aggregator`` for both networks), a buffer filled with random transitions, and Δm."""
     device, k = torch.device(args.device), args.tasks
     torch.manual_seed(0)
     config = SACConfig(hidden_dim=args.hidden_dim, batch_size=args.batch_size, compile=mode)
     agent = MultiTaskSAC(args.obs_dim, args.action_dim, k, config, _aggregator(aggregator), _aggregator(aggregator),
-                         device=device, seed=0, compile_backend=getattr(args, "compile_backend", "inductor"))
+                         device=device, seed=0, compile_backend=compile_backend)
     steps = 500
     buffer = ReplayBuffer(k, args.obs_dim, args.action_dim, capacity=k * steps, device=device, seed=0)
     rng = np.random.default_rng(0)
@@ -93,7 +94,7 @@ def build(aggregator: str, mode: str, args: argparse.Namespace) -> tuple[MultiTa
 def prepare(aggregator: str, mode: str, args: argparse.Namespace) -> tuple[Callable[[], Any], dict[str, Any]]:
     """An agent and a filled buffer, warmed up (compiled or captured); returns one update as a call."""
     device = torch.device(args.device)
-    agent, buffer, performance = build(aggregator, mode, args)
+    agent, buffer, performance = build(aggregator, mode, args, args.compile_backend)
 
     def update() -> None:
         agent.update(buffer, performance)

@@ -151,8 +151,7 @@ def test_the_face_solve_equals_the_bordered_system(case: str) -> None:
     K = G @ G.T
     K = K / torch.diagonal(K).max()
     b = torch.randn(K.shape[0], dtype=torch.float64, generator=generator)
-    on = face.to(torch.float64)
-    a, c, lam_a, lam_c = _linalg._face_stationary_points(K, b, on, face)
+    a, c, lam_a, lam_c = _linalg._face_stationary_points(K, b, face)
 
     P = face.nonzero().flatten()
     m = len(P)
