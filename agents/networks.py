@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mtrl.aggregation import scale_shared_gradient
+
 __all__ = ["MultiHeadLinear", "MultiHeadMLP", "Actor", "TwinCritic", "mlp_apply", "policy_apply", "twin_q_apply"]
 
 
@@ -55,7 +57,8 @@ def multi_head_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return torch.matmul(x, weight) + bias.unsqueeze(-2)
 
 
-def mlp_apply(trunk: Sequence[Tensor], heads: Sequence[Tensor], x: Tensor) -> Tensor:
+def mlp_apply(trunk: Sequence[Tensor], heads: Sequence[Tensor], x: Tensor,
+              trunk_gradient_scale: Tensor | None = None) -> Tensor:
     """The multi-head MLP as a pure function.
 
     Args:
@@ -64,9 +67,12 @@ def mlp_apply(trunk: Sequence[Tensor], heads: Sequence[Tensor], x: Tensor) -> Te
         heads: ``[W_0, b_0, ...]`` of the head layers, stacked over tasks (``W`` is ``[k, in, out]``) or
             one task's slices; ReLU between head layers, none after the last.
         x: ``[k, b, in]`` (or ``[b, in]`` for one task).
+        trunk_gradient_scale: ``[k]``, multiplies task ``i``'s gradient into the trunk
+            (:func:`mtrl.aggregation.scale_shared_gradient`; filled by ``mtl_backward``).
     """
     for weight, bias in zip(trunk[0::2], trunk[1::2]):
         x = F.relu(F.linear(x, weight, bias))
+    x = scale_shared_gradient(x, trunk_gradient_scale)
     last = len(heads) // 2 - 1
     for layer, (weight, bias) in enumerate(zip(heads[0::2], heads[1::2])):
         x = multi_head_linear(x, weight, bias)
@@ -114,13 +120,14 @@ class MultiHeadMLP(nn.Module):
 
 # ----------------------------------------------------------------------------------------- policy
 def policy_apply(trunk: Sequence[Tensor], heads: Sequence[Tensor], obs: Tensor, noise: Tensor,
-                 log_std_bounds: tuple[float, float]) -> tuple[Tensor, Tensor, Tensor]:
+                 log_std_bounds: tuple[float, float],
+                 trunk_gradient_scale: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Tanh-squashed Gaussian policy as a pure function (reparameterised with the given ``noise``).
 
     Returns ``(action, log_prob, mean_action)``: ``action = tanh(mu + std * noise)`` ``[..., b, A]``,
     its log-probability ``[..., b]`` (with the tanh change of variables), and ``tanh(mu)``.
     """
-    mu, log_std = mlp_apply(trunk, heads, obs).chunk(2, dim=-1)
+    mu, log_std = mlp_apply(trunk, heads, obs, trunk_gradient_scale).chunk(2, dim=-1)
     # mtrl codebase: squash log σ smoothly into [log_std_min, log_std_max] instead of clamping.
     low, high = log_std_bounds
     log_std = low + 0.5 * (high - low) * (torch.tanh(log_std) + 1.0)
@@ -158,15 +165,17 @@ class Actor(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------- critic
-def twin_q_apply(trunk: Sequence[Tensor], heads: Sequence[Tensor], obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
-    """Both Q-values as a pure function: ``trunk`` and ``heads`` hold Q1's parameters, then Q2's.
+def twin_q_apply(trunk: Sequence[Tensor], heads: Sequence[Tensor], obs: Tensor, action: Tensor,
+                 trunk_gradient_scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Both Q-values as a pure function: ``trunk`` and ``heads`` hold Q1's parameters, then Q2's
+    (``trunk_gradient_scale`` as in :func:`mlp_apply`, for both).
 
     Returns ``(q1, q2)``, each ``[..., b]``.
     """
     x = torch.cat([obs, action], dim=-1)
     half_trunk, half_heads = len(trunk) // 2, len(heads) // 2
-    q1 = mlp_apply(trunk[:half_trunk], heads[:half_heads], x).squeeze(-1)
-    q2 = mlp_apply(trunk[half_trunk:], heads[half_heads:], x).squeeze(-1)
+    q1 = mlp_apply(trunk[:half_trunk], heads[:half_heads], x, trunk_gradient_scale).squeeze(-1)
+    q2 = mlp_apply(trunk[half_trunk:], heads[half_heads:], x, trunk_gradient_scale).squeeze(-1)
     return q1, q2
 
 

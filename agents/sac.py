@@ -13,9 +13,9 @@ One :meth:`MultiTaskSAC.update` reads like SAC's pseudo-code, once per network:
 The ``k`` critic losses and the ``k`` actor losses each go through their own aggregator instance: the
 per-task Jacobian on that network's trunk comes from
 :func:`mtrl.aggregation.task_partitioned_jacobian` (``vmap`` over tasks, about one backward's cost;
-the stacked heads are task inputs), then :func:`mtrl.aggregation.mtl_backward` writes
-``weights @ J`` into the trunk's ``.grad`` and each task's **unweighted** gradient into its own head
-(``scale_task_gradients=False``). Aggregators that only weight losses (``needs_jacobian`` False, e.g.
+the stacked heads are task inputs, and the same pass gives each head its own task's gradient), then
+:func:`mtrl.aggregation.mtl_backward` writes ``weights @ J`` into the trunk's ``.grad`` and each task's
+**unweighted** gradient into its own head (``scale_task_gradients=False``). Aggregators that only weight losses (``needs_jacobian`` False, e.g.
 ``ls``) skip the Jacobian: one backward of the weighted loss. A loss left out of
 ``SACConfig.aggregate`` is minimised as the plain mean over tasks, ``(1/k) Σ_i L_i``.
 
@@ -348,8 +348,8 @@ class MultiTaskSAC:
         critic_trunk = [p.detach() for p in self.critic.trunk_parameters()]
         critic_heads = [p.detach() for p in self.critic.head_parameters()]
 
-        def actor_task_loss(trunk: Mapping[str, Tensor], *inputs: Tensor) -> Tensor:
-            return self._actor_task_loss(critic_trunk, trunk, *inputs)
+        def actor_task_loss(trunk: Mapping[str, Tensor], *inputs: Tensor, gradient_scale: Tensor | None = None) -> Tensor:
+            return self._actor_task_loss(critic_trunk, trunk, *inputs, gradient_scale=gradient_scale)
 
         with torch.no_grad():  # log π of the same samples, for the temperature loss
             _, log_prob, _ = self.actor(obs, noise)                                # [k, b]
@@ -389,16 +389,21 @@ class MultiTaskSAC:
     # ------------------------------------------------------------------------ per-task loss functions
     # Written for both shapes: the whole batch ([k, b, ...], stacked heads -> losses [k]) and one task
     # inside vmap ([b, ...], that task's head slices -> a scalar).
-    def _critic_task_loss(self, trunk: Mapping[str, Tensor], *inputs: Tensor) -> Tensor:
+    # ``gradient_scale`` ([k], whole batch only): filled by mtl_backward, it scales each task's gradient
+    # into the trunk, so that one backward serves the trunk and the heads (no Jacobian needed).
+    def _critic_task_loss(self, trunk: Mapping[str, Tensor], *inputs: Tensor,
+                          gradient_scale: Tensor | None = None) -> Tensor:
         heads, (obs, action, target_q) = inputs[:-3], inputs[-3:]
-        q1, q2 = twin_q_apply(list(trunk.values()), heads, obs, action)
+        q1, q2 = twin_q_apply(list(trunk.values()), heads, obs, action, gradient_scale)
         return (q1 - target_q).pow(2).mean(-1) + (q2 - target_q).pow(2).mean(-1)
 
-    def _actor_task_loss(self, critic_trunk: Sequence[Tensor], trunk: Mapping[str, Tensor], *inputs: Tensor) -> Tensor:
+    def _actor_task_loss(self, critic_trunk: Sequence[Tensor], trunk: Mapping[str, Tensor], *inputs: Tensor,
+                         gradient_scale: Tensor | None = None) -> Tensor:
         heads_end = len(self.actor.head_parameters())
         actor_heads, critic_heads = inputs[:heads_end], inputs[heads_end:-3]
         alpha, obs, noise = inputs[-3:]
-        action, log_prob, _ = policy_apply(list(trunk.values()), actor_heads, obs, noise, self.actor.log_std_bounds)
+        action, log_prob, _ = policy_apply(list(trunk.values()), actor_heads, obs, noise, self.actor.log_std_bounds,
+                                           gradient_scale)
         q1, q2 = twin_q_apply(critic_trunk, critic_heads, obs, action)
         return (alpha.unsqueeze(-1) * log_prob - torch.min(q1, q2)).mean(-1)
 
@@ -420,12 +425,17 @@ class MultiTaskSAC:
         aggregator = self.critic_aggregator if network == "critic" else self.actor_aggregator
         if self.compile_mode == "compile" and not getattr(aggregator, "capturable", False):
             aggregator = OutsideCompile(aggregator)
+        scale = head_grads = jacobian = None
         if aggregator.needs_jacobian:
-            losses, jacobian = task_partitioned_jacobian(task_loss, trunk, *heads, *data)  # [k], [k, n_trunk]
-        else:
-            losses, jacobian = task_loss(trunk, *heads, *data), None
+            # One vmap'd pass: the trunk's [k, n] Jacobian and each head's own gradient.
+            losses, jacobian, head_grads = task_partitioned_jacobian(task_loss, trunk, *heads, *data,
+                                                                     task_grads=len(heads))
+        else:   # one backward, the trunk's share of each task's gradient scaled by its weight
+            scale = torch.empty(k, device=self.device)
+            losses = task_loss(trunk, *heads, *data, gradient_scale=scale)
         weights = mtl_backward(losses, list(trunk.values()), aggregator, self._task_stats(losses, performance, step),
-                               jacobian=jacobian, task_params=heads, scale_task_gradients=False)
+                               jacobian=jacobian, task_params=heads, task_gradients=head_grads,
+                               shared_gradient_scale=scale, scale_task_gradients=False)
         if self.config.max_grad_norm is not None:
             # No host sync: clip_grad_norm_ scales by a device-side clamp.
             torch.nn.utils.clip_grad_norm_(list(trunk.values()), self.config.max_grad_norm)

@@ -73,6 +73,7 @@ parameters) — ``f`` has no minimiser and Newton diverges. The fallbacks, each 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -322,10 +323,8 @@ def _newton(problem: _ScaledProblem, v: Tensor, iterations: int,
     ``fallback`` is that point, or ``None`` without ``with_fallback``.
     """
     cosines, constants, p, device = problem.cosines, problem.constants, problem.p, problem.cosines.device
-    k, dtype = cosines.shape[0], cosines.dtype
-    done = failed = torch.zeros((), dtype=torch.bool, device=device)
-    fractions = 0.5 ** torch.arange(LINE_SEARCH_STEPS, dtype=dtype, device=device)
-    eye = torch.eye(k, dtype=dtype, device=device)
+    false, fractions, eye = _iteration_constants(cosines.shape[0], cosines.dtype, device)
+    done = failed = false
     step, paired = _linalg.fused(_newton_step, device), _linalg.fused(_paired_step, device)
     x, norms = (_least_squares_start(constants, p), problem.relative_norms) if with_fallback else (None, None)
     early_exit = x is None and _linalg.early_exit(device)
@@ -339,6 +338,26 @@ def _newton(problem: _ScaledProblem, v: Tensor, iterations: int,
     for _ in range(iterations, LEAST_SQUARES_ITERATIONS if x is not None else 0):   # (none: Newton has more)
         x = _linalg.fused(_least_squares_step, device)(cosines, constants, p, norms, x, eye)
     return v, done, failed, None if x is None else torch.exp(x)
+
+
+def _iteration_constants(k: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """``False``, the Armijo fractions ``0.5^j`` and the identity: built once per size and device, since each
+    would be a kernel launch per solve on a GPU. Only ever read (the iterations return new tensors).
+    Traced by ``torch.compile`` they are built in the graph (dynamo would trace past the cache anyway)."""
+    if torch.compiler.is_compiling():
+        return _build_iteration_constants(k, dtype, device)
+    return _cached_iteration_constants(k, dtype, device)
+
+
+def _build_iteration_constants(k: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    false = torch.zeros((), dtype=torch.bool, device=device)
+    return false, 0.5 ** torch.arange(LINE_SEARCH_STEPS, dtype=dtype, device=device), torch.eye(k, dtype=dtype, device=device)
+
+
+@functools.cache
+def _cached_iteration_constants(k: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    with torch.inference_mode(False):   # normal tensors, whatever mode the first call ran in
+        return _build_iteration_constants(k, dtype, device)
 
 
 def _solved(problem: _ScaledProblem, v: Tensor, done: Tensor, failed: Tensor) -> Tensor:
@@ -365,13 +384,25 @@ def _newton_step(cosines: Tensor, constants: Tensor, p: float, v: Tensor, done: 
     The step has a fraction-to-boundary rule (iterates stay positive) and an Armijo search over the
     lengths ``t_max · fractions`` tried at once, keeping the longest that passes.
     """
+    target, cv, gradient, hessian = _newton_system(cosines, constants, p, v, eye)
+    step = -_linalg.solve_spd(hessian, gradient)  # unchecked: a bad step is masked below
+    return _newton_move(cosines, constants, p, v, done, failed, fractions, target, cv, gradient, step)
+
+
+def _newton_system(cosines: Tensor, constants: Tensor, p: float, v: Tensor,
+                   eye: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The Newton system at ``v``: ``(target, Cv, ∇f, ∇²f)``, ``target_i = c_i v_i^(-p)``."""
     target = constants * v ** (-p)
     cv = _linalg.matvec(cosines, v)
-    gradient = cv - target
+    return target, cv, cv - target, cosines + eye * (p * target / v)
+
+
+def _newton_move(cosines: Tensor, constants: Tensor, p: float, v: Tensor, done: Tensor, failed: Tensor,
+                 fractions: Tensor, target: Tensor, cv: Tensor, gradient: Tensor,
+                 step: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The safeguarded move along the Newton ``step`` (the system's solution, unchecked)."""
     residual = (gradient.abs() / target).max()
     converged = residual < TOLERANCE
-    hessian = cosines + eye * (p * target / v)
-    step = -_linalg.solve_spd(hessian, gradient)  # unchecked: a bad step is masked below
     finite_step = torch.isfinite(step).all() & torch.isfinite(residual)
     step = torch.where(finite_step, step, 0.0)
     # Stalled at float64 precision: a task with a tiny gradient next to large ones has a utility that is
@@ -430,14 +461,24 @@ def _least_squares_start(constants: Tensor, p: float) -> Tensor:
 
 def _paired_step(cosines: Tensor, constants: Tensor, p: float, norms: Tensor, v: Tensor, done: Tensor,
                  failed: Tensor, x: Tensor, fractions: Tensor, eye: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """A Newton iteration and a fallback iteration, independent of each other, as one function to fuse."""
-    return (*_newton_step(cosines, constants, p, v, done, failed, fractions, eye),
-            _least_squares_step(cosines, constants, p, norms, x, eye))
+    """A Newton iteration and a fallback iteration, independent of each other, as one function to fuse;
+    their two k×k systems are solved as one batch (one launch of the small-solve kernel on a GPU)."""
+    target, cv, gradient, hessian = _newton_system(cosines, constants, p, v, eye)
+    normal, rhs = _least_squares_system(cosines, constants, p, norms, x, eye)
+    steps = -_linalg.solve_spd(torch.stack([hessian, normal]), torch.stack([gradient, rhs]))
+    return (*_newton_move(cosines, constants, p, v, done, failed, fractions, target, cv, gradient, steps[0]),
+            _least_squares_move(x, steps[1]))
 
 
 def _least_squares_step(cosines: Tensor, constants: Tensor, p: float, norms: Tensor, x: Tensor,
                         eye: Tensor) -> Tensor:
     """One damped, capped Gauss-Newton step of the fallback in ``x = log v``."""
+    return _least_squares_move(x, -_linalg.solve_spd(*_least_squares_system(cosines, constants, p, norms, x, eye)))
+
+
+def _least_squares_system(cosines: Tensor, constants: Tensor, p: float, norms: Tensor, x: Tensor,
+                          eye: Tensor) -> tuple[Tensor, Tensor]:
+    """The fallback's damped Gauss-Newton system at ``x``: ``(JᵀJ + damping, Jᵀr)``; its solution is minus the step."""
     v = torch.exp(x)
     target = constants * torch.exp(-p * x)
     residual = norms * (_linalg.matvec(cosines, v) - target)
@@ -448,7 +489,11 @@ def _least_squares_step(cosines: Tensor, constants: Tensor, p: float, norms: Ten
     # where JᵀJ is rank deficient (opposite rows).
     diagonal = torch.diagonal(normal)
     regulariser = LEAST_SQUARES_DAMPING * diagonal + 1e-10 * diagonal.max() + 1e-300
-    step = -_linalg.solve_spd(normal + eye * regulariser, _linalg.matvec(jacobian.T, residual))
+    return normal + eye * regulariser, _linalg.matvec(jacobian.T, residual)
+
+
+def _least_squares_move(x: Tensor, step: Tensor) -> Tensor:
+    """``x`` moved by the Gauss-Newton ``step``, softly capped per coordinate (``c · tanh(δ/c)``)."""
     cap = LEAST_SQUARES_MAX_LOG_STEP
     return x + cap * torch.tanh(torch.nan_to_num(step) / cap)
 

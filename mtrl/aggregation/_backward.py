@@ -13,6 +13,7 @@ Two ways to build the ``[k, n]`` task Jacobian on the shared parameters:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,7 +21,7 @@ from torch.func import grad_and_value, vmap
 
 from mtrl.aggregation._base import Aggregator, TaskStats
 
-__all__ = ["mtl_backward", "task_jacobian", "task_partitioned_jacobian"]
+__all__ = ["mtl_backward", "task_jacobian", "task_partitioned_jacobian", "scale_shared_gradient"]
 
 
 def _as_loss_vector(task_losses: Tensor | Sequence[Tensor]) -> Tensor:
@@ -68,7 +69,8 @@ def task_partitioned_jacobian(
     task_loss: Callable[..., Tensor],
     shared_params: Mapping[str, Tensor],
     *task_inputs: Tensor,
-) -> tuple[Tensor, Tensor]:
+    task_grads: int = 0,
+) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, list[Tensor]]:
     """Per-task losses and the ``[k, n]`` Jacobian when each task's loss reads only its own rows.
 
     Args:
@@ -79,12 +81,18 @@ def task_partitioned_jacobian(
             Jacobian's columns follow this order, flattened.
         task_inputs: tensors with a leading task dimension ``k`` — the task's rows (``[k, b, ...]``)
             and, for multi-head models, the stacked head parameters (``[k, ...]``).
+        task_grads: how many of the leading ``task_inputs`` (the heads) to differentiate in the same
+            pass. Task ``i``'s slice of each gradient is ∇ L_i on its own slice, so the stacked
+            gradient is the heads' ``.grad`` of ``losses.sum()``, without a second backward.
 
     Returns:
         ``(losses, jacobian)``: ``losses`` is ``[k]`` and stays differentiable with respect to every
         tensor in ``task_inputs`` that requires grad (the heads), but *not* with respect to the shared
         parameters, whose gradient is the returned ``[k, n]`` ``jacobian``. Pass both to
         :func:`mtl_backward` (``jacobian=``) to finish the step.
+        With ``task_grads``: ``(losses, jacobian, gradients)``, ``gradients[j]`` shaped like
+        ``task_inputs[j]``, and ``losses`` no longer differentiable with respect to those inputs. Pass
+        the gradients on as ``mtl_backward(..., task_params=heads, task_gradients=gradients)``.
     """
     if not task_inputs:
         raise ValueError("task_partitioned_jacobian needs at least one input with a leading task dimension.")
@@ -94,12 +102,18 @@ def task_partitioned_jacobian(
             raise ValueError(
                 f"task_inputs[{position}] has leading dimension {tensor.shape[0]}, expected k={k} (one slice per task)."
             )
+    if not 0 <= task_grads <= len(task_inputs):
+        raise ValueError(f"task_grads = {task_grads} should be between 0 and the {len(task_inputs)} task inputs.")
     detached = {name: p.detach() for name, p in shared_params.items()}
+    inputs = [x.detach() if position < task_grads else x for position, x in enumerate(task_inputs)]
     in_dims = (None,) + (0,) * len(task_inputs)
-    grads, losses = vmap(grad_and_value(task_loss), in_dims=in_dims)(detached, *task_inputs)
+    argnums = tuple(range(task_grads + 1))
+    grads, losses = vmap(grad_and_value(task_loss, argnums=argnums), in_dims=in_dims)(detached, *inputs)
     params = list(shared_params.values())
-    jacobian = _flatten([grads[name] for name in shared_params], params, k)
-    return losses, jacobian
+    jacobian = _flatten([grads[0][name] for name in shared_params], params, k)
+    if not task_grads:
+        return losses, jacobian
+    return losses, jacobian, list(grads[1:])
 
 
 def _accumulate(params: Sequence[Tensor], flat_gradient: Tensor) -> None:
@@ -109,9 +123,64 @@ def _accumulate(params: Sequence[Tensor], flat_gradient: Tensor) -> None:
         piece = flat_gradient[offset:offset + p.numel()].view_as(p)
         offset += p.numel()
         if p.grad is None:
-            p.grad = piece.detach().clone()
+            p.grad = piece.detach()   # a view of the fresh flat gradient: no copy
         else:
             p.grad.add_(piece.detach())
+
+
+class _ScaleSharedGradient(torch.autograd.Function):
+    """Identity forward; backward multiplies task ``i``'s rows of the gradient by ``scale[i]``. The scale
+    is read at backward time (a plain attribute, not a saved tensor), so it may be filled after the forward."""
+
+    @staticmethod
+    def forward(ctx: Any, features: Tensor, scale: Tensor) -> Tensor:
+        ctx.scale = scale
+        return features.view_as(features)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        scale = ctx.scale.to(grad.dtype).reshape(-1, *[1] * (grad.ndim - 1))
+        return grad * scale, None
+
+
+def scale_shared_gradient(features: Tensor, scale: Tensor | None) -> Tensor:
+    """``features`` (``[k, ...]``, task ``i``'s rows first-indexed by ``i``), with the gradient that flows back
+    through them scaled per task by ``scale`` (``[k]``; read at backward time, so it may be filled after the
+    forward). Put between a shared trunk and per-task heads, with :func:`mtl_backward`'s
+    ``shared_gradient_scale``, one backward of ``Σ_i L_i`` gives the heads ``∇L_i`` and the trunk
+    ``Σ_i w_i ∇L_i``. ``None``: ``features`` unchanged."""
+    return features if scale is None else _ScaleSharedGradient.apply(features, scale)
+
+
+def _one_backward(losses: Tensor, shared: list[Tensor], task_params: Iterable[Tensor] | None, scale: Tensor,
+                  weights: Tensor, scale_task_gradients: bool) -> None:
+    """Every gradient from one backward: the graph scales the shared part per task (``scale`` ← weights);
+    the heads get ``∇L_i``, or ``w_i ∇L_i`` when they are scaled too (then the trunk's scale is 1)."""
+    if scale.shape != weights.shape:
+        raise ValueError(f"shared_gradient_scale must be [k] = {tuple(weights.shape)}, got {tuple(scale.shape)}.")
+    with torch.no_grad():
+        scale.fill_(1.0) if scale_task_gradients else scale.copy_(weights)
+    objective = (weights * losses).sum() if scale_task_gradients else losses.sum()
+    inputs = None if task_params is None else [*shared, *(p for p in task_params if p.requires_grad)]
+    torch.autograd.backward(objective, inputs=inputs)
+
+
+def _add_task_gradients(task_params: Iterable[Tensor] | None, gradients: Sequence[Tensor],
+                        weights: Tensor | None) -> None:
+    """Add precomputed per-task gradients (leading dimension ``k``) into ``.grad``, scaled per task by ``weights``."""
+    params = None if task_params is None else list(task_params)
+    if params is None or len(params) != len(gradients):
+        raise ValueError(f"task_gradients needs task_params of the same length; got {len(gradients)} gradients "
+                         f"and {'no' if params is None else len(params)} task_params.")
+    for p, g in zip(params, gradients):
+        if g.shape != p.shape:
+            raise ValueError(f"task_gradients: a gradient of shape {tuple(g.shape)} for a parameter of shape {tuple(p.shape)}.")
+        if weights is not None:
+            g = g * weights.to(g.dtype).view(-1, *[1] * (g.ndim - 1))
+        if p.grad is None:
+            p.grad = g.detach() if g.is_contiguous() else g.detach().contiguous()
+        else:
+            p.grad.add_(g.detach())
 
 
 def mtl_backward(
@@ -122,6 +191,8 @@ def mtl_backward(
     jacobian: Tensor | None = None,
     *,
     task_params: Iterable[Tensor] | None = None,
+    task_gradients: Sequence[Tensor] | None = None,
+    shared_gradient_scale: Tensor | None = None,
     scale_task_gradients: bool | None = None,
 ) -> Tensor:
     """Aggregate the per-task gradients on ``shared_params`` and write all gradients into ``.grad``.
@@ -145,6 +216,13 @@ def mtl_backward(
         task_params: the task-specific parameters, if known. Without them the heads' gradients come
             from a full backward pass whose contribution to the shared parameters is discarded, which
             costs one extra backward through the trunk.
+        task_gradients: the gradients of ``task_params``, already computed (``[k, ...]``, task ``i``'s
+            slice its own gradient: :func:`task_partitioned_jacobian` with ``task_grads``). They are
+            added to ``.grad`` (scaled by the weights where the method scales) in place of a backward.
+        shared_gradient_scale: the ``[k]`` tensor that the losses' graph multiplies into the gradient
+            flowing from task ``i`` to the shared parameters (:func:`scale_shared_gradient` between the
+            trunk and the heads). Without a Jacobian, it is filled with the weights and one backward of
+            ``Σ_i L_i`` gives every parameter its gradient: no second pass through the heads.
         scale_task_gradients: scale each head's gradient by its task's weight; ``None`` follows
             ``aggregator.loss_weighting``.
 
@@ -161,6 +239,11 @@ def mtl_backward(
     if aggregator.needs_jacobian and jacobian is None:
         jacobian = task_jacobian(losses, shared)
     weights = aggregator(jacobian if aggregator.needs_jacobian else None, stats).detach()
+    if scale_task_gradients is None:
+        scale_task_gradients = aggregator.loss_weighting
+    if shared_gradient_scale is not None and jacobian is None:
+        _one_backward(losses, shared, task_params, shared_gradient_scale, weights, scale_task_gradients)
+        return weights
 
     if jacobian is not None:
         shared_gradient = weights.to(jacobian.dtype) @ jacobian
@@ -168,8 +251,10 @@ def mtl_backward(
         grads = torch.autograd.grad((weights * losses).sum(), shared, retain_graph=True, allow_unused=True)
         shared_gradient = _flatten([None if g is None else g.unsqueeze(0) for g in grads], shared, 1)[0]
 
-    if scale_task_gradients is None:
-        scale_task_gradients = aggregator.loss_weighting
+    if task_gradients is not None:
+        _add_task_gradients(task_params, task_gradients, weights if scale_task_gradients else None)
+        _accumulate(shared, shared_gradient)
+        return weights
     head_objective = (weights * losses).sum() if scale_task_gradients else losses.sum()
     if head_objective.requires_grad:
         if task_params is not None:

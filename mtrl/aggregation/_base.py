@@ -141,7 +141,7 @@ class Aggregator(ABC):
         # on the device so that the call needs no host read.
         finite = torch.isfinite(weights).all()
         self._count_fallback(~finite)
-        return torch.where(finite, weights, torch.full_like(weights, 1.0 / k))
+        return torch.where(finite, weights, 1.0 / k)
 
     @property
     def fallbacks(self) -> int:
@@ -164,8 +164,8 @@ class Aggregator(ABC):
             self._fallbacks_host += int(used)
         elif self._fallbacks_device is None:
             self._fallbacks_device = used.detach().to(torch.int64).clone()
-        else:
-            self._fallbacks_device += used.detach().to(device=self._fallbacks_device.device, dtype=torch.int64)
+        else:   # in place (a CUDA-graph replay adds to the same counter), one kernel: int64 += bool
+            self._fallbacks_device.add_(used.detach().to(self._fallbacks_device.device))
 
     def check(self) -> None:
         """Raise the ``ValueError`` that a call with ``deferred_checks = False`` would have raised.
@@ -176,7 +176,7 @@ class Aggregator(ABC):
         if not self._non_finite:
             return
         names = list(self._non_finite)
-        masks = torch.stack([self._non_finite[name].to("cpu") for name in names]).tolist()
+        masks = (~torch.isfinite(torch.stack([self._non_finite[name].to("cpu", torch.float64) for name in names]))).tolist()
         for name, mask in zip(names, masks):
             if any(mask):
                 tasks = [i for i, bad in enumerate(mask) if bad]
@@ -280,11 +280,19 @@ class Aggregator(ABC):
         # A row sum is NaN or ±inf when any entry is: one vectorised reduction, ~25x cheaper than
         # isfinite().all() on a 10 × 684,800 float32 Jacobian. It also flags a finite row whose sum
         # overflows its dtype (float32: |Σ| > 3e38); the eager path confirms entry by entry.
-        bad = ~torch.isfinite(rows.detach().sum(dim=1))
+        sums = rows.detach().sum(dim=1) if rows.shape[1] > 1 else rows.detach()[:, 0]
         if self._deferring():
+            # The running maximum of |Σ| per task, updated in place (so that it also accumulates across
+            # CUDA-graph replays): NaN and inf stay in it (maximum propagates NaN), so check() finds
+            # every non-finite call since the last reset. Two small kernels per call.
             seen = self._non_finite.get(what)
-            self._non_finite[what] = bad if seen is None or seen.shape != bad.shape else seen | bad.to(seen.device)
-        elif bad.any():
+            if seen is None or seen.shape != sums.shape:
+                self._non_finite[what] = sums.abs()
+            else:
+                torch.maximum(seen, sums.abs().to(seen.device, seen.dtype), out=seen)
+            return
+        bad = ~torch.isfinite(sums)
+        if bad.any():
             bad = ~torch.isfinite(rows.detach()).all(dim=1)
             if bad.any():
                 raise ValueError(_non_finite_message(what, bad.nonzero().flatten().tolist()))

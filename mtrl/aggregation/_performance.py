@@ -17,6 +17,7 @@ import math
 import torch
 from torch import Tensor
 
+from mtrl.aggregation import _linalg
 from mtrl.aggregation._base import TaskStats
 
 __all__ = ["performance_weights", "performance_variance", "PerformanceInformed",
@@ -65,10 +66,14 @@ def performance_weights(delta_m: Tensor, omega_lower: float = OMEGA_LOWER, omega
     delta_m = delta_m.detach().to(torch.float64)
     if delta_m.ndim != 1 or delta_m.numel() == 0 or (validate and not torch.isfinite(delta_m).all()):
         raise ValueError(f"delta_m must be a non-empty finite [k] tensor, got {delta_m}.")
-    k = delta_m.numel()
     s = min(1.0 / omega_lower, omega_upper)
-    tau = ((delta_m.max() - delta_m.min()) / math.log(s)).clamp_min(tau_min)
-    return k * torch.softmax(delta_m / tau, dim=0)
+    return _linalg.fused(_omega, delta_m.device)(delta_m, math.log(s), float(tau_min))
+
+
+def _omega(delta_m: Tensor, log_s: float, tau_min: float) -> Tensor:
+    """``k · softmax(Δm / τ)``, ``τ = max((max Δm − min Δm) / log s, τ*)``: one fused kernel on a GPU."""
+    tau = ((delta_m.max() - delta_m.min()) / log_s).clamp_min(tau_min)
+    return delta_m.numel() * torch.softmax(delta_m / tau, dim=0)
 
 
 def performance_variance(delta_m: Tensor) -> Tensor:

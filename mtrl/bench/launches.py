@@ -42,8 +42,10 @@ from mtrl.bench.update import build
 
 HELP = "GPU kernel launches of one SAC update per aggregator, counted without a GPU (eager ops + fused solver stages)"
 
-#: Operations that launch no kernel: allocations and bookkeeping (views are recognised by ``is_view``).
+#: Operations that launch no kernel: allocations and bookkeeping (views are recognised by ``is_view``;
+#: ``_unsafe_view``, the last step of a ``reshape`` that needed a copy, is a view the schema does not mark).
 NO_LAUNCH = frozenset({"empty.memory_format", "empty_strided.default", "detach.default", "lift_fresh.default",
+                       "_unsafe_view.default",
                        "_local_scalar_dense.default", "_record_function_enter_new.default",
                        "_record_function_exit._RecordFunction", "set_.source_Storage_storage_offset"})
 

@@ -76,6 +76,61 @@ def test_aggregated_critic_step_gives_head_i_only_task_i_gradient(aggregator, mo
     torch.testing.assert_close(shared_grad, weights @ jacobian, rtol=1e-4, atol=1e-5)
 
 
+class FixedLossWeights(Aggregator):
+    """Test-only loss-weighting method (no Jacobian) with unequal weights."""
+
+    name = "test_fixed_loss_weights"
+    needs_jacobian = False
+    loss_weighting = True
+
+    def _weights(self, jacobian, stats: TaskStats) -> torch.Tensor:
+        return torch.linspace(0.5, 2.0, stats.num_tasks)
+
+    def __repr__(self) -> str:
+        return "FixedLossWeights()"
+
+
+@pytest.mark.parametrize("network", ["critic", "actor"])
+@pytest.mark.parametrize("aggregator", ["unequal", "jacobian"])
+def test_each_route_gives_the_trunk_the_weighted_sum_and_each_head_its_own_gradient(network, aggregator,
+                                                                                   monkeypatch) -> None:
+    """One backward with the trunk's gradient scaled per task (methods without a Jacobian), or the vmap'd pass
+    that also yields the heads' gradients (Jacobian methods), against autograd task by task: the trunk gets
+    Σ_i w_i ∇L_i, head i gets the unweighted ∇L_i, and nothing else gets a gradient."""
+    method = FixedLossWeights() if aggregator == "unequal" else PerformanceSoftmax()
+    agent = make_agent(critic=method, actor=copy.deepcopy(method), head_layers=2)
+    batch = filled_buffer().sample(B)
+    if network == "critic":
+        trunk, heads, data = critic_inputs(agent, batch)
+        loss = agent._critic_task_loss
+    else:
+        critic_trunk = [p.detach() for p in agent.critic.trunk_parameters()]
+        critic_heads = [p.detach() for p in agent.critic.head_parameters()]
+        loss = lambda shared, *inputs, gradient_scale=None: agent._actor_task_loss(  # noqa: E731
+            critic_trunk, shared, *inputs, gradient_scale=gradient_scale)
+        trunk, heads = agent.actor.named_trunk_parameters(), agent.actor.head_parameters()
+        data = (*critic_heads, agent.alpha.detach(), batch.obs, torch.randn(K, B, ACT))
+    losses = loss(trunk, *heads, *data)
+    shared = list(trunk.values())
+    jacobian = task_jacobian(losses, shared)
+    expected_heads = [torch.zeros_like(p) for p in heads]
+    for i in range(K):
+        for grad, expected in zip(torch.autograd.grad(losses[i], heads, retain_graph=True), expected_heads):
+            expected[i] = grad[i]
+    performance = torch.tensor([0.0, 50.0, 100.0])
+
+    optimizer = agent.critic_optimizer if network == "critic" else agent.actor_optimizer
+    monkeypatch.setattr(optimizer, "step", lambda: None)  # keep .grad to inspect it
+    _, weights = agent._optimize(network, loss, trunk, heads, data, performance, 1)
+
+    assert not torch.allclose(weights, weights.mean())
+    torch.testing.assert_close(torch.cat([p.grad.flatten() for p in shared]), weights @ jacobian, rtol=1e-4, atol=1e-6)
+    for p, expected in zip(heads, expected_heads):
+        torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-7)
+    others = agent.critic.parameters() if network == "actor" else agent.actor.parameters()
+    assert all(p.grad is None for p in [*others, agent.log_alpha])
+
+
 # ------------------------------------------------------------------------------------- Jacobian
 def test_task_partitioned_jacobian_of_critic_and_actor_losses_equals_generic() -> None:
     agent = make_agent(head_layers=2)

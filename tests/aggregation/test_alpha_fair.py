@@ -361,6 +361,29 @@ def test_a_traced_iteration_pair_has_no_library_call_that_would_split_its_fusion
     assert not [call for call in calls if any(name in call for name in ("matmul", "solve", "mm", "mv"))], calls
 
 
+@pytest.mark.parametrize("p", [1.0, 0.5])
+def test_an_iteration_pair_is_the_two_iterations_one_after_the_other(p: float) -> None:
+    """The pair solves Newton's and the fallback's systems as one batch; the result is each iteration's own,
+    from a start where Newton moves, and at a Pareto-stationary point where its system is near singular."""
+    for seed, jacobian in ((61, random_jacobian(6, 15, seed=61, spread=1.0)),
+                           (0, torch.tensor([[1.0, 0.0], [-1.0, 1e-9]], dtype=torch.float64))):
+        k = jacobian.shape[0]
+        problem = alpha_fair._ScaledProblem.of(*_linalg.scaled_gramian(jacobian),
+                                               torch.linspace(0.5, 2.0, k, dtype=torch.float64), p)
+        v = alpha_fair._orthogonal_start(problem.constants, p) * torch.linspace(0.8, 1.3, k, dtype=torch.float64)
+        flag = torch.zeros((), dtype=torch.bool)
+        fractions = 0.5 ** torch.arange(alpha_fair.LINE_SEARCH_STEPS, dtype=torch.float64)
+        eye = torch.eye(k, dtype=torch.float64)
+        x = alpha_fair._least_squares_start(problem.constants, p) + 0.1
+        cosines, constants, norms = problem.cosines, problem.constants, problem.relative_norms
+        pair = alpha_fair._paired_step(cosines, constants, p, norms, v, flag, flag, x, fractions, eye)
+        newton = alpha_fair._newton_step(cosines, constants, p, v, flag, flag, fractions, eye)
+        fallback = alpha_fair._least_squares_step(cosines, constants, p, norms, x, eye)
+        for ours, reference in zip(pair, (*newton, fallback)):
+            torch.testing.assert_close(ours, reference, rtol=1e-14, atol=0, msg=f"seed {seed}")
+        assert not torch.equal(pair[0], v) and not torch.equal(pair[3], x)   # both moved
+
+
 @pytest.mark.parametrize("p", [1.0, 0.5, 2.0])
 def test_the_armijo_decrease_equals_the_potential_difference(p: float) -> None:
     """The line search's ``f(v + t s) − f(v)``, expanded (exact quadratic part, barrier differences by log1p /

@@ -135,6 +135,103 @@ def test_precomputed_partitioned_jacobian_gives_the_same_step(model_and_data) ->
         torch.testing.assert_close(p.grad, before)
 
 
+def test_partitioned_head_gradients_are_each_task_own_gradient(model_and_data) -> None:
+    """``task_grads``: the heads' gradients come out of the same vmap'd pass, task i's slice ∇L_i on head i."""
+    model, x, y = model_and_data
+    shared = dict(model.trunk.named_parameters())
+    losses, jacobian, (weight_grad, bias_grad) = task_partitioned_jacobian(
+        model.task_loss, shared, model.head_weight, model.head_bias, x, y, task_grads=2)
+    reference_losses = model.losses(x, y)
+    torch.testing.assert_close(losses, reference_losses.detach())
+    torch.testing.assert_close(jacobian, loop_jacobian(reference_losses, list(shared.values())))
+    torch.testing.assert_close(weight_grad, per_task_head_grads(model, x, y))
+    # Σ_i L_i reads head i only through task i: its gradient on the stacked heads is the stacked per-task one.
+    reference_weight, reference_bias = torch.autograd.grad(reference_losses.sum(), [model.head_weight, model.head_bias])
+    torch.testing.assert_close(weight_grad, reference_weight)
+    torch.testing.assert_close(bias_grad, reference_bias)
+    assert not losses.requires_grad   # nothing left to differentiate: the heads were the only inputs with grad
+
+
+@pytest.mark.parametrize("scale", [False, True])
+def test_precomputed_head_gradients_give_the_same_step(model_and_data, scale: bool) -> None:
+    model, x, y = model_and_data
+    shared = dict(model.trunk.named_parameters())
+    heads = [model.head_weight, model.head_bias]
+    losses, jacobian = task_partitioned_jacobian(model.task_loss, shared, *heads, x, y)
+    reference = mtl_backward(losses, list(shared.values()), agg.make("pivrg"), jacobian=jacobian, task_params=heads,
+                             scale_task_gradients=scale)
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    losses, jacobian, head_grads = task_partitioned_jacobian(model.task_loss, shared, *heads, x, y, task_grads=2)
+    weights = mtl_backward(losses, list(shared.values()), agg.make("pivrg"), jacobian=jacobian, task_params=heads,
+                           task_gradients=head_grads, scale_task_gradients=scale)
+    torch.testing.assert_close(weights, reference)
+    assert not torch.allclose(weights, torch.full_like(weights, 1 / K))   # the scaled case scales by unequal weights
+    for before, p in zip(expected, model.parameters()):
+        torch.testing.assert_close(p.grad, before)
+
+
+def test_precomputed_head_gradients_need_their_parameters(model_and_data) -> None:
+    model, x, y = model_and_data
+    shared = dict(model.trunk.named_parameters())
+    heads = [model.head_weight, model.head_bias]
+    losses, jacobian, head_grads = task_partitioned_jacobian(model.task_loss, shared, *heads, x, y, task_grads=2)
+    with pytest.raises(ValueError, match="task_gradients needs task_params of the same length"):
+        mtl_backward(losses, list(shared.values()), agg.make("ls"), jacobian=jacobian, task_gradients=head_grads)
+    with pytest.raises(ValueError, match=r"shape \(3,\) for a parameter of shape \(3, 6\)"):
+        mtl_backward(losses, list(shared.values()), agg.make("ls"), jacobian=jacobian, task_params=heads,
+                     task_gradients=head_grads[::-1])
+    with pytest.raises(ValueError, match="task_grads = 5 should be between 0 and the 4 task inputs"):
+        task_partitioned_jacobian(model.task_loss, shared, *heads, x, y, task_grads=5)
+
+
+def batched_losses(model: SharedTrunkModel, x: torch.Tensor, y: torch.Tensor,
+                   scale: torch.Tensor | None = None) -> torch.Tensor:
+    """:meth:`SharedTrunkModel.losses` in one pass over ``[k, rows, ...]``, the trunk's gradient scaled per task."""
+    features = agg.scale_shared_gradient(model.trunk(x), scale)                       # [k, rows, HIDDEN]
+    predictions = (features * model.head_weight[:, None, :]).sum(-1) + model.head_bias[:, None]
+    return ((predictions - y) ** 2).mean(-1)
+
+
+@pytest.mark.parametrize("name", ["ls", "rlw", "uw", "dwa", "pi_rlw"])
+@pytest.mark.parametrize("scale_heads", [False, True])
+def test_one_backward_with_a_scaled_trunk_gradient_gives_the_two_pass_step(model_and_data, name: str,
+                                                                           scale_heads: bool) -> None:
+    """``shared_gradient_scale``: the graph scales each task's gradient into the trunk by its weight, so one
+    backward of Σ L_i (Σ w_i L_i when the heads are scaled too) gives the step of the generic route."""
+    model, x, y = model_and_data
+    shared, heads = list(model.trunk.parameters()), [model.head_weight, model.head_bias]
+    options = {"seed": 3} if "seed" in agg.options(name) else {"window": 1} if name == "dwa" else {}
+    losses = batched_losses(model, x, y).detach()
+
+    def step(method: agg.Aggregator, one_backward: bool, call: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        # The losses the method sees change from call to call (DWA weights by their rate of change).
+        stats = TaskStats(losses * torch.tensor([1.0, 1.5, 0.7], dtype=torch.float64) ** call,
+                          performance=torch.tensor([10.0, 40.0, 90.0]), step=call)
+        model.zero_grad(set_to_none=True)
+        scale = torch.full((K,), float("nan"), dtype=torch.float64) if one_backward else None   # filled by the call
+        weights = mtl_backward(batched_losses(model, x, y, scale), shared, method, stats, task_params=heads,
+                               shared_gradient_scale=scale, scale_task_gradients=scale_heads)
+        return weights, [p.grad.clone() for p in model.parameters()]
+
+    two_pass, one_pass = agg.make(name, **options), agg.make(name, **options)
+    for call in range(3):   # stateful methods (DWA's history) move their weights after the first calls
+        reference, expected = step(two_pass, False, call)
+        weights, grads = step(one_pass, True, call)
+        torch.testing.assert_close(weights, reference)
+        for ours, before in zip(grads, expected):
+            torch.testing.assert_close(ours, before)
+    assert name == "ls" or not torch.allclose(weights, weights.mean())
+
+
+def test_a_scaled_trunk_gradient_needs_one_scale_per_task(model_and_data) -> None:
+    model, x, y = model_and_data
+    scale = torch.ones(K + 1, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"shared_gradient_scale must be \[k\] = \(3,\), got \(4,\)"):
+        mtl_backward(batched_losses(model, x, y, scale), list(model.trunk.parameters()), agg.make("ls"),
+                     task_params=[model.head_weight, model.head_bias], shared_gradient_scale=scale)
+
+
 def test_loss_weighting_methods_scale_heads_by_default(model_and_data) -> None:
     model, x, y = model_and_data
     heads = per_task_head_grads(model, x, y)

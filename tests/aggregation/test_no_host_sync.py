@@ -149,6 +149,25 @@ def test_check_reports_gradients_and_reset_clears() -> None:
     method.check()
 
 
+def test_deferred_record_accumulates_in_place_across_calls() -> None:
+    """The record is updated in place (a CUDA-graph replay rewrites the same memory), and a NaN, a −inf and
+    an inf seen in different calls are all reported, however many finite calls follow."""
+    method = build("pcgrad")
+    jacobian = torch.randn(4, 6)
+    method(jacobian, TaskStats(torch.ones(4)))
+    record = method._non_finite["gradient"]
+    address = record.data_ptr()
+    for task, bad in ((0, float("nan")), (3, float("-inf")), (2, float("inf"))):
+        broken = jacobian.clone()
+        broken[task, 1] = bad
+        with no_host_reads():
+            method(broken, TaskStats(torch.ones(4)))
+            method(jacobian, TaskStats(torch.ones(4)))
+    assert method._non_finite["gradient"] is record and record.data_ptr() == address
+    with pytest.raises(ValueError, match=r"Non-finite gradient .*task\(s\) \[0, 2, 3\]"):
+        method.check()
+
+
 def test_fallback_counter_stays_on_the_device_and_reads_as_an_int() -> None:
     method = build("famo")
     with no_host_reads():
@@ -202,7 +221,7 @@ def test_device_path_gives_the_cpu_path_weights(name: str, monkeypatch: pytest.M
 
 FUSED_STAGES = {"mgda": {"_active_set_step"}, "cagrad": {"_active_set_step"}, "imtlg": {"solve"},
                 "pcgrad": {"_projected_weights"},
-                "pivrg": {"_prepare", "_paired_step", "_conclude"}}
+                "pivrg": {"_omega", "_prepare", "_paired_step", "_conclude"}}
 
 
 @pytest.mark.parametrize("name", sorted(FUSED_STAGES))
@@ -217,15 +236,19 @@ def test_the_fused_solver_stages_trace_whole_and_give_the_same_weights(name: str
     cases = {"random": torch.randn(5, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(3)),
              **{case: HARD[case] for case in sorted(HARD)[:3]}}
     options = {"seed": 0} if name == "pcgrad" else {}   # the same projection orders in both runs
-    plain = {case: agg.make(name, **options)(jacobian, TaskStats(torch.ones(jacobian.shape[0], dtype=torch.float64)))
-             for case, jacobian in cases.items()}
+
+    def stats(jacobian: torch.Tensor) -> TaskStats:   # unequal Δm: PIVRG's ω is a fused stage too
+        k = jacobian.shape[0]
+        return TaskStats(torch.ones(k, dtype=torch.float64), performance=torch.linspace(-20.0, 60.0, k))
+
+    plain = {case: agg.make(name, **options)(jacobian, stats(jacobian)) for case, jacobian in cases.items()}
     monkeypatch.setattr(_linalg, "FUSE_ON_DEVICES", ("cpu",))
     monkeypatch.setattr(_linalg, "FUSE_BACKEND", "aot_eager")
     monkeypatch.setattr(_linalg, "_FUSED", {})
     monkeypatch.setattr(_linalg, "_FUSE_FAILED", [])
     torch._dynamo.reset()
     for case, jacobian in cases.items():
-        fused = agg.make(name, **options)(jacobian, TaskStats(torch.ones(jacobian.shape[0], dtype=torch.float64)))
+        fused = agg.make(name, **options)(jacobian, stats(jacobian))
         assert not _linalg._FUSE_FAILED, _linalg._FUSE_FAILED
         # IMTL-G's least squares amplifies the rounding of its inverse along null directions by up to 1e8
         # (its ridge, 1e-8): traced (elimination) and eager (LAPACK) inverses then differ at 1e-8 (duplicated rows).
