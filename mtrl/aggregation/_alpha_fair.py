@@ -118,10 +118,7 @@ class AlphaFairSolution:
     zero_rows: Tensor
     no_solution: Tensor
     all_zero: Tensor
-
-    @property
-    def fallback(self) -> Tensor:
-        return self.zero_rows | self.no_solution | self.all_zero
+    fallback: Tensor   # any of the three
 
     @property
     def reason(self) -> str:
@@ -193,8 +190,7 @@ def _solve(jacobian: Tensor, alpha: float, utility_weights: Tensor | None, start
     v, done, failed, fallback = newton
     if fallback is None and (not early or not bool(_solved(problem, v, done, failed))):
         fallback = _bounded_least_squares(problem.cosines, problem.constants, p, problem.relative_norms)
-    weights, zero_rows, no_solution, all_zero = _linalg.fused(_conclude, device)(problem, v, done, failed, fallback)
-    return AlphaFairSolution(weights, zero_rows, no_solution, all_zero)
+    return AlphaFairSolution(*_linalg.fused(_conclude, device)(problem, v, done, failed, fallback))
 
 
 @dataclass
@@ -367,14 +363,15 @@ def _solved(problem: _ScaledProblem, v: Tensor, done: Tensor, failed: Tensor) ->
 
 
 def _conclude(problem: _ScaledProblem, v: Tensor, done: Tensor, failed: Tensor,
-              fallback: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+              fallback: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The weights (Newton's point where it solved (*), else the fallback's; ``1/k`` for an all-zero
-    Jacobian) and the flags of :class:`AlphaFairSolution`: zero rows, no solution, all rows zero."""
+    Jacobian) and the flags of :class:`AlphaFairSolution`: zero rows, no solution, all rows zero, any."""
     solved = _solved(problem, v, done, failed)
     scaled = v if fallback is None else torch.where(solved, v, fallback)
     k, all_zero = v.shape[0], problem.all_zero
     weights = torch.where(all_zero, 1.0 / k, problem.to_weights(scaled))
-    return weights, ~problem.active.all() & ~all_zero, ~solved & ~all_zero, all_zero
+    zero_rows, no_solution = ~problem.active.all() & ~all_zero, ~solved & ~all_zero
+    return weights, zero_rows, no_solution, all_zero, zero_rows | no_solution | all_zero
 
 
 def _newton_step(cosines: Tensor, constants: Tensor, p: float, v: Tensor, done: Tensor, failed: Tensor,

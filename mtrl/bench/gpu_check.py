@@ -278,8 +278,8 @@ def _print_summary(report: dict[str, Any]) -> None:
             report["phases"].get("update", {}).get("result", {}).items() for agg, row in by_agg.items()
             if isinstance(row, dict)]
     if rows:
-        print_table(rows, ["mode", "aggregator", "ms", "ratio_to_ls", "ratio_to_eager", "warmup_s", "captured", "error"],
-                    title="One SAC update")
+        print_table(rows, ["mode", "aggregator", "ms", "ratio_to_ls", "ratio_to_eager", "kernels", "kernel_ms", "warmup_s",
+                           "captured", "error"], title="One SAC update")
     learned = report["phases"].get("learn", {}).get("result", {})
     if learned:
         print_table([{"aggregator": agg, "steps": run.get("steps"), "steps_per_s": run.get("steps_per_s"),

@@ -12,7 +12,8 @@ aggregator, ``ratio_to_eager`` is a mode's time over ``none``'s (its speed-up is
 Times are medians over ``--repeats`` rounds that time every (mode, aggregator) once, interleaved so that
 all rows see the same load, on random replay contents (the cost does not depend on them). On CUDA,
 ``kernels`` counts the kernels one update launches (the profiler's CUDA activity): what ``bench launches``
-models on any machine.
+models on any machine; ``kernel_ms`` is their summed GPU time (below ``ms``: the rest is gaps between
+kernels), and ``top_kernels`` (printed per row, and in the JSON) names those that take the most of it.
 """
 
 from __future__ import annotations
@@ -110,19 +111,41 @@ def prepare(aggregator: str, mode: str, args: argparse.Namespace) -> tuple[Calla
 
 
 def count_kernels(update: Callable[[], Any]) -> int | str:
-    """The GPU kernels one update launches, from the profiler's CUDA activity (copies and fills excluded);
-    the error's text where the profiler cannot tell."""
+    """The GPU kernels one update launches (copies and fills excluded); the error's text where the
+    profiler cannot tell."""
+    profile = profile_kernels(update)
+    return profile.get("kernels", profile.get("error", "?"))
+
+
+def profile_kernels(update: Callable[[], Any], top: int = 12) -> dict[str, Any]:
+    """One update under the profiler's CUDA activity: its kernels (copies and fills excluded), their summed
+    GPU time and the ``top`` kernels by GPU time (:func:`summarize_kernels`); ``{"error": ...}`` where the
+    profiler cannot tell. Where a replayed update's time goes, for the next change to aim at."""
     try:
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CUDA]) as profiler:
             update()
             torch.cuda.synchronize()
-        kernels = [event for event in profiler.events() if event.device_type == torch.autograd.DeviceType.CUDA
-                   and not event.name.lower().startswith(("memcpy", "memset"))]
-        return len(kernels)
-    except Exception as error:  # noqa: BLE001 - a count is a diagnostic; the timings stand without it
-        return f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
+        kernels = [(event.name, event.device_time) for event in profiler.events()
+                   if event.device_type == torch.autograd.DeviceType.CUDA]
+        return summarize_kernels(kernels, top)
+    except Exception as error:  # noqa: BLE001 - a profile is a diagnostic; the timings stand without it
+        return {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"}
+
+
+def summarize_kernels(kernels: list[tuple[str, float]], top: int) -> dict[str, Any]:
+    """``(name, GPU µs)`` per kernel launch -> the launch count, the summed µs, and the ``top`` names by
+    summed time (calls, µs, share). Copies and fills (``Memcpy``/``Memset``) are left out: not launches of ours."""
+    kept = [(name, us) for name, us in kernels if not name.lower().startswith(("memcpy", "memset"))]
+    total = sum(us for _, us in kept)
+    by_name: dict[str, list[float]] = {}
+    for name, us in kept:
+        by_name.setdefault(name, []).append(us)
+    ranked = sorted(by_name.items(), key=lambda item: -sum(item[1]))[:top]
+    return {"kernels": len(kept), "kernel_us": total,
+            "top": [{"kernel": name[:90], "calls": len(times), "us": sum(times),
+                     "share": sum(times) / total if total else None} for name, times in ranked]}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -165,8 +188,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             samples[key].append(timed_median(update, 1, warmup=0, device=args.device))
     for (mode, name), times in samples.items():
         results[mode][name]["ms"] = 1e3 * statistics.median(times)
-        if cuda:   # what `bench launches` models on the CPU, measured
-            results[mode][name]["kernels"] = count_kernels(updates[mode, name])
+        if cuda:   # what `bench launches` models on the CPU, measured, and where the GPU time goes
+            profile = profile_kernels(updates[mode, name])
+            results[mode][name].update(kernels=profile.get("kernels", profile.get("error")),
+                                       kernel_ms=1e-3 * profile["kernel_us"] if "kernel_us" in profile else None,
+                                       top_kernels=profile.get("top"))
 
     rows = []
     for mode in modes:
@@ -179,8 +205,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row["ratio_to_ls"] = row["ms"] / ls_ms if ls_ms else None
             row["ratio_to_eager"] = row["ms"] / eager_ms if eager_ms else None
             rows.append({"mode": mode, "aggregator": name, **row})
-    print_table(rows, ["mode", "aggregator", "ms", "ratio_to_ls", "ratio_to_eager", "kernels", "warmup_s", "captured"],
+    print_table(rows, ["mode", "aggregator", "ms", "ratio_to_ls", "ratio_to_eager", "kernels", "kernel_ms", "warmup_s",
+                       "captured"],
                 title=f"One SAC update, k={args.tasks}, batch {args.batch_size}, 3x{args.hidden_dim} trunks, {args.device}")
+    for row in rows:
+        if row.get("top_kernels"):
+            print_table(row["top_kernels"], ["kernel", "calls", "us", "share"],
+                        title=f"{row['mode']} {row['aggregator']}: the kernels with the most GPU time in one update")
     return {"tasks": args.tasks, "batch_size": args.batch_size, "hidden_dim": args.hidden_dim,
             "device": args.device, "repeats": args.repeats, "compile_backend": args.compile_backend,
             "results": results}

@@ -29,15 +29,18 @@ def _state(agent: MultiTaskSAC) -> list[torch.Tensor]:
     return [*agent.actor.parameters(), *agent.critic.parameters(), *agent.critic_target.parameters(), agent.log_alpha]
 
 
-def test_compiled_update_agrees_with_eager() -> None:
-    """Three full updates (sample, critic through PIVRG's Jacobian, actor, temperatures, targets).
+@pytest.mark.parametrize("critic, actor", [("pivrg", "ls"), ("rlw", "rlw")])
+def test_compiled_update_agrees_with_eager(critic: str, actor: str) -> None:
+    """Three full updates (sample, critic through PIVRG's Jacobian or one backward with RLW's random weights
+    scaling the trunk's gradient per task, actor, temperatures, targets).
 
     The aot_eager backend traces and partitions exactly as inductor does but runs the ATen ops instead
     of generated C++: inductor would take minutes to compile on a shared 2-core CI machine (the bench
     ``update`` measures it). One trunk layer keeps the trace short.
     """
     performance = torch.tensor([0.0, 10.0, 20.0])
-    agents = {mode: _agent(mode, critic="pivrg", backend="aot_eager", trunk_layers=1) for mode in ("none", "compile")}
+    agents = {mode: _agent(mode, critic=critic, actor=actor, backend="aot_eager", trunk_layers=1)
+              for mode in ("none", "compile")}
     outputs = {mode: [agent.update(filled_buffer(), performance) for _ in range(3)] for mode, agent in agents.items()}
     for eager, compiled in zip(_state(agents["none"]), _state(agents["compile"])):
         torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)

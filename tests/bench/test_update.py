@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mtrl.bench.__main__ import main
-from mtrl.bench.update import count_kernels
+from mtrl.bench.update import count_kernels, summarize_kernels
 
 
 def test_quick_update_bench_times_each_aggregator_against_ls(tmp_path) -> None:
@@ -27,6 +27,16 @@ def test_bad_options_are_usage_errors(argv) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["update", "--quick", *argv])
     assert exit_info.value.code == 2
+
+
+def test_kernel_summary_ranks_by_gpu_time_and_leaves_out_copies() -> None:
+    kernels = [("gemm", 10.0), ("relu", 2.0), ("Memcpy HtoD (Pinned -> Device)", 50.0), ("gemm", 12.0),
+               ("relu", 2.5), ("Memset (Device)", 1.0), ("softmax", 5.0)]
+    summary = summarize_kernels(kernels, top=2)
+    assert summary["kernels"] == 5 and summary["kernel_us"] == pytest.approx(31.5)
+    assert [(row["kernel"], row["calls"]) for row in summary["top"]] == [("gemm", 2), ("softmax", 1)]
+    assert summary["top"][0]["us"] == pytest.approx(22.0) and summary["top"][0]["share"] == pytest.approx(22 / 31.5)
+    assert summarize_kernels([], top=3) == {"kernels": 0, "kernel_us": 0, "top": []}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (python -m mtrl.bench gpu-check runs it)")
