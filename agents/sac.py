@@ -12,7 +12,7 @@ One :meth:`MultiTaskSAC.update` reads like SAC's pseudo-code, once per network:
 
 The ``k`` critic losses and the ``k`` actor losses each go through their own aggregator instance: the
 per-task Jacobian on that network's trunk comes from
-:func:`mtrl.aggregation.task_partitioned_jacobian` (``vmap`` over tasks, about one backward's cost;
+:func:`mtrl.aggregation.task_partitioned_gradients` (``vmap`` over tasks, about one backward's cost;
 the stacked heads are task inputs, and the same pass gives each head its own task's gradient), then
 :func:`mtrl.aggregation.mtl_backward` writes ``weights @ J`` into the trunk's ``.grad`` and each task's
 **unweighted** gradient into its own head (``scale_task_gradients=False``). Aggregators that only weight losses (``needs_jacobian`` False, e.g.
@@ -41,7 +41,7 @@ from agents.compiled import (GraphedPhase, OutsideCompile, capture_blocker, chec
                              resolve_compile_mode)
 from agents.networks import Actor, TwinCritic, policy_apply, twin_q_apply
 from agents.replay import Batch, ReplayBuffer
-from mtrl.aggregation import Aggregator, TaskStats, mtl_backward, task_partitioned_jacobian
+from mtrl.aggregation import Aggregator, TaskStats, mtl_backward, task_partitioned_gradients
 
 __all__ = ["SACConfig", "MultiTaskSAC", "soft_q_target", "COMPILE_MODES"]
 
@@ -336,7 +336,7 @@ class MultiTaskSAC:
         batch = Batch(obs, action, reward, next_obs, done)
         alpha = self.alpha  # [k], the temperatures before this step's temperature update
         target_q = self.compute_target_q(batch, alpha)                            # [k, b]
-        losses, weights = self._optimize(
+        losses, weights, _ = self._optimize(
             "critic", self._critic_task_loss, self.critic.named_trunk_parameters(), self.critic.head_parameters(),
             (obs, action, target_q), performance)
         return {"loss/critic": losses, "weights/critic": weights, "alpha": alpha}
@@ -348,23 +348,22 @@ class MultiTaskSAC:
         critic_trunk = [p.detach() for p in self.critic.trunk_parameters()]
         critic_heads = [p.detach() for p in self.critic.head_parameters()]
 
-        def actor_task_loss(trunk: Mapping[str, Tensor], *inputs: Tensor, gradient_scale: Tensor | None = None) -> Tensor:
+        def actor_task_loss(trunk: Mapping[str, Tensor], *inputs: Tensor,
+                            gradient_scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
             return self._actor_task_loss(critic_trunk, trunk, *inputs, gradient_scale=gradient_scale)
 
-        with torch.no_grad():  # log π of the same samples, for the temperature loss
-            _, log_prob, _ = self.actor(obs, noise)                                # [k, b]
-        losses, weights = self._optimize(
+        # The entropy estimate −mean log π of the same samples comes out of the actor loss's own forward.
+        losses, weights, entropy = self._optimize(
             "actor", actor_task_loss, self.actor.named_trunk_parameters(), self.actor.head_parameters(),
-            (*critic_heads, alpha, obs, noise), performance)
+            (*critic_heads, alpha, obs, noise), performance, has_aux=True)
 
         # α_i (mtrl codebase) or log α_i (SB3) times the detached entropy gap (SACConfig.temperature_loss).
         temperature = self.log_alpha.exp() if self.config.temperature_loss == "alpha" else self.log_alpha
-        alpha_losses = (temperature.unsqueeze(-1) * (-log_prob - self.target_entropy)).mean(-1)  # [k]
+        alpha_losses = temperature * (entropy - self.target_entropy)  # [k], = mean over the samples of α(−log π − H̄)
         self.alpha_optimizer.zero_grad(set_to_none=True)
         alpha_losses.sum().backward()  # each log α_i gets its own task's gradient
         self.alpha_optimizer.step()
-        return {"loss/actor": losses, "weights/actor": weights, "loss/alpha": alpha_losses.detach(),
-                "entropy": -log_prob.mean(-1)}
+        return {"loss/actor": losses, "weights/actor": weights, "loss/alpha": alpha_losses.detach(), "entropy": entropy}
 
     @torch.no_grad()
     def _target_phase(self) -> None:
@@ -398,29 +397,35 @@ class MultiTaskSAC:
         return (q1 - target_q).pow(2).mean(-1) + (q2 - target_q).pow(2).mean(-1)
 
     def _actor_task_loss(self, critic_trunk: Sequence[Tensor], trunk: Mapping[str, Tensor], *inputs: Tensor,
-                         gradient_scale: Tensor | None = None) -> Tensor:
+                         gradient_scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The actor loss and, as an auxiliary output, its samples' entropy estimate −mean log π (detached)."""
         heads_end = len(self.actor.head_parameters())
         actor_heads, critic_heads = inputs[:heads_end], inputs[heads_end:-3]
         alpha, obs, noise = inputs[-3:]
         action, log_prob, _ = policy_apply(list(trunk.values()), actor_heads, obs, noise, self.actor.log_std_bounds,
                                            gradient_scale)
         q1, q2 = twin_q_apply(critic_trunk, critic_heads, obs, action)
-        return (alpha.unsqueeze(-1) * log_prob - torch.min(q1, q2)).mean(-1)
+        return (alpha.unsqueeze(-1) * log_prob - torch.min(q1, q2)).mean(-1), -log_prob.detach().mean(-1)
 
-    def _optimize(self, network: str, task_loss: Callable[..., Tensor], trunk: dict[str, Tensor],
+    def _optimize(self, network: str, task_loss: Callable[..., Any], trunk: dict[str, Tensor],
                   heads: list[Tensor], data: tuple[Tensor, ...], performance: Tensor | None,
-                  step: int | None = None) -> tuple[Tensor, Tensor]:
-        """One optimizer step of ``network`` on its ``k`` losses; returns (losses, weights), detached.
+                  step: int | None = None, has_aux: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+        """One optimizer step of ``network`` on its ``k`` losses; returns (losses, weights, aux), detached.
 
-        ``step`` (the aggregators' ``TaskStats.step``) defaults to :attr:`updates`."""
+        ``step`` (the aggregators' ``TaskStats.step``) defaults to :attr:`updates`. ``has_aux``: ``task_loss``
+        returns ``(losses, aux)``, ``aux`` a ``[k]`` statistic of the same forward (else ``aux`` is ``None``)."""
         k = self.num_tasks
+
+        def split(result: Any) -> tuple[Tensor, Tensor | None]:
+            return result if has_aux else (result, None)
+
         optimizer = self.critic_optimizer if network == "critic" else self.actor_optimizer
         optimizer.zero_grad(set_to_none=True)
         if network not in self.config.aggregate:
-            losses = task_loss(trunk, *heads, *data)                                      # [k]
+            losses, aux = split(task_loss(trunk, *heads, *data))                          # [k]
             losses.mean().backward()
             optimizer.step()
-            return losses.detach(), torch.full((k,), 1.0 / k, device=self.device)
+            return losses.detach(), torch.full((k,), 1.0 / k, device=self.device), aux
 
         aggregator = self.critic_aggregator if network == "critic" else self.actor_aggregator
         if self.compile_mode == "compile" and not getattr(aggregator, "capturable", False):
@@ -428,11 +433,11 @@ class MultiTaskSAC:
         scale = head_grads = jacobian = None
         if aggregator.needs_jacobian:
             # One vmap'd pass: the trunk's [k, n] Jacobian and each head's own gradient.
-            losses, jacobian, head_grads = task_partitioned_jacobian(task_loss, trunk, *heads, *data,
-                                                                     task_grads=len(heads))
+            losses, jacobian, head_grads, aux = task_partitioned_gradients(
+                task_loss, trunk, *heads, *data, task_grads=len(heads), has_aux=has_aux)
         else:   # one backward, the trunk's share of each task's gradient scaled by its weight
             scale = torch.empty(k, device=self.device)
-            losses = task_loss(trunk, *heads, *data, gradient_scale=scale)
+            losses, aux = split(task_loss(trunk, *heads, *data, gradient_scale=scale))
         weights = mtl_backward(losses, list(trunk.values()), aggregator, self._task_stats(losses, performance, step),
                                jacobian=jacobian, task_params=heads, task_gradients=head_grads,
                                shared_gradient_scale=scale, scale_task_gradients=False)
@@ -443,8 +448,9 @@ class MultiTaskSAC:
         if aggregator.learns_from_steps:
             # Methods that learn from the step's effect (FAMO) get the same batch's losses after it.
             with torch.no_grad():
-                aggregator.after_step(self._task_stats(task_loss(trunk, *heads, *data), performance, step))
-        return losses.detach(), weights
+                after, _ = split(task_loss(trunk, *heads, *data))
+                aggregator.after_step(self._task_stats(after, performance, step))
+        return losses.detach(), weights, aux
 
     @torch.compiler.disable
     def _task_stats(self, losses: Tensor, performance: Tensor | None, step: int | None) -> TaskStats:

@@ -7,7 +7,8 @@ equation it solves and every knowing deviation.
 """
 
 from mtrl.aggregation._base import Aggregator, TaskStats, available, make, options, register
-from mtrl.aggregation._backward import mtl_backward, scale_shared_gradient, task_jacobian, task_partitioned_jacobian
+from mtrl.aggregation._backward import (PartitionedGradients, mtl_backward, scale_shared_gradient, task_jacobian,
+                                       task_partitioned_gradients, task_partitioned_jacobian)
 
 # Each import registers the method under its `make` name.
 from mtrl.aggregation._ls import LS
@@ -31,7 +32,8 @@ from mtrl.aggregation._performance import performance_weights
 
 __all__ = [
     "Aggregator", "TaskStats", "available", "make", "options", "register",
-    "mtl_backward", "task_jacobian", "task_partitioned_jacobian", "scale_shared_gradient",
+    "mtl_backward", "task_jacobian", "task_partitioned_jacobian", "task_partitioned_gradients", "PartitionedGradients",
+    "scale_shared_gradient",
     "LS", "RLW",
     "RGW", "PCGrad", "CAGrad", "MGDA", "IMTLG", "UW", "DWA", "FAMO",
     "NashMTL", "FairGrad", "PIVRG", "ExcessMTL", "PILS", "PIRLW", "PINashMTL", "performance_weights",

@@ -13,7 +13,7 @@ Two ways to build the ``[k, n]`` task Jacobian on the shared parameters:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -21,7 +21,8 @@ from torch.func import grad_and_value, vmap
 
 from mtrl.aggregation._base import Aggregator, TaskStats
 
-__all__ = ["mtl_backward", "task_jacobian", "task_partitioned_jacobian", "scale_shared_gradient"]
+__all__ = ["mtl_backward", "task_jacobian", "task_partitioned_jacobian", "task_partitioned_gradients",
+           "PartitionedGradients", "scale_shared_gradient"]
 
 
 def _as_loss_vector(task_losses: Tensor | Sequence[Tensor]) -> Tensor:
@@ -69,8 +70,7 @@ def task_partitioned_jacobian(
     task_loss: Callable[..., Tensor],
     shared_params: Mapping[str, Tensor],
     *task_inputs: Tensor,
-    task_grads: int = 0,
-) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, list[Tensor]]:
+) -> tuple[Tensor, Tensor]:
     """Per-task losses and the ``[k, n]`` Jacobian when each task's loss reads only its own rows.
 
     Args:
@@ -81,18 +81,46 @@ def task_partitioned_jacobian(
             Jacobian's columns follow this order, flattened.
         task_inputs: tensors with a leading task dimension ``k`` — the task's rows (``[k, b, ...]``)
             and, for multi-head models, the stacked head parameters (``[k, ...]``).
-        task_grads: how many of the leading ``task_inputs`` (the heads) to differentiate in the same
-            pass. Task ``i``'s slice of each gradient is ∇ L_i on its own slice, so the stacked
-            gradient is the heads' ``.grad`` of ``losses.sum()``, without a second backward.
 
     Returns:
         ``(losses, jacobian)``: ``losses`` is ``[k]`` and stays differentiable with respect to every
         tensor in ``task_inputs`` that requires grad (the heads), but *not* with respect to the shared
         parameters, whose gradient is the returned ``[k, n]`` ``jacobian``. Pass both to
-        :func:`mtl_backward` (``jacobian=``) to finish the step.
-        With ``task_grads``: ``(losses, jacobian, gradients)``, ``gradients[j]`` shaped like
-        ``task_inputs[j]``, and ``losses`` no longer differentiable with respect to those inputs. Pass
-        the gradients on as ``mtl_backward(..., task_params=heads, task_gradients=gradients)``.
+        :func:`mtl_backward` (``jacobian=``) to finish the step. :func:`task_partitioned_gradients`
+        also returns the heads' gradients from the same pass.
+    """
+    result = task_partitioned_gradients(task_loss, shared_params, *task_inputs)
+    return result.losses, result.jacobian
+
+
+class PartitionedGradients(NamedTuple):
+    """What :func:`task_partitioned_gradients` returns."""
+
+    losses: Tensor                 # [k]
+    jacobian: Tensor               # [k, n] over the shared parameters
+    task_gradients: list[Tensor]   # one per differentiated task input, shaped like it
+    aux: Any                       # the task loss's auxiliary output, stacked over tasks (``has_aux``)
+
+
+def task_partitioned_gradients(
+    task_loss: Callable[..., Any],
+    shared_params: Mapping[str, Tensor],
+    *task_inputs: Tensor,
+    task_grads: int = 0,
+    has_aux: bool = False,
+) -> PartitionedGradients:
+    """:func:`task_partitioned_jacobian`, and from the same vmap'd pass the gradients of the heads and an
+    auxiliary output.
+
+    Args:
+        task_loss, shared_params, task_inputs: as :func:`task_partitioned_jacobian`.
+        task_grads: how many of the leading ``task_inputs`` (the heads) to differentiate. Task ``i``'s
+            slice of each gradient is ∇L_i on its own slice, so the stacked gradient is the heads'
+            ``.grad`` of ``losses.sum()``, without a second backward. ``losses`` is then no longer
+            differentiable with respect to those inputs. Pass the gradients on as
+            ``mtl_backward(..., task_params=heads, task_gradients=...)``.
+        has_aux: ``task_loss`` returns ``(loss, aux)``; ``aux`` (tensors, not differentiated) comes
+            back stacked over tasks, e.g. a statistic the caller needs from the same forward.
     """
     if not task_inputs:
         raise ValueError("task_partitioned_jacobian needs at least one input with a leading task dimension.")
@@ -108,12 +136,11 @@ def task_partitioned_jacobian(
     inputs = [x.detach() if position < task_grads else x for position, x in enumerate(task_inputs)]
     in_dims = (None,) + (0,) * len(task_inputs)
     argnums = tuple(range(task_grads + 1))
-    grads, losses = vmap(grad_and_value(task_loss, argnums=argnums), in_dims=in_dims)(detached, *inputs)
+    grads, value = vmap(grad_and_value(task_loss, argnums=argnums, has_aux=has_aux), in_dims=in_dims)(detached, *inputs)
+    losses, aux = value if has_aux else (value, None)
     params = list(shared_params.values())
     jacobian = _flatten([grads[0][name] for name in shared_params], params, k)
-    if not task_grads:
-        return losses, jacobian
-    return losses, jacobian, list(grads[1:])
+    return PartitionedGradients(losses, jacobian, list(grads[1:]), aux)
 
 
 def _accumulate(params: Sequence[Tensor], flat_gradient: Tensor) -> None:
@@ -217,7 +244,7 @@ def mtl_backward(
             from a full backward pass whose contribution to the shared parameters is discarded, which
             costs one extra backward through the trunk.
         task_gradients: the gradients of ``task_params``, already computed (``[k, ...]``, task ``i``'s
-            slice its own gradient: :func:`task_partitioned_jacobian` with ``task_grads``). They are
+            slice its own gradient: :func:`task_partitioned_gradients` with ``task_grads``). They are
             added to ``.grad`` (scaled by the weights where the method scales) in place of a backward.
         shared_gradient_scale: the ``[k]`` tensor that the losses' graph multiplies into the gradient
             flowing from task ``i`` to the shared parameters (:func:`scale_shared_gradient` between the

@@ -64,7 +64,7 @@ def test_aggregated_critic_step_gives_head_i_only_task_i_gradient(aggregator, mo
     performance = torch.tensor([0.0, 50.0, 100.0])
 
     monkeypatch.setattr(agent.critic_optimizer, "step", lambda: None)  # keep .grad to inspect it
-    _, weights = agent._optimize("critic", agent._critic_task_loss, trunk, heads, data, performance, 1)
+    _, weights, _ = agent._optimize("critic", agent._critic_task_loss, trunk, heads, data, performance, 1)
 
     for p, expected in zip(heads, expected_heads):  # unweighted: each head follows its own task
         torch.testing.assert_close(p.grad, expected)
@@ -110,7 +110,8 @@ def test_each_route_gives_the_trunk_the_weighted_sum_and_each_head_its_own_gradi
             critic_trunk, shared, *inputs, gradient_scale=gradient_scale)
         trunk, heads = agent.actor.named_trunk_parameters(), agent.actor.head_parameters()
         data = (*critic_heads, agent.alpha.detach(), batch.obs, torch.randn(K, B, ACT))
-    losses = loss(trunk, *heads, *data)
+    has_aux = network == "actor"   # the actor's loss also returns its samples' entropy
+    losses = loss(trunk, *heads, *data)[0] if has_aux else loss(trunk, *heads, *data)
     shared = list(trunk.values())
     jacobian = task_jacobian(losses, shared)
     expected_heads = [torch.zeros_like(p) for p in heads]
@@ -121,7 +122,9 @@ def test_each_route_gives_the_trunk_the_weighted_sum_and_each_head_its_own_gradi
 
     optimizer = agent.critic_optimizer if network == "critic" else agent.actor_optimizer
     monkeypatch.setattr(optimizer, "step", lambda: None)  # keep .grad to inspect it
-    _, weights = agent._optimize(network, loss, trunk, heads, data, performance, 1)
+    _, weights, aux = agent._optimize(network, loss, trunk, heads, data, performance, 1, has_aux=has_aux)
+    if has_aux:
+        torch.testing.assert_close(aux, loss(trunk, *heads, *data)[1])
 
     assert not torch.allclose(weights, weights.mean())
     torch.testing.assert_close(torch.cat([p.grad.flatten() for p in shared]), weights @ jacobian, rtol=1e-4, atol=1e-6)
@@ -144,7 +147,7 @@ def test_task_partitioned_jacobian_of_critic_and_actor_losses_equals_generic() -
 
     critic_trunk = [p.detach() for p in agent.critic.trunk_parameters()]
     critic_heads = [p.detach() for p in agent.critic.head_parameters()]
-    actor_loss = lambda shared, *inputs: agent._actor_task_loss(critic_trunk, shared, *inputs)  # noqa: E731
+    actor_loss = lambda shared, *inputs: agent._actor_task_loss(critic_trunk, shared, *inputs)[0]  # noqa: E731
     trunk = agent.actor.named_trunk_parameters()
     inputs = (*agent.actor.head_parameters(), *critic_heads, agent.alpha, batch.obs, torch.randn(K, B, ACT))
     losses, jacobian = task_partitioned_jacobian(actor_loss, trunk, *inputs)
@@ -407,7 +410,16 @@ def test_temperature_loss_forms_give_their_gradient_on_log_alpha(form: str) -> N
         return original_step(*args, **kwargs)
 
     agent.alpha_optimizer.step = record_then_step
-    out = agent.update(buffer.sample(agent.batch_per_task))
+    batch, before = buffer.sample(agent.batch_per_task), copy.deepcopy(agent)
+    draws = torch.Generator().manual_seed(0)
+    draws.set_state(agent.update_generator.get_state())
+    out = agent.update(batch)
+    # The entropy is −mean log π of the actor before its step, on the batch's states with the update's noise
+    # (drawn after the target's): the actor loss's own forward, not a second one.
+    target_noise, noise = (torch.randn((K, B, ACT), generator=draws) for _ in range(2))
+    with torch.no_grad():
+        _, log_prob, _ = before.actor(batch.obs, noise)
+    torch.testing.assert_close(out["entropy"], -log_prob.mean(-1), rtol=1e-5, atol=1e-6)
     gap = out["entropy"] - agent.target_entropy                     # mean(−log π) − H̄, per task
     expected = gap * (alpha_before if form == "alpha" else 1.0)
     torch.testing.assert_close(seen["grad"], expected, rtol=1e-5, atol=1e-6)

@@ -8,7 +8,7 @@ from torch import nn
 from torch.func import functional_call
 
 import mtrl.aggregation as agg
-from mtrl.aggregation import TaskStats, mtl_backward, task_jacobian, task_partitioned_jacobian
+from mtrl.aggregation import TaskStats, mtl_backward, task_jacobian, task_partitioned_gradients, task_partitioned_jacobian
 
 K, ROWS, IN, HIDDEN = 3, 5, 4, 6
 
@@ -139,8 +139,9 @@ def test_partitioned_head_gradients_are_each_task_own_gradient(model_and_data) -
     """``task_grads``: the heads' gradients come out of the same vmap'd pass, task i's slice ∇L_i on head i."""
     model, x, y = model_and_data
     shared = dict(model.trunk.named_parameters())
-    losses, jacobian, (weight_grad, bias_grad) = task_partitioned_jacobian(
+    losses, jacobian, (weight_grad, bias_grad), aux = task_partitioned_gradients(
         model.task_loss, shared, model.head_weight, model.head_bias, x, y, task_grads=2)
+    assert aux is None
     reference_losses = model.losses(x, y)
     torch.testing.assert_close(losses, reference_losses.detach())
     torch.testing.assert_close(jacobian, loop_jacobian(reference_losses, list(shared.values())))
@@ -150,6 +151,27 @@ def test_partitioned_head_gradients_are_each_task_own_gradient(model_and_data) -
     torch.testing.assert_close(weight_grad, reference_weight)
     torch.testing.assert_close(bias_grad, reference_bias)
     assert not losses.requires_grad   # nothing left to differentiate: the heads were the only inputs with grad
+
+
+def test_partitioned_auxiliary_output_comes_back_stacked_over_tasks(model_and_data) -> None:
+    """``has_aux``: a statistic of each task's forward (here its mean prediction) comes back ``[k]`` beside the
+    losses and the Jacobian, which are those of the loss alone."""
+    model, x, y = model_and_data
+    shared = dict(model.trunk.named_parameters())
+
+    def loss_and_mean_prediction(trunk: dict, weight: torch.Tensor, bias: torch.Tensor, rows: torch.Tensor,
+                                 target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        prediction = functional_call(model.trunk, trunk, (rows,)) @ weight + bias
+        return ((prediction - target) ** 2).mean(), prediction.mean()
+
+    result = task_partitioned_gradients(loss_and_mean_prediction, shared, model.head_weight, model.head_bias, x, y,
+                                        has_aux=True)
+    plain = task_partitioned_jacobian(model.task_loss, shared, model.head_weight, model.head_bias, x, y)
+    torch.testing.assert_close(result.losses, plain[0])
+    torch.testing.assert_close(result.jacobian, plain[1])
+    expected = torch.stack([(model.trunk(x[i]) @ model.head_weight[i] + model.head_bias[i]).mean() for i in range(K)])
+    torch.testing.assert_close(result.aux, expected.detach())
+    assert result.task_gradients == []
 
 
 @pytest.mark.parametrize("scale", [False, True])
@@ -162,7 +184,7 @@ def test_precomputed_head_gradients_give_the_same_step(model_and_data, scale: bo
                              scale_task_gradients=scale)
     expected = [p.grad.clone() for p in model.parameters()]
     model.zero_grad(set_to_none=True)
-    losses, jacobian, head_grads = task_partitioned_jacobian(model.task_loss, shared, *heads, x, y, task_grads=2)
+    losses, jacobian, head_grads, _ = task_partitioned_gradients(model.task_loss, shared, *heads, x, y, task_grads=2)
     weights = mtl_backward(losses, list(shared.values()), agg.make("pivrg"), jacobian=jacobian, task_params=heads,
                            task_gradients=head_grads, scale_task_gradients=scale)
     torch.testing.assert_close(weights, reference)
@@ -175,14 +197,14 @@ def test_precomputed_head_gradients_need_their_parameters(model_and_data) -> Non
     model, x, y = model_and_data
     shared = dict(model.trunk.named_parameters())
     heads = [model.head_weight, model.head_bias]
-    losses, jacobian, head_grads = task_partitioned_jacobian(model.task_loss, shared, *heads, x, y, task_grads=2)
+    losses, jacobian, head_grads, _ = task_partitioned_gradients(model.task_loss, shared, *heads, x, y, task_grads=2)
     with pytest.raises(ValueError, match="task_gradients needs task_params of the same length"):
         mtl_backward(losses, list(shared.values()), agg.make("ls"), jacobian=jacobian, task_gradients=head_grads)
     with pytest.raises(ValueError, match=r"shape \(3,\) for a parameter of shape \(3, 6\)"):
         mtl_backward(losses, list(shared.values()), agg.make("ls"), jacobian=jacobian, task_params=heads,
                      task_gradients=head_grads[::-1])
     with pytest.raises(ValueError, match="task_grads = 5 should be between 0 and the 4 task inputs"):
-        task_partitioned_jacobian(model.task_loss, shared, *heads, x, y, task_grads=5)
+        task_partitioned_gradients(model.task_loss, shared, *heads, x, y, task_grads=5)
 
 
 def batched_losses(model: SharedTrunkModel, x: torch.Tensor, y: torch.Tensor,
