@@ -15,8 +15,11 @@ per-task Jacobian on that network's trunk comes from
 :func:`mtrl.aggregation.task_partitioned_gradients` (``vmap`` over tasks, about one backward's cost;
 the stacked heads are task inputs, and the same pass gives each head its own task's gradient), then
 :func:`mtrl.aggregation.mtl_backward` writes ``weights @ J`` into the trunk's ``.grad`` and each task's
-**unweighted** gradient into its own head (``scale_task_gradients=False``). Aggregators that only weight losses (``needs_jacobian`` False, e.g.
-``ls``) skip the Jacobian: one backward of the weighted loss. A loss left out of
+**unweighted** gradient into its own head (``scale_task_gradients=False``). Aggregators that only weight
+losses (``needs_jacobian`` False, e.g. ``ls``) skip the Jacobian: one backward of ``Σ_i L_i`` in which
+:func:`mtrl.aggregation.scale_shared_gradient`, between trunk and heads, scales task ``i``'s share of
+the trunk's gradient by ``w_i``. The actor loss also returns its samples' entropy estimate, which the
+temperature loss uses (no second actor forward). A loss left out of
 ``SACConfig.aggregate`` is minimised as the plain mean over tasks, ``(1/k) Σ_i L_i``.
 
 The update never moves data to the host: it returns detached ``[k]`` device tensors. It runs in
