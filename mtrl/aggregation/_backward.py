@@ -188,6 +188,9 @@ def _one_backward(losses: Tensor, shared: list[Tensor], task_params: Iterable[Te
     with torch.no_grad():
         scale.fill_(1.0) if scale_task_gradients else scale.copy_(weights)
     objective = (weights * losses).sum() if scale_task_gradients else losses.sum()
+    if not objective.requires_grad:
+        raise ValueError("shared_gradient_scale: the losses do not depend on any parameter that requires grad.")
+    # Without task_params every leaf the losses reach gets its gradient, as with a plain backward.
     inputs = None if task_params is None else [*shared, *(p for p in task_params if p.requires_grad)]
     torch.autograd.backward(objective, inputs=inputs)
 

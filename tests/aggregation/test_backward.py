@@ -252,6 +252,9 @@ def test_a_scaled_trunk_gradient_needs_one_scale_per_task(model_and_data) -> Non
     with pytest.raises(ValueError, match=r"shared_gradient_scale must be \[k\] = \(3,\), got \(4,\)"):
         mtl_backward(batched_losses(model, x, y, scale), list(model.trunk.parameters()), agg.make("ls"),
                      task_params=[model.head_weight, model.head_bias], shared_gradient_scale=scale)
+    with pytest.raises(ValueError, match="the losses do not depend on any parameter that requires grad"):
+        mtl_backward(batched_losses(model, x, y).detach(), list(model.trunk.parameters()), agg.make("ls"),
+                     shared_gradient_scale=torch.ones(K, dtype=torch.float64))
 
 
 def test_loss_weighting_methods_scale_heads_by_default(model_and_data) -> None:
