@@ -8,6 +8,11 @@ Two ways to build the ``[k, n]`` task Jacobian on the shared parameters:
 * :func:`task_partitioned_jacobian` — when the batch is partitioned by task (task ``i``'s loss reads only
   its own rows, as in multi-task RL with stratified replay): ``torch.func.vmap`` over the task dimension
   turns the ``k`` per-task gradients into batched matrix products, about the cost of one backward.
+  :func:`task_partitioned_gradients` also returns the heads' gradients from that pass.
+
+:func:`mtl_backward` then writes the aggregated step into ``.grad``. Methods that need no Jacobian can
+take it in one backward where the losses scale each task's share of the trunk's gradient
+(:func:`scale_shared_gradient`, filled with the weights once they are known).
 """
 
 from __future__ import annotations
@@ -186,7 +191,10 @@ def _one_backward(losses: Tensor, shared: list[Tensor], task_params: Iterable[Te
     if scale.shape != weights.shape:
         raise ValueError(f"shared_gradient_scale must be [k] = {tuple(weights.shape)}, got {tuple(scale.shape)}.")
     with torch.no_grad():
-        scale.fill_(1.0) if scale_task_gradients else scale.copy_(weights)
+        if scale_task_gradients:
+            scale.fill_(1.0)
+        else:
+            scale.copy_(weights)
     objective = (weights * losses).sum() if scale_task_gradients else losses.sum()
     if not objective.requires_grad:
         raise ValueError("shared_gradient_scale: the losses do not depend on any parameter that requires grad.")
