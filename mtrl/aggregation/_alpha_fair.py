@@ -39,10 +39,10 @@ it can be captured in a CUDA graph; on a GPU (or with ``_linalg.EARLY_EXIT_ON_CP
 iteration counts (``MAX_ITERATIONS`` from a cold start, ``WARM_ITERATIONS`` from a warm one) and always
 computes the fallback, chosen by mask, its iterations beside Newton's (:func:`_paired_step`). On CUDA a
 solve is three stages fused by ``torch.compile`` (``_linalg.FUSE_ON_DEVICES``): :func:`_prepare`, the iteration
-pairs and :func:`_conclude`; the k×k solves inside an iteration are one Triton launch each
-(``_linalg.solve_spd``). ``python -m mtrl.bench launches`` counts them from inductor's Triton output: at
-k = 10 a warm solve is 8 + 12 × 13 + 2 launches, against ~170 + 12 × 31 before the stages, the solve kernel
-and the expanded line search (:func:`_decrease`). On the CPU,
+pairs and :func:`_conclude`; a pair's two k×k systems (Newton's and the fallback's) are solved as one
+batch, one Triton launch (``_linalg.solve_spd``). ``python -m mtrl.bench launches`` counts them from
+inductor's Triton output: at k = 10 a warm solve is 8 + 12 × 12 + 2 launches, against ~170 + 12 × 31 before
+the stages, the solve kernel, the batched solve and the expanded line search (:func:`_decrease`). On the CPU,
 where reading a value costs nothing, it stops as soon as Newton has converged or failed and computes the
 fallback only when it is used: the same arithmetic, so the same weights. The price of one path: a CPU
 solve of a tiny problem is dominated by per-operation overhead (k = 2: ~0.8 ms warm, ~3.5 ms on a Pareto

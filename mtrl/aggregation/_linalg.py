@@ -116,8 +116,8 @@ def early_exit(device: torch.device) -> bool:
 #: Device types whose solver stages run through ``torch.compile``, and its backend. A solver iteration is
 #: ~50-110 tiny operations eagerly; on a GPU each is a launch (~2 µs, in a CUDA graph too), so the
 #: iterations of a solve cost milliseconds. Inductor fuses an iteration into a handful of kernels
-#: (``python -m mtrl.bench launches`` counts them: an α-fair iteration pair is 13 launches, its two k×k
-#: solves included, one Triton launch each). On the CPU the launches cost little and inductor's C++ build
+#: (``python -m mtrl.bench launches`` counts them: an α-fair iteration pair is 12 launches, its two k×k
+#: systems included, solved as one batch in one Triton launch). On the CPU the launches cost little and inductor's C++ build
 #: minutes: the stages run as written. Tests put "cpu" here with the ``aot_eager`` backend to check that the
 #: functions trace whole and give the same numbers.
 FUSE_ON_DEVICES: tuple[str, ...] = ("cuda",)
