@@ -56,9 +56,10 @@ def test_the_operator_is_registered_for_tracing() -> None:
     """``torch.ops.mtrl.spd_solve``: its fake implementation agrees with the real one (shapes, dtypes, strides),
     so that ``torch.compile`` traces through it; off CUDA it is the torch elimination."""
     matrix, rhs = spd_system(6, 100.0, seed=1)
-    for right in (rhs, torch.stack([rhs, -rhs], dim=-1)):   # one right-hand side, or several
-        torch.library.opcheck(torch.ops.mtrl.spd_solve, (matrix, right))
-        torch.testing.assert_close(torch.ops.mtrl.spd_solve(matrix, right), _gauss_jordan.gauss_jordan(matrix, right),
+    batched, batched_rhs = spd_system(6, 100.0, seed=2, batch=(2,))   # an α-fair pair's two systems
+    for system, right in ((matrix, rhs), (matrix, torch.stack([rhs, -rhs], dim=-1)), (batched, batched_rhs)):
+        torch.library.opcheck(torch.ops.mtrl.spd_solve, (system, right))   # one rhs, several, a batch of systems
+        torch.testing.assert_close(torch.ops.mtrl.spd_solve(system, right), _gauss_jordan.gauss_jordan(system, right),
                                    rtol=0, atol=0)
 
 
