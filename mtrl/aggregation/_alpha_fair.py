@@ -444,7 +444,7 @@ def _bounded_least_squares(cosines: Tensor, constants: Tensor, p: float, norms: 
     function of the Gramian and ω.
     """
     x = _least_squares_start(constants, p)
-    eye = torch.eye(cosines.shape[0], dtype=cosines.dtype, device=cosines.device)
+    eye = _iteration_constants(cosines.shape[0], cosines.dtype, cosines.device)[2]
     step = _linalg.fused(_least_squares_step, cosines.device)
     for _ in range(LEAST_SQUARES_ITERATIONS):
         x = step(cosines, constants, p, norms, x, eye)

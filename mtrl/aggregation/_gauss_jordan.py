@@ -9,7 +9,7 @@ IMTL-G's least squares) solve small ``k×k`` symmetric positive definite systems
 * :func:`spd_solve` on CUDA — one Triton program per system holds the augmented matrix in registers and
   runs all ``k`` stages: **one launch** per solve. Inductor cannot do this from :func:`gauss_jordan`:
   every stage reads the pivot row the previous stage wrote, so its Triton output is about one kernel per
-  stage (12 of the 16 kernels of a Newton iteration at k = 10, and 31 → 15 for a Newton iteration paired
+  stage (12 of the 16 kernels of a Newton iteration at k = 10, and 31 → 12 for a Newton iteration paired
   with a fallback iteration; ``python -m mtrl.bench launches`` counts them from inductor's generated Triton
   code). cuSOLVER's solve is several launches sized for large matrices.
 

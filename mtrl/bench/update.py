@@ -110,13 +110,6 @@ def prepare(aggregator: str, mode: str, args: argparse.Namespace) -> tuple[Calla
     return update, {"warmup_s": warmup_s, "captured": ",".join(captured) if mode == "cudagraphs" else None}
 
 
-def count_kernels(update: Callable[[], Any]) -> int | str:
-    """The GPU kernels one update launches (copies and fills excluded); the error's text where the
-    profiler cannot tell."""
-    profile = profile_kernels(update)
-    return profile.get("kernels", profile.get("error", "?"))
-
-
 def profile_kernels(update: Callable[[], Any], top: int = 12) -> dict[str, Any]:
     """One update under the profiler's CUDA activity: its kernels (copies and fills excluded), their summed
     GPU time and the ``top`` kernels by GPU time (:func:`summarize_kernels`); ``{"error": ...}`` where the
