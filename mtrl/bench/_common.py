@@ -95,6 +95,11 @@ def write_json(result: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
+def names(text: str) -> list[str]:
+    """An argparse ``type``: a comma-separated list, blanks dropped (``"ls, pivrg,"`` -> ``["ls", "pivrg"]``)."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def positive_int(text: str) -> int:
     """An argparse ``type``: a bad value ends in argparse's one-line error and exit code 2."""
     try:

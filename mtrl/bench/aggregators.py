@@ -39,7 +39,7 @@ from torch import Tensor
 import mtrl.aggregation as agg
 from mtrl.aggregation import TaskStats
 from mtrl.aggregation._performance import performance_weights
-from mtrl.bench._common import print_table, timed_median
+from mtrl.bench._common import names, print_table, timed_median
 
 HELP = "per-call time of every aggregator at k = 10 and 50, beside torchjd / cvxpy / scipy references"
 
@@ -75,11 +75,11 @@ def _positive_ints(text: str, option: str) -> list[int]:
 def _methods(text: str) -> list[str]:
     if text == "all":
         return agg.available()
-    names = [v.strip() for v in text.split(",") if v.strip()]
-    unknown = sorted(set(names) - set(agg.available()))
+    methods = names(text)
+    unknown = sorted(set(methods) - set(agg.available()))
     if unknown:
         _fail(f"unknown method(s) {unknown}; valid: {', '.join(agg.available())}.")
-    return names
+    return methods
 
 
 def make_jacobian(k: int, n: int, device: str) -> Tensor:

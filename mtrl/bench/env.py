@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from mtrl.bench._common import print_table
+from mtrl.bench._common import names, print_table
 
 HELP = "env-only vector steps/s per backend and vector strategy, and EnvPool / gymnasium"
 
@@ -51,7 +51,7 @@ def vector_steps_per_second(env: Any, actions: np.ndarray) -> float:
 
 def configurations(args: argparse.Namespace) -> list[tuple[str, str]]:
     """(backend, strategy) pairs; EnvPool's strategy is its own threads."""
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    backends = names(args.backends)
     unknown = sorted(set(backends) - {"gymnasium", "envpool"})
     if unknown:
         _usage_error(f"unknown backend(s) {unknown}; use --backends gymnasium,envpool (or one of them).")

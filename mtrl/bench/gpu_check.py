@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mtrl.bench._common import positive_int, print_table, usage_error, write_json
+from mtrl.bench._common import names, positive_int, print_table, usage_error, write_json
 
 HELP = "the prepared GPU-machine check: install, bench update, bench train, MT10 learning runs (one output dir)"
 
@@ -219,11 +219,11 @@ def learn(args: argparse.Namespace, aggs: list[str], work: Path, log: Any, timeo
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    phases = [name.strip() for name in args.phases.split(",") if name.strip()]
+    phases = names(args.phases)
     unknown = sorted(set(phases) - set(PHASES))
     if unknown:
         usage_error(f"gpu-check: unknown phase(s) {unknown}; choose from {', '.join(PHASES)}.")
-    aggs = [name.strip() for name in args.aggs.split(",") if name.strip()]
+    aggs = names(args.aggs)
     if not aggs:
         usage_error("gpu-check: --aggs should name at least one aggregator, e.g. ls,pivrg.")
     out_dir = Path(args.out_dir)

@@ -37,7 +37,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mtrl.aggregation import _linalg, available
-from mtrl.bench._common import positive_int, print_table, usage_error
+from mtrl.bench._common import names, positive_int, print_table, usage_error
 from mtrl.bench.update import build
 
 HELP = "GPU kernel launches of one SAC update per aggregator, counted without a GPU (eager ops + fused solver stages)"
@@ -50,12 +50,8 @@ NO_LAUNCH = frozenset({"empty.memory_format", "empty_strided.default", "detach.d
                        "_record_function_exit._RecordFunction", "set_.source_Storage_storage_offset"})
 
 
-def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--aggregators", type=_names, default=None,
+    parser.add_argument("--aggregators", type=names, default=None,
                         help="comma-separated registered names, or 'jacobian' (default: ls, jacobian, pivrg)")
     parser.add_argument("--tasks", type=positive_int, default=10)
     parser.add_argument("--obs-dim", type=positive_int, default=49, help="Meta-World 39 + one-hot")

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from mtrl.bench._common import print_table, synchronize
+from mtrl.bench._common import names, print_table, synchronize
 
 HELP = "training-loop vector steps/s per aggregator, time shares (env/act/update/eval), ratio to env-only"
 
@@ -185,7 +185,7 @@ def measure(args: argparse.Namespace, agg: str, orders: list[str]) -> list[dict[
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         args.env, args.warmup, args.window, args.chunk = "mt1", 8, 12, 3
-    aggs = [a.strip() for a in args.aggs.split(",") if a.strip()]
+    aggs = names(args.aggs)
     orders = [o.strip() for o in args.orders.split(",") if o.strip()]
     if not aggs:
         _usage_error("--aggs names no aggregator (e.g. --aggs ls,pivrg).")

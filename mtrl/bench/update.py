@@ -30,7 +30,7 @@ import torch
 
 from agents import COMPILE_MODES, MultiTaskSAC, ReplayBuffer, SACConfig
 from mtrl.aggregation import Aggregator, TaskStats, available, make
-from mtrl.bench._common import positive_int, print_table, synchronize, timed_median, usage_error
+from mtrl.bench._common import names, positive_int, print_table, synchronize, timed_median, usage_error
 
 HELP = "one full SAC update (sample, critic, actor, temperatures, targets) per aggregator and compile mode"
 
@@ -52,14 +52,10 @@ class EqualWeightsThroughJacobian(Aggregator):
         return "EqualWeightsThroughJacobian()"
 
 
-def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--aggregators", type=_names, default=None,
+    parser.add_argument("--aggregators", type=names, default=None,
                         help="comma-separated registered names, or 'jacobian' (default: ls, jacobian and every method)")
-    parser.add_argument("--modes", type=_names, default=None,
+    parser.add_argument("--modes", type=names, default=None,
                         help="comma-separated agent.compile modes (default: none,compile; none,cudagraphs,compile on CUDA)")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend of mode 'compile'")
     parser.add_argument("--tasks", type=positive_int, default=10)
