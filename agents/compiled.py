@@ -173,8 +173,8 @@ class GraphedPhase:
 class OutsideCompile:
     """An aggregator whose calls ``torch.compile`` leaves out of its graphs (run eagerly in between).
 
-    For aggregators that keep Python state across calls (a trace would freeze it); an aggregator that
-    declares ``capturable = True`` (device state updated in place, no host reads) is traced instead and
+    For aggregators that do not declare ``capturable = True`` (Python state across calls would be frozen
+    by a trace, and tracing them is not checked); an aggregator that declares it (device state updated in place, no host reads) is traced instead and
     needs no wrapper. Every other attribute is the wrapped aggregator's.
     """
 
