@@ -173,9 +173,9 @@ class GraphedPhase:
 class OutsideCompile:
     """An aggregator whose calls ``torch.compile`` leaves out of its graphs (run eagerly in between).
 
-    For aggregators that do not declare ``capturable = True`` (Python state across calls would be frozen
-    by a trace, and tracing them is not checked); an aggregator that declares it (device state updated in place, no host reads) is traced instead and
-    needs no wrapper. Every other attribute is the wrapped aggregator's.
+    For aggregators that do not declare ``capturable = True`` (a trace would freeze Python state kept
+    across calls, and tracing them is not checked); one that declares it (device state updated in place,
+    no host reads) is traced instead and needs no wrapper. Every other attribute is the wrapped one's.
     """
 
     def __init__(self, aggregator: Aggregator) -> None:
