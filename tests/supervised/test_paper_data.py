@@ -10,7 +10,7 @@ import torch
 
 from mtrl.supervised.benchmarks import BenchmarkDataError, get
 from mtrl.supervised.benchmarks.dense import horizontal_flip, random_scale_crop
-from tests.supervised.paper_fixtures import write_dense, write_qm9
+from paper_fixtures import write_dense, write_qm9
 
 
 @pytest.fixture(scope="module")
