@@ -64,6 +64,7 @@ class SACConfig:
     lr: float = 3e-4               # actor, critic and temperature Adam lr: paper; mtrl optimizers/metaworld_*.yaml
     init_temperature: float = 1.0  # mtrl state_sac.yaml init_temperature 1.0 (α_i = 1 at the start)
     batch_size: int = 1280         # paper: 1280 in all = 128 per task on MT10; must be divisible by k
+    batch_per_task: int | None = None  # rows per task; when set it fixes the batch (batch_size is then ignored)
     target_entropy: float | None = None  # None -> −|A| (mtrl, SB3 "auto")
     aggregate: tuple[str, ...] = ("critic", "actor")  # losses that go through their aggregator
     actor_update_every: int = 1    # mtrl state_sac.yaml actor_update_freq 1 (temperatures update with the actor)
@@ -83,8 +84,11 @@ class SACConfig:
     def __post_init__(self) -> None:
         self.aggregate = tuple(self.aggregate)
         self.log_std_bounds = tuple(float(bound) for bound in self.log_std_bounds)  # type: ignore[assignment]
-        for name in ("hidden_dim", "trunk_layers", "batch_size", "actor_update_every", "target_update_every"):
+        for name in ("hidden_dim", "trunk_layers", "batch_size", "actor_update_every", "target_update_every",
+                     "batch_per_task"):
             value = getattr(self, name)
+            if name == "batch_per_task" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"SACConfig: `{name}` should be a positive integer. Found `{name} = {value!r}`.")
         if self.head_layers not in (1, 2):
@@ -216,8 +220,8 @@ class MultiTaskSAC:
     # ---------------------------------------------------------------------------------- properties
     @property
     def batch_per_task(self) -> int:
-        """Rows per task in each update: ``config.batch_size // num_tasks``."""
-        return self.config.batch_size // self.num_tasks
+        """Rows per task in each update: ``config.batch_per_task``, else ``config.batch_size // num_tasks``."""
+        return self.config.batch_per_task or self.config.batch_size // self.num_tasks
 
     @property
     def alpha(self) -> Tensor:
@@ -487,7 +491,7 @@ def _check_agent_arguments(obs_dim: int, action_dim: int, num_tasks: int, config
     for name, value in (("obs_dim", obs_dim), ("action_dim", action_dim), ("num_tasks", num_tasks)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"MultiTaskSAC: `{name}` should be a positive integer. Found `{name} = {value!r}`.")
-    if config.batch_size % num_tasks != 0:
+    if config.batch_per_task is None and config.batch_size % num_tasks != 0:
         raise ValueError(
             f"batch_size = {config.batch_size} is not divisible by the number of tasks k = {num_tasks}: "
             f"the replay buffer samples batch_size / k rows per task. Use a multiple of {num_tasks} "

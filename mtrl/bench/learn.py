@@ -3,6 +3,7 @@
     python -m mtrl.bench learn --tasks reach-v3 push-v3 --seeds 6 --steps 50000 --workers 2
     python -m mtrl.bench learn --hidden 256 --layers 2 --steps 20000 --seeds 6     # small networks (CPU)
     python -m mtrl.bench learn --multitask --aggs ls pivrg --steps 30000 --seeds 1  # MT4 of easy tasks
+    python -m mtrl.bench learn --multitask --tasks mt10 --aggs ls pivrg nashmtl:1 famo:1 --seeds 3 --steps 200000
     python -m mtrl.bench learn ... --resume       # the same command again: keeps the runs already finished
 
 **Parity** (default): for every task and seed, our multi-task SAC with one task (``k = 1``, ``agg=ls``,
@@ -15,9 +16,12 @@ stochastic one, on the evaluation environment. With each evaluation: α and the 
 replay observations). The summary gives mean ± standard error over seeds and the gap ours − SB3 with its
 95 % confidence interval (Welch's t: unequal variances, Welch–Satterthwaite degrees of freedom).
 
-**Multi-task** (``--multitask``): ``mtrl.train`` itself (``env.tasks=[...]``, a subset of MT10/MT50) with each
-aggregator of ``--aggs``, small networks by default, plus the success of a uniformly random policy on the
-same evaluation episodes (the level to beat). Curves as JSON and PNG.
+**Multi-task** (``--multitask``): ``mtrl.train`` itself (``--tasks mt10``: the whole benchmark, ``env=mt10``;
+or a subset, ``env.tasks=[...]``) with each aggregator of ``--aggs`` (``name:n`` runs seeds ``0 .. n-1`` of it
+only), the CPU preset ``agent=sac_small`` by default (``--agent``), plus the success of a uniformly random
+policy on the same evaluation episodes (the level to beat), written as a ``summary.json`` (``"policy":
+"random"``) beside the training runs': ``python -m mtrl.report <run dir>`` makes the tables and curves of the
+whole study. Curves as JSON and PNG.
 
 Each run is a worker process with one torch thread and writes its own JSON under ``--run-dir`` when it
 ends, so an interrupted sweep keeps its finished runs; ``--resume`` reuses them (refused if their settings
@@ -68,18 +72,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--multitask", action="store_true", help="mtrl.train on a task subset with --aggs")
     parser.add_argument("--tasks", nargs="+", default=None,
                         help="Meta-World v3 tasks (parity: each alone, default reach-v3; --multitask: the subset, "
-                             f"default {' '.join(EASY_MT10)})")
+                             f"default {' '.join(EASY_MT10)}, or mt10 / mt50 for the whole benchmark)")
     parser.add_argument("--seeds", type=int, default=6, help="seeds 0 .. N-1 (default 6)")
     parser.add_argument("--steps", type=int, default=20_000, help="environment (vector) steps per run")
-    parser.add_argument("--hidden", type=int, default=None, help="layer width (default: 400 parity, 256 --multitask)")
-    parser.add_argument("--layers", type=int, default=None, help="hidden layers (default: 3 parity, 2 --multitask)")
-    parser.add_argument("--batch-size", type=int, default=128, help="batch per task (default 128, the paper's)")
+    parser.add_argument("--agent", default=None, choices=["sac", "sac_small"],
+                        help="--multitask: the agent preset (configs/agent/; default sac_small)")
+    parser.add_argument("--hidden", type=int, default=None,
+                        help="layer width (default: 400 parity; --multitask: the preset's)")
+    parser.add_argument("--layers", type=int, default=None, help="hidden layers (default: 3 parity; --multitask: the preset's)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="batch per task (default: 128 parity, the paper's; --multitask: the preset's)")
     parser.add_argument("--warmup-steps", type=int, default=1500, help="uniformly random actions first")
     parser.add_argument("--eval-every", type=int, default=None, help="default: steps / 10")
     parser.add_argument("--eval-episodes", type=int, default=None, help="per task and evaluation; default: the protocol's")
     parser.add_argument("--protocol", default="metaworld", choices=["metaworld", "mtrl"])
     parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS, help="parity: who trains")
-    parser.add_argument("--aggs", nargs="+", default=["ls", "pivrg"], help="--multitask: the aggregators")
+    parser.add_argument("--aggs", nargs="+", default=["ls", "pivrg"],
+                        help="--multitask: the aggregators; name:n runs only seeds 0 .. n-1 of it (e.g. nashmtl:1)")
     parser.add_argument("--temperature-loss", default="alpha", choices=["alpha", "log_alpha"],
                         help="our SAC's temperature loss (agent.temperature_loss; parity A/B against SB3's log_alpha)")
     parser.add_argument("--workers", type=int, default=2, help="parallel processes, one torch thread each")
@@ -235,19 +244,26 @@ def train_multitask(spec: dict[str, Any]) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
 
     import mtrl.train  # noqa: F401  (registers the config's resolvers)
+    from envs import BENCHMARKS
     from mtrl.training import run
 
     tasks, k = spec["tasks"], len(spec["tasks"])
+    benchmark = _subset_benchmark(tasks)
     overrides = [
-        f"env={_subset_benchmark(tasks)}", f"env.tasks=[{','.join(tasks)}]", f"agg={spec['agg']}",
+        f"env={benchmark}", f"agg={spec['agg']}", f"agent={spec.get('agent', 'sac')}",
         f"seed={spec['seed']}", f"steps={spec['steps']}", f"warmup_steps={spec['warmup_steps']}",
         f"eval_every={spec['eval_every']}", f"eval_episodes={spec['eval_episodes']}",
-        f"log_every={spec['eval_every']}", f"checkpoint_every={spec['eval_every']}",
+        f"log_every={min(1000, spec['eval_every'])}", f"checkpoint_every={spec['eval_every']}",
         f"buffer_size={min(REPLAY, spec['steps'] * k)}", f"protocol={spec['protocol']}",
-        f"agent.hidden_dim={spec['hidden']}", f"agent.trunk_layers={spec['layers']}",
         f"agent.temperature_loss={spec.get('temperature_loss', 'alpha')}",
-        f"agent.batch_size={spec['batch_size'] * k}", "device=cpu", "progress=false", "vector_strategy=sync",
+        "device=cpu", "progress=false", "vector_strategy=sync", "torch_threads=1",
     ]
+    if tasks != list(BENCHMARKS[benchmark]):
+        overrides.append(f"env.tasks=[{','.join(tasks)}]")
+    for key, override in (("hidden", "agent.hidden_dim"), ("layers", "agent.trunk_layers"),
+                          ("batch_size", "agent.batch_per_task")):
+        if spec.get(key) is not None:
+            overrides.append(f"{override}={spec[key]}")
     if spec.get("max_episode_steps"):
         overrides.append(f"protocol.max_episode_steps={spec['max_episode_steps']}")
     if (Path(spec["train_dir"]) / "checkpoint.pt").is_file():   # an interrupted run: continue it (--resume)
@@ -287,8 +303,25 @@ def random_policy(spec: dict[str, Any]) -> dict[str, Any]:
     per_task = evaluate(lambda obs: rng.uniform(-1, 1, (env.num_tasks, env.action_dim)), env,
                         spec["eval_episodes"])
     env.close()
-    return {"final_mean_success": float(np.mean(list(per_task.values()))), "per_task": per_task,
-            "wall_time_s": time.perf_counter() - start}
+    result = {"final_mean_success": float(np.mean(list(per_task.values()))), "per_task": per_task,
+              "wall_time_s": time.perf_counter() - start}
+    if spec.get("train_dir"):   # beside the training runs, in their summary.json form, for mtrl.report
+        write_json(_random_summary(spec, per_task, result["wall_time_s"]), Path(spec["train_dir"]) / "summary.json")
+    return result
+
+
+def _random_summary(spec: dict[str, Any], per_task: dict[str, float], wall_time_s: float) -> dict[str, Any]:
+    """A uniformly random policy's evaluation as ``mtrl.train`` writes a run's ``summary.json``
+    (``"policy": "random"``, one evaluation at step 0, no training)."""
+    evaluation = {"step": 0, "mean": float(np.mean(list(per_task.values()))), "per_task": per_task}
+    benchmark = _subset_benchmark(spec["tasks"])
+    config = {"env": {"name": benchmark, "tasks": spec["tasks"]}, "agg": {"name": "random"}, "seed": spec["seed"],
+              "protocol": {"name": spec["protocol"]}, "eval_episodes": spec["eval_episodes"], "steps": 0,
+              "policy": "random"}
+    return {"policy": "random", "env": benchmark, "agg": "random", "seed": spec["seed"], "tasks": spec["tasks"],
+            "finished": True, "steps": 0, "wall_time_s": round(wall_time_s, 3), "final": evaluation,
+            "best": evaluation, "best_mean_success": evaluation["mean"], "final_mean_success": evaluation["mean"],
+            "best_per_task": per_task, "evaluations": [evaluation], "config": config}
 
 
 RUNNERS = {"ours": train_ours, "sb3": train_sb3, "multitask": train_multitask, "random": random_policy}
@@ -348,16 +381,20 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
                          f"For MT10 on a GPU use `python -m mtrl.train device=cuda`.")
     quick = _QUICK if args.quick else {}
     steps = quick.get("steps", args.steps)
+    multitask = args.multitask
+    # --multitask: the agent preset's sizes unless given; parity: the paper's 3 x 400, batch 128.
     settings = dict(
         steps=steps, warmup_steps=quick.get("warmup_steps", args.warmup_steps),
         eval_every=quick.get("eval_every", args.eval_every or max(1, steps // 10)),
-        hidden=quick.get("hidden", args.hidden or (256 if args.multitask else 400)),
-        layers=quick.get("layers", args.layers or (2 if args.multitask else 3)),
-        batch_size=quick.get("batch_size", args.batch_size), protocol=args.protocol,
+        hidden=quick.get("hidden", args.hidden or (None if multitask else 400)),
+        layers=quick.get("layers", args.layers or (None if multitask else 3)),
+        batch_size=quick.get("batch_size", args.batch_size or (None if multitask else 128)), protocol=args.protocol,
         max_episode_steps=quick.get("max_episode_steps"), temperature_loss=args.temperature_loss,
     )
+    if multitask:
+        settings["agent"] = args.agent or "sac_small"
     for key in ("steps", "eval_every", "hidden", "layers", "batch_size"):
-        if settings[key] < 1:
+        if settings[key] is not None and settings[key] < 1:
             raise LearnError(f"--{key.replace('_', '-')} should be a positive integer, got {settings[key]}.")
     if settings["warmup_steps"] < 0:
         raise LearnError(f"--warmup-steps should be >= 0, got {settings['warmup_steps']}.")
@@ -368,18 +405,34 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         raise LearnError(f"--eval-episodes should be a positive integer, got {args.eval_episodes}.")
     settings["eval_episodes"] = quick.get("eval_episodes",
                                           args.eval_episodes or make_protocol(args.protocol).eval_episodes_per_task)
-    tasks = args.tasks or (EASY_MT10 if args.multitask else ["reach-v3"])
+    tasks = args.tasks or (EASY_MT10 if multitask else ["reach-v3"])
+    if multitask and len(tasks) == 1 and tasks[0] in ("mt10", "mt50"):
+        tasks = list(BENCHMARKS[tasks[0]])
     unknown = [task for task in tasks if task not in BENCHMARKS["mt1"]]
     if unknown or len(set(tasks)) < len(tasks):
         raise LearnError(f"--tasks: {'unknown ' + ', '.join(unknown) if unknown else 'a task repeats'}. "
-                         f"Valid: Meta-World v3 names such as {', '.join(EASY_MT10)}.")
-    if args.multitask:
-        from mtrl.aggregation import available
-
-        bad = [agg for agg in args.aggs if agg not in available()]
-        if bad:
-            raise LearnError(f"--aggs: unknown {', '.join(bad)}. Valid: {', '.join(available())}.")
+                         f"Valid: Meta-World v3 names such as {', '.join(EASY_MT10)}"
+                         f"{', or mt10 / mt50 with --multitask' if multitask else ''}.")
+    if multitask:
+        settings["seeds_per_agg"] = _seeds_per_agg(args.aggs, args.seeds)
     return {**settings, "tasks": list(tasks)}
+
+
+def _seeds_per_agg(aggs: list[str], seeds: int) -> dict[str, int]:
+    """``--aggs ls pivrg nashmtl:1`` -> ``{"ls": seeds, "pivrg": seeds, "nashmtl": 1}``; raises :class:`LearnError`."""
+    from mtrl.aggregation import available
+
+    counts: dict[str, int] = {}
+    for entry in aggs:
+        name, _, count = entry.partition(":")
+        if name not in available():
+            raise LearnError(f"--aggs: unknown {name}. Valid: {', '.join(available())}.")
+        if count and (not count.isdigit() or not 1 <= int(count) <= seeds):
+            raise LearnError(f"--aggs {entry}: the seed count after ':' should be an integer in 1 .. --seeds ({seeds}).")
+        if name in counts:
+            raise LearnError(f"--aggs: {name} is given twice.")
+        counts[name] = int(count) if count else seeds
+    return counts
 
 
 def _default_run_dir(args: argparse.Namespace, s: dict[str, Any]) -> Path:
@@ -388,20 +441,23 @@ def _default_run_dir(args: argparse.Namespace, s: dict[str, Any]) -> Path:
     tasks = f"{len(s['tasks'])}tasks" if len(s["tasks"]) > 3 else "+".join(s["tasks"])
     protocol = "" if s["protocol"] == "metaworld" else f"-{s['protocol']}"
     variant = "" if s["temperature_loss"] == "alpha" else f"-{s['temperature_loss']}"
-    return Path("runs/bench/learn") / (f"{mode}{quick}-{tasks}{protocol}-{s['steps']}steps-{s['layers']}x{s['hidden']}"
-                                       f"{variant}")
+    size = f"{s['layers']}x{s['hidden']}" if s["hidden"] else s["agent"]
+    return Path("runs/bench/learn") / f"{mode}{quick}-{tasks}{protocol}-{s['steps']}steps-{size}{variant}"
 
 
 def _specs(args: argparse.Namespace, s: dict[str, Any], run_dir: Path) -> list[tuple[dict[str, Any], Path]]:
     """Every run of the sweep and its JSON path; seeds outermost, so a partial sweep stays balanced."""
     seeds = range(min(args.seeds, _QUICK["seeds"]) if args.quick else args.seeds)
-    common = {key: value for key, value in s.items() if key != "tasks"}
+    common = {key: value for key, value in s.items() if key not in ("tasks", "seeds_per_agg")}
     specs = []
     for seed in seeds:
         if args.multitask:
-            specs.append(({"runner": "random", **common, "tasks": s["tasks"], "seed": seed},
+            specs.append(({"runner": "random", **common, "tasks": s["tasks"], "seed": seed,
+                           "train_dir": str(run_dir / "random" / f"seed{seed}")},
                           run_dir / "random" / f"seed{seed}.json"))
-            for agg in args.aggs:
+            for agg, count in s["seeds_per_agg"].items():
+                if seed >= count:
+                    continue
                 train_dir = str(run_dir / agg / f"seed{seed}")
                 specs.append(({"runner": "multitask", **common, "tasks": s["tasks"], "agg": agg, "seed": seed,
                                "train_dir": train_dir}, Path(train_dir + ".json")))
@@ -554,7 +610,7 @@ def summarize_multitask(records: list[dict[str, Any]], s: dict[str, Any], run_di
                      "unfinished": len(partial)})
     print_table(rows, columns=["policy", "seeds", "final mean success", "at step", "unfinished"],
                 title=f"{len(s['tasks'])} tasks ({', '.join(s['tasks'])}), {s['steps']} vector steps, "
-                            f"{s['layers']}x{s['hidden']}")
+                            f"agent={s['agent']}{_size_overrides(s)}")
     random_per_task = {task: float(np.mean([r["result"]["per_task"][task] for r in records
                                             if r["spec"]["runner"] == "random"] or [np.nan])) for task in s["tasks"]}
     per_task_rows = [{"policy": "random", **random_per_task}]
@@ -568,6 +624,12 @@ def summarize_multitask(records: list[dict[str, Any]], s: dict[str, Any], run_di
     return {"random_policy": {"mean": random_mean, "se": random_se, "per_seed": random_runs,
                               "per_task": random_per_task},
             "per_agg": per_agg, "png": None if png is None else str(png)}
+
+
+def _size_overrides(s: dict[str, Any]) -> str:
+    sizes = {"hidden": s["hidden"], "layers": s["layers"], "batch per task": s["batch_size"]}
+    given = [f"{name} {value}" for name, value in sizes.items() if value is not None]
+    return f" ({', '.join(given)})" if given else ""
 
 
 def _plot_multitask(per_agg: dict[str, Any], random_mean: float, s: dict[str, Any], path: Path) -> Path | None:

@@ -89,7 +89,7 @@ class TrainSettings:
 
     @property
     def batch_per_task(self) -> int:
-        return self.agent.batch_size // self.num_tasks
+        return self.agent.batch_per_task or self.agent.batch_size // self.num_tasks
 
     def make_aggregator(self) -> aggregation.Aggregator:
         return aggregation.make(self.agg_name, **self.agg_options)
@@ -374,7 +374,7 @@ def _agent_config(config_class: type, section: dict[str, Any], k: int, benchmark
     if "gamma" in values and not 0 <= values["gamma"] < 1:
         raise ConfigError(f"agent.gamma should be in [0, 1). Found `agent.gamma={values['gamma']!r}`.")
     batch = values.get("batch_size", defaults.get("batch_size"))
-    if batch is not None and batch % k:
+    if values.get("batch_per_task") is None and batch is not None and batch % k:
         raise ConfigError(
             f"agent.batch_size={batch} does not split evenly over the {k} tasks of {benchmark}: the batch is "
             f"stratified, batch_size / k rows per task. Use a multiple of {k}, e.g. agent.batch_size={128 * k} "

@@ -76,6 +76,28 @@ def test_quick_multitask_curves_random_level_and_png(tmp_path: Path) -> None:
         assert sorted(entry["per_task_curves"]) == sorted(tasks)
         summary = json.loads((tmp_path / agg / "seed1" / "summary.json").read_text())   # mtrl.train's own
         assert summary["tasks"] == tasks and summary["agg"] == agg
+        assert summary["config"]["agent"]["name"] == "sac_small"   # the CPU preset (--quick: smaller still)
+    record = next(r for r in result["runs"] if r["spec"]["runner"] == "random" and r["spec"]["seed"] == 1)
+    random = json.loads((tmp_path / "random" / "seed1" / "summary.json").read_text())   # for mtrl.report
+    assert random["policy"] == "random" and random["final"]["per_task"] == record["result"]["per_task"]
+
+
+def test_the_mt10_study_names_the_whole_benchmark_and_seeds_per_aggregator(tmp_path: Path) -> None:
+    from mtrl.bench.__main__ import build_parser
+    from mtrl.bench.learn import LearnError, _settings, _specs
+
+    def specs(*argv: str) -> list[dict]:
+        args = build_parser().parse_args(["learn", "--multitask", "--run-dir", str(tmp_path), *argv])
+        return [spec for spec, _ in _specs(args, _settings(args), tmp_path)]
+
+    study = specs("--tasks", "mt10", "--aggs", "ls", "pivrg", "nashmtl:1", "famo:1", "--seeds", "3")
+    assert all(len(spec["tasks"]) == 10 and spec["agent"] == "sac_small" for spec in study)
+    runs = sorted((spec.get("agg", "random"), spec["seed"]) for spec in study)
+    assert runs == sorted([(agg, seed) for agg in ("ls", "pivrg", "random") for seed in range(3)]
+                          + [("nashmtl", 0), ("famo", 0)])
+    for bad in (["--aggs", "ls:4"], ["--aggs", "ls:x"], ["--aggs", "ls", "ls:1"], ["--tasks", "mt11"]):
+        with pytest.raises(LearnError):
+            specs("--seeds", "3", *bad)
 
 
 @pytest.mark.parametrize("extra, message", [

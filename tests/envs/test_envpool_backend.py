@@ -24,6 +24,25 @@ def actions(steps: int, seed: int = 1) -> np.ndarray:
 
 
 @needs_envpool
+def test_both_backends_show_the_goal_as_metaworlds_multitask_benchmarks_do() -> None:
+    """Meta-World's MT benchmarks put the goal position in the observation (dims 36-38); the evaluation runs
+    the official environments, so training on EnvPool with the goal hidden would train on observations that
+    evaluation never shows. Goals differ between backends (EnvPool draws its own), but both lie in the
+    task's goal space."""
+    protocol = envs.make_protocol("metaworld", max_episode_steps=3)
+    observations = {}
+    for backend in ("envpool", "gymnasium"):
+        with envs.make_multitask_env("mt10", protocol, 0, backend=backend, vector_strategy="sync", task=TASKS) as env:
+            observations[backend] = env.reset()[:, 36:39]
+    with envs.make_eval_env("mt10", protocol, 0, vector_strategy="sync", task=TASKS) as official:
+        spaces = [env._env.goal_space for env in official.vector_env.envs]
+    for backend, goals in observations.items():
+        for goal, space in zip(goals, spaces):
+            assert np.abs(goal).max() > 0, f"{backend} hides the goal"
+            assert np.all(goal >= space.low - 1e-6) and np.all(goal <= space.high + 1e-6), backend
+
+
+@needs_envpool
 def test_every_step_is_a_transition_and_episodes_end_by_truncation() -> None:
     horizon, episodes = 3, 4
     with make(horizon) as env:
