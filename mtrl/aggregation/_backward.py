@@ -10,7 +10,7 @@ The aggregated step is the same for the RL agent and the supervised adapter::
 :func:`mtl_backward` carries it out. Two ways lead to ``J``, chosen by what the losses are, not by device:
 
 * :func:`task_jacobian` — any losses, also when every sample feeds every task (supervised learning): one
-  batched backward (``is_grads_batched``), or ``k`` backward passes where an operation has no batching rule.
+  backward pass per task.
 * **Task-partitioned batches** — task ``i``'s loss reads only its own rows (multi-task RL with a replay
   buffer stratified by task). The shared layers are applied through per-task replicas of their weights
   (:func:`replicate_for_tasks`, :func:`task_linear`): a linear layer's weight gradient is a sum of outer
@@ -52,22 +52,19 @@ def task_jacobian(task_losses: Tensor | Sequence[Tensor], shared_params: Iterabl
                   retain_graph: bool = True) -> Tensor:
     """The ``[k, n]`` matrix whose row ``i`` is ∇_θ L_i over ``shared_params`` (flattened, in order).
 
-    Works for any losses, rows shared or not. Uses one batched backward; falls back to ``k`` backward
-    passes for graphs with operations that have no vmap batching rule.
+    Works for any losses, rows shared or not: one backward pass per task, as the authors' implementations of
+    the gradient-based methods compute it (PCGrad, CAGrad, Nash-MTL, PIVRG). A batched backward
+    (``is_grads_batched``, a vmap over the pass) was slower than the ``k`` passes on the CPU
+    (``python -m mtrl.bench jacobian``).
     """
     losses = _as_loss_vector(task_losses)
     params = list(shared_params)
     k = losses.shape[0]
-    try:
-        eye = torch.eye(k, dtype=losses.dtype, device=losses.device)
-        grads = torch.autograd.grad(losses, params, grad_outputs=eye, is_grads_batched=True,
-                                    retain_graph=retain_graph, allow_unused=True)
-    except RuntimeError:
-        per_task = [torch.autograd.grad(losses[i], params, retain_graph=retain_graph or i < k - 1, allow_unused=True)
-                    for i in range(k)]
-        grads = tuple(None if all(g[j] is None for g in per_task) else
-                      torch.stack([torch.zeros_like(p) if g[j] is None else g[j] for g in per_task])
-                      for j, p in enumerate(params))
+    per_task = [torch.autograd.grad(losses[i], params, retain_graph=retain_graph or i < k - 1, allow_unused=True)
+                for i in range(k)]
+    grads = [None if all(g[j] is None for g in per_task) else
+             torch.stack([torch.zeros_like(p) if g[j] is None else g[j] for g in per_task])
+             for j, p in enumerate(params)]
     return _flatten(grads, params, k)
 
 

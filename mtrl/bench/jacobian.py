@@ -9,8 +9,8 @@ A 3-layer MLP trunk shared by ``k`` tasks, one linear head per task, the batch p
 * ``partitioned``: the trunk through per-task replicas (:func:`mtrl.aggregation.replicate_for_tasks`,
   :func:`mtrl.aggregation.task_linear`) and one backward (:func:`mtrl.aggregation.task_partitioned_gradients`),
   the agent's route;
-* ``batched``: the generic :func:`mtrl.aggregation.task_jacobian` (``is_grads_batched``);
-* ``loop``: ``k`` separate backward passes.
+* ``batched``: one backward with batched gradient outputs (``is_grads_batched``, a vmap over the pass);
+* ``loop``: ``k`` separate backward passes, the generic :func:`mtrl.aggregation.task_jacobian`.
 """
 
 from __future__ import annotations
@@ -52,16 +52,12 @@ def _problem(tasks: int, rows: int, hidden: int, in_dim: int, device: torch.devi
                                   nn.functional.linear(features, weight, bias))
         return ((torch.einsum("krh,kh->kr", features, heads) - y) ** 2).mean(dim=1)
 
-    def loop() -> None:
-        losses = all_losses()
-        for i in range(tasks):
-            torch.autograd.grad(losses[i], params, retain_graph=i < tasks - 1)
-
     return {
         "plain": lambda: torch.autograd.grad(all_losses().sum(), [*params, heads]),
         "partitioned": lambda: task_partitioned_gradients(all_losses(through_replicas=True), replicas, [heads]),
-        "batched": lambda: task_jacobian(all_losses(), params, retain_graph=False),
-        "loop": loop,
+        "batched": lambda: torch.autograd.grad(all_losses(), params, grad_outputs=torch.eye(tasks, device=device),
+                                               is_grads_batched=True),
+        "loop": lambda: task_jacobian(all_losses(), params, retain_graph=False),
     }
 
 

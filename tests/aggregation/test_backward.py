@@ -245,22 +245,6 @@ def test_stats_must_match_the_losses(model_and_data) -> None:
                      stats=TaskStats(torch.ones(2, dtype=torch.float64)))
 
 
-def test_generic_jacobian_falls_back_to_one_backward_per_task(monkeypatch, model_and_data) -> None:
-    """Operations without a batching rule make ``is_grads_batched`` fail; the loop must take over."""
-    model, x, y = model_and_data
-    shared = list(model.trunk.parameters())
-    losses = model.losses(x, y)
-    original = torch.autograd.grad
-
-    def refuse_batched(*args, **kwargs):
-        if kwargs.get("is_grads_batched"):
-            raise RuntimeError("no batching rule")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(torch.autograd, "grad", refuse_batched)
-    torch.testing.assert_close(task_jacobian(losses, shared), loop_jacobian(losses, shared))
-
-
 def test_unused_shared_parameter_gets_a_zero_column() -> None:
     used = torch.randn(3, requires_grad=True)
     unused = torch.randn(2, requires_grad=True)
