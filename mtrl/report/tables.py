@@ -253,6 +253,8 @@ def aggregate_markdown(rows: Sequence[GroupRow]) -> str:
 def improvement_markdown(rows: Sequence[GroupRow], matrix: dict[tuple[int, int], Interval]) -> str:
     """``P(row > column)`` [95 % CI] at the final evaluation; "–" on the diagonal and between groups
     trained on different tasks."""
+    if not matrix:
+        return "P(row > column): no two evaluated groups trained on the same tasks to compare."
     header = ["P(row > column)"] + [row.name for row in rows]
     lines = [[row.name] + [_interval(matrix.get((i, j)), 1.0, 2) if (i, j) in matrix else "–"
                            for j in range(len(rows))] for i, row in enumerate(rows)]

@@ -49,7 +49,7 @@ def write_summary(run_dir: Path, cfg: dict[str, Any], success: np.ndarray, finis
     trainer = Trainer.__new__(Trainer)   # the summary's format without environments or networks
     trainer.s = SimpleNamespace(env_name=cfg["env"]["name"], agg_name=cfg["agg"]["name"], seed=cfg["seed"],
                                 task_names=tasks, num_tasks=len(tasks), config=cfg)
-    trainer.history, trainer.step = history, history.last_step
+    trainer.history, trainer.step = history, history.last_step or 0
     trainer.agent = SimpleNamespace(updates=trainer.step)
     trainer.elapsed_before, trainer.episodes_done = wall_time_s, np.zeros(len(tasks), dtype=np.int64)
     trainer.segments = [{"start": 0, "end": trainer.step, "pid": 0}]

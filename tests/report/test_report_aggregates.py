@@ -100,3 +100,12 @@ def test_the_random_policy_is_recognised_by_any_of_its_markers(tmp_path: Path) -
     write_summary(tmp_path / "t", config("ls", 0), RANDOM_FINAL[:1])
     names = [(group.name, group.kind) for group in group_runs(load_runs([tmp_path]))]
     assert names == [("random policy", "random"), ("agg=ls", "mtl")]
+
+
+def test_without_two_comparable_groups_there_is_no_improvement_matrix(tmp_path: Path) -> None:
+    write_summary(tmp_path / "a", config("ls", 0), np.zeros((0, len(TASKS))), finished=False)   # not evaluated
+    write_summary(tmp_path / "b", config("pivrg", 0), LS_FINAL[:2])
+    assert main([str(tmp_path), "--out", str(tmp_path / "out"), "--no-plots"]) == 0
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert "no two evaluated groups trained on the same tasks" in markdown
+    assert "| agg=ls [unfinished] | 0 | n/a | n/a | n/a |" in markdown
