@@ -147,9 +147,9 @@ def _mtl_run(path: Path, summary: Mapping[str, Any]) -> Run:
     config = summary["config"]
     evaluations = list(summary.get("evaluations") or [])
     return Run(
-        path=path.parent, kind="random" if is_random_policy(summary) else "mtl", seed=int(summary["seed"]), finished=bool(summary["finished"]),
-        steps=int(summary["steps"]), target_steps=int(config.get("steps", summary["steps"])),
-        tasks=list(summary["tasks"]),
+        path=path.parent, kind="random" if is_random_policy(summary) else "mtl", seed=int(summary["seed"]),
+        finished=bool(summary["finished"]), steps=int(summary["steps"]),
+        target_steps=int(config.get("steps", summary["steps"])), tasks=list(summary["tasks"]),
         evaluations=evaluations, best=summary.get("best"), final=summary.get("final"),
         wall_time_s=summary.get("wall_time_s"), config=_experiment_config(config),
         eval_episodes=_eval_episodes(config), protocol=(config.get("protocol") or {}).get("name"),
