@@ -6,12 +6,17 @@ TensorBoard events for the weight curves; ``stl_summary.json`` of ``python -m mt
 ``--out`` (default: the first directory):
 
 * ``report.md`` / ``report.csv`` / ``report.tex``: per group the seeds, the best mean success over training
-  (PIVRG Table 4's metric) and the final one, mean ± standard error over seeds, the step of the best,
-  the variance over tasks of the per-task success, wall time, and the metric's definition and the caveats
-  (unfinished runs, different budgets) under the table; the Markdown is also printed;
-* ``per_task.png``: per-task success heat map (the per-task table is in ``report.md``);
-* ``curves.png``: mean success vs vector steps with a standard-error band per group;
-* ``weights.png``: the aggregators' task weights and PIVRG's ω over training;
+  (PIVRG Table 4's metric) and the final one, mean ± standard error over seeds, each seed's step of the
+  best, the variance over tasks of the per-task success, wall time, and the metric's definition and the
+  caveats (unfinished runs, different budgets) under the table; then the interquartile mean and mean over
+  runs x tasks with stratified-bootstrap intervals and the probability of improvement between groups
+  (Agarwal et al. 2021); the per-task tables; the Markdown tables are also printed;
+* ``per_task.png``: per-task success heat maps (final and best evaluation);
+* ``curves.png``: mean success vs vector steps with a standard-error band per group (the random policy
+  as a flat line);
+* ``aggregates.png``: IQM and mean with their intervals, and the probability-of-improvement matrix;
+* ``weights.png``: the aggregators' task weights over training; ``omega.png``: PIVRG's (and the ``pi_*``
+  variants') ω and Var[Δm] over training;
 * for supervised results: ``summary.md`` / ``summary.json`` (and ``noise_sweep.png``) of
   :func:`mtrl.supervised.bench.summarize`;
 * for the paper benchmarks (NYUv2, Cityscapes, QM9, ...): ``paper_tables.md`` / ``paper_tables.json``, the
@@ -31,7 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from mtrl.report.runs import Group, ReportError, Run, group_runs, load_runs
-from mtrl.report.tables import (GroupRow, csv_text, latex_table, markdown_table, metric_definition, notes,
+from mtrl.report.tables import (GroupRow, aggregate_definition, aggregate_markdown, csv_text, improvement_markdown,
+                                improvement_matrix, latex_tables, markdown_table, metric_definition, notes,
                                 per_task_markdown, summarize_group)
 
 __all__ = ["ReportError", "Run", "Group", "GroupRow", "load_runs", "group_runs", "rl_report", "main"]
@@ -45,19 +51,18 @@ def rl_report(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> dict[st
 
     groups = group_runs(runs)
     rows = [summarize_group(group) for group in groups]
+    matrix = improvement_matrix(rows)
     table, definition, caveats = markdown_table(rows), metric_definition(runs), notes(rows, groups)
+    aggregate = ["## Aggregate metrics over runs × tasks", "", aggregate_markdown(rows), "",
+                 improvement_markdown(rows, matrix), "", aggregate_definition()]
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = {}
-    if plots:
-        files["curves"] = figures.plot_curves(groups, out_dir / "curves.png")
-        files["per_task"] = figures.plot_heatmap(rows, out_dir / "per_task.png")
-        weights = figures.plot_weights(groups, out_dir / "weights.png")
-        if weights is not None:
-            files["weights"] = weights
+    files = figures.plot_report(groups, rows, matrix, out_dir) if plots else {}
     sections = ["# Report", "", table, "", definition, ""]
     sections += [f"- {note}" for note in caveats] + ([""] if caveats else [])
-    sections += ["## Per-task success (%) at the best evaluation, mean ± s.e. over seeds", "",
-                 per_task_markdown(rows), ""]
+    sections += aggregate + [""]
+    for record in ("final", "best"):
+        sections += [f"## Per-task success (%) at the {record} evaluation, mean ± s.e. over seeds", "",
+                     per_task_markdown(rows, record), ""]
     sections += [f"![{name}]({path.name})" for name, path in files.items()]
     sections += ["", "## Runs", ""] + [f"- {group.name}: " + ", ".join(f"seed {run.seed} `{run.path}`"
                                                                         for run in group.runs) for group in groups]
@@ -65,19 +70,19 @@ def rl_report(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> dict[st
     files["md"] = out_dir / "report.md"
     files["md"].write_text(markdown)
     files["csv"] = out_dir / "report.csv"
-    files["csv"].write_text(csv_text(rows))
+    files["csv"].write_text(csv_text(rows, matrix))
     files["tex"] = out_dir / "report.tex"
-    files["tex"].write_text(latex_table(rows, "Mean success over tasks; mean ± standard error over seeds. "
-                                        + definition.split(". ")[0] + ".") + "\n")
-    console = "\n".join([table, "", definition] + [f"- {note}" for note in caveats])
+    files["tex"].write_text(latex_tables(rows, matrix, "Mean success over tasks; mean ± standard error over seeds. "
+                                         + definition.split(". ")[0] + ".") + "\n")
+    console = "\n".join([table, "", definition] + [f"- {note}" for note in caveats] + [""] + aggregate)
     return {"rows": rows, "groups": groups, "markdown": markdown, "console": console, "files": files}
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mtrl.report",
-        description="Tables (report.md/.csv/.tex) and figures (per_task.png, curves.png, weights.png) of the runs "
-                    "below the given directories, grouped by everything but the seed.")
+        description="Tables (report.md/.csv/.tex) and figures (curves.png, per_task.png, aggregates.png, weights.png, "
+                    "omega.png) of the runs below the given directories, grouped by everything but the seed.")
     parser.add_argument("paths", nargs="+", help="sweep or run directories, or glob patterns (quoted)")
     parser.add_argument("--out", default=None, help="where the report's files go (default: the first directory)")
     parser.add_argument("--no-plots", "--no-plot", dest="plots", action="store_false", help="write no PNG")

@@ -1,7 +1,10 @@
 """Finding the runs of a sweep, reading them, and grouping them by everything but the seed.
 
 A run is a directory with the ``summary.json`` of ``python -m mtrl.train`` (:meth:`Trainer.summary`) or the
-``stl_summary.json`` of ``python -m mtrl.stl`` (the single-task baseline, reported as the STL row).
+``stl_summary.json`` of ``python -m mtrl.stl`` (the single-task baseline, reported as the STL row). A
+``summary.json`` with ``"policy": "random"`` (in the summary or its config) or the aggregator ``random`` is
+the random-policy baseline: uniform random actions evaluated under the same protocol, its own kind, never
+pooled with trained runs, reported as the "random policy" row.
 Keys the readers do not know are ignored, so newer summaries (``backend``, resume ``segments``) read too.
 """
 
@@ -23,7 +26,7 @@ from mtrl.training.tracking import EvalHistory
 log = logging.getLogger("mtrl.report")
 
 __all__ = ["ReportError", "Run", "Group", "find_summaries", "load_run", "load_runs", "group_runs",
-           "NOT_EXPERIMENT_KEYS"]
+           "is_random_policy", "NOT_EXPERIMENT_KEYS", "KINDS"]
 
 #: Config keys that do not change what a run measures (how it ran, where, how often it logged): they
 #: neither split groups nor name them. ``seed`` is what a group pools over.
@@ -40,7 +43,7 @@ class Run:
     """One training run (or one STL baseline run), as the report needs it."""
 
     path: Path
-    kind: str                                  # "mtl" (mtrl.train) | "stl" (mtrl.stl)
+    kind: str                                  # "mtl" (mtrl.train) | "stl" (mtrl.stl) | "random" (random policy)
     seed: int
     finished: bool
     steps: int                                 # vector steps done
@@ -126,12 +129,27 @@ def _eval_episodes(config: Mapping[str, Any]) -> int | None:
     return None if episodes is None else int(episodes)
 
 
+#: The kinds of run, in the order of the report's rows: the references first.
+KINDS = ("stl", "random", "mtl")
+#: The random-policy baseline's marker: ``summary["policy"]``, ``config["policy"]`` or the aggregator's name.
+RANDOM_POLICY = "random"
+
+
+def is_random_policy(summary: Mapping[str, Any]) -> bool:
+    """Whether a ``summary.json`` is the random-policy baseline's (not a trained run's)."""
+    config = summary.get("config") or {}
+    agg = config.get("agg")
+    return RANDOM_POLICY in (summary.get("policy"), config.get("policy"), summary.get("agg"),
+                             agg.get("name") if isinstance(agg, Mapping) else agg)
+
+
 def _mtl_run(path: Path, summary: Mapping[str, Any]) -> Run:
     config = summary["config"]
     evaluations = list(summary.get("evaluations") or [])
     return Run(
-        path=path.parent, kind="mtl", seed=int(summary["seed"]), finished=bool(summary["finished"]),
-        steps=int(summary["steps"]), target_steps=int(config["steps"]), tasks=list(summary["tasks"]),
+        path=path.parent, kind="random" if is_random_policy(summary) else "mtl", seed=int(summary["seed"]),
+        finished=bool(summary["finished"]), steps=int(summary["steps"]),
+        target_steps=int(config.get("steps", summary["steps"])), tasks=list(summary["tasks"]),
         evaluations=evaluations, best=summary.get("best"), final=summary.get("final"),
         wall_time_s=summary.get("wall_time_s"), config=_experiment_config(config),
         eval_episodes=_eval_episodes(config), protocol=(config.get("protocol") or {}).get("name"),
@@ -172,7 +190,7 @@ def load_run(path: Path) -> Run | None:
             return _stl_run(path, summary)
         if isinstance(summary, list):   # the summary.json that mtrl.supervised's summaries write
             return None
-        if "agg" not in summary or "config" not in summary:
+        if "config" not in summary or ("agg" not in summary and not is_random_policy(summary)):
             log.warning("%s: not a summary of `python -m mtrl.train`; skipped.", path)
             return None
         return _mtl_run(path, summary)
@@ -223,7 +241,7 @@ def _format_value(value: Any) -> str:
 
 
 def _name(run: Run, naming: Sequence[str]) -> str:
-    parts = ["STL" if run.kind == "stl" else f"agg={run.config.get('agg.name')}"]
+    parts = [{"stl": "STL", "random": "random policy"}.get(run.kind, f"agg={run.config.get('agg.name')}")]
     parts += [f"{key}={_format_value(run.config.get(key))}" for key in naming
               if key != "agg.name" and key in run.config]
     return " ".join(parts)
@@ -239,12 +257,13 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     for run in runs:
         buckets[_group_key(run)].append(run)
     naming = {kind: _naming_keys([members[0].config for members in buckets.values() if members[0].kind == kind])
-              for kind in ("mtl", "stl")}
+              for kind in KINDS}
     groups = []
     for members in buckets.values():
         name = _name(members[0], naming[members[0].kind])
         if not members[0].finished:
             name += " [unfinished]"
         groups.append(Group(name=name, runs=sorted(members, key=lambda run: run.seed)))
-    # STL first (the reference row), then by name; an unfinished group right after its finished twin.
-    return sorted(groups, key=lambda group: (group.kind != "stl", group.name))
+    # The references first (STL, the random policy), then by name; an unfinished group right after its
+    # finished twin.
+    return sorted(groups, key=lambda group: (KINDS.index(group.kind), group.name))

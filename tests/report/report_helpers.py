@@ -1,5 +1,6 @@
 """Runs for the report tests: summaries written by the trainer's own ``Trainer.summary`` (exact numbers
-chosen by the test) and STL summaries in ``mtrl.stl``'s format."""
+chosen by the test), STL summaries in ``mtrl.stl``'s format, a random-policy baseline's summary, and
+TensorBoard events with the trainer's tags."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from mtrl.training.loop import Trainer
 from mtrl.training.tracking import EvalHistory
 
 TASKS = ["reach-v3", "push-v3", "pick-place-v3"]
+#: Meta-World's MT10, for the study-sized fixtures.
+MT10 = ["reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
+        "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3"]
 
 
 def config(agg: str, seed: int, steps: int = 1000, **extra: Any) -> dict[str, Any]:
@@ -33,18 +37,21 @@ def config(agg: str, seed: int, steps: int = 1000, **extra: Any) -> dict[str, An
 
 
 def write_summary(run_dir: Path, cfg: dict[str, Any], success: np.ndarray, finished: bool = True,
-                  wall_time_s: float = 60.0) -> dict[str, Any]:
-    """``summary.json`` of a run whose evaluation ``e`` had per-task success ``success[e]`` (every
-    ``eval_every`` steps), written by :meth:`Trainer.summary` itself."""
-    history = EvalHistory(TASKS)
-    for e, row in enumerate(success):
-        history.add((e + 1) * cfg["eval_every"], dict(zip(TASKS, map(float, row))))
+                  wall_time_s: float = 60.0, tasks: list[str] | None = None,
+                  steps: list[int] | None = None) -> dict[str, Any]:
+    """``summary.json`` of a run whose evaluation ``e`` had per-task success ``success[e]`` (at ``steps[e]``,
+    by default every ``eval_every`` steps), written by :meth:`Trainer.summary` itself."""
+    tasks = tasks or TASKS
+    steps = steps or [(e + 1) * cfg["eval_every"] for e in range(len(success))]
+    history = EvalHistory(tasks)
+    for step, row in zip(steps, success):
+        history.add(step, dict(zip(tasks, map(float, row))))
     trainer = Trainer.__new__(Trainer)   # the summary's format without environments or networks
     trainer.s = SimpleNamespace(env_name=cfg["env"]["name"], agg_name=cfg["agg"]["name"], seed=cfg["seed"],
-                                task_names=TASKS, num_tasks=len(TASKS), config=cfg)
-    trainer.history, trainer.step = history, history.last_step
+                                task_names=tasks, num_tasks=len(tasks), config=cfg)
+    trainer.history, trainer.step = history, history.last_step or 0
     trainer.agent = SimpleNamespace(updates=trainer.step)
-    trainer.elapsed_before, trainer.episodes_done = wall_time_s, np.zeros(len(TASKS), dtype=np.int64)
+    trainer.elapsed_before, trainer.episodes_done = wall_time_s, np.zeros(len(tasks), dtype=np.int64)
     trainer.segments = [{"start": 0, "end": trainer.step, "pid": 0}]
     trainer.env, trainer.eval_env = SimpleNamespace(backend="gymnasium"), None
     trainer.guard = SimpleNamespace(skipped=0)
@@ -67,3 +74,25 @@ def write_stl_summary(run_dir: Path, success: dict[str, list[float]], eval_every
            "report": "best", "sac": {"hidden_dim": 400}}
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "stl_summary.json").write_text(json.dumps({"report": "best", "per_task": per_task, "config": cfg}))
+
+
+def write_random_summary(run_dir: Path, seed: int, success: np.ndarray, tasks: list[str] | None = None,
+                         steps: list[int] | None = None) -> dict[str, Any]:
+    """A random-policy baseline's ``summary.json``: a training run's format with ``"policy": "random"`` in
+    the summary and its config and the aggregator named ``random`` (the agreed marker, nothing else)."""
+    cfg = config("random", seed, policy="random")
+    summary = write_summary(run_dir, cfg, success, tasks=tasks, steps=steps)
+    summary["policy"] = "random"
+    (run_dir / SUMMARY_NAME).write_text(json.dumps(summary))
+    return summary
+
+
+def write_events(run_dir: Path, scalars: dict[str, list[tuple[int, float]]]) -> None:
+    """TensorBoard events in ``run_dir`` with the given ``{tag: [(step, value)]}`` scalars."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir))
+    for tag, points in scalars.items():
+        for step, value in points:
+            writer.add_scalar(tag, value, step)
+    writer.close()

@@ -16,7 +16,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from mtrl.report import main
-from mtrl.report.plots import read_scalars
+from mtrl.report.plots import read_scalars, read_signals
+from mtrl.report.runs import group_runs, load_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
@@ -60,8 +61,13 @@ def test_report_of_a_submitit_local_sweep(sweep: Path, tmp_path: Path) -> None:
         assert float(rows[f"agg={agg}"]["best_mean"]) == pytest.approx(np.mean(best))
         assert float(rows[f"agg={agg}"]["final_mean"]) == pytest.approx(np.mean(final))
         assert float(rows[f"agg={agg}"]["best_se"]) == pytest.approx(np.std(best, ddof=1) / np.sqrt(2))
-    for name in ("curves.png", "per_task.png", "weights.png"):
+    for name in ("curves.png", "per_task.png", "aggregates.png", "weights.png", "omega.png"):
         assert (tmp_path / name).stat().st_size > 10_000, name
+    # The trainer's own tags: ω and Var[Δm] for PIVRG only, the task weights for both.
+    signals = read_signals(group_runs(load_runs([sweep])))
+    assert sorted(signals["agg=pivrg"]) == ["agg/actor/weight", "agg/critic/weight", "agg/omega", "agg/var_dm"]
+    assert sorted(signals["agg=ls"]) == ["agg/actor/weight", "agg/critic/weight"]
+    assert len(signals["agg=pivrg"]["agg/var_dm"][""]) == 2                       # one series per seed
     assert "(protocol metaworld)" in (tmp_path / "report.md").read_text()
     # The weight figure's data: PIVRG's ω and the critic weights from the runs' TensorBoard events.
     pivrg_run = next(path for path, s in summaries.items() if s["agg"] == "pivrg")

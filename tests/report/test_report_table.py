@@ -61,8 +61,9 @@ def test_mean_and_standard_error_equal_a_hand_computation(sweep, tmp_path: Path,
         assert float(row["final_mean"]) == pytest.approx(sum(final) / 3)
         assert float(row["final_se"]) == pytest.approx(_se(final))
         assert float(row["var_tasks_mean"]) == pytest.approx(sum(spread) / 3)
-        assert float(row["best_step_mean"]) == pytest.approx(np.mean([summaries[agg, s]["best"]["step"]
-                                                                      for s in range(3)]))
+        steps = [summaries[agg, s]["best"]["step"] for s in range(3)]
+        assert row["best_step_per_seed"] == " ".join(map(str, steps))          # each an evaluated step
+        assert int(row["best_step_median"]) == sorted(steps)[1]
         assert float(row["wall_time_s_mean"]) == pytest.approx(101.0)
         for task in TASKS:
             values = [summaries[agg, s]["best"]["per_task"][task] for s in range(3)]
@@ -70,12 +71,15 @@ def test_mean_and_standard_error_equal_a_hand_computation(sweep, tmp_path: Path,
         # The other reading of the paper's metric: the best step of the seed-averaged curve (<= the above).
         curve = np.mean([[e["mean"] for e in summaries[agg, s]["evaluations"]] for s in range(3)], axis=0)
         assert float(row["best_of_mean_curve"]) == pytest.approx(curve.max())
+        assert int(row["best_of_mean_curve_step"]) == 250 * (int(curve.argmax()) + 1)
         assert curve.max() <= sum(best) / 3 + 1e-12
 
     printed = capsys.readouterr().out
     ls = rows["agg=ls steps=1000"]
     best = f"{100 * float(ls['best_mean']):.1f} ± {100 * float(ls['best_se']):.1f}"
-    assert f"| agg=ls steps=1000 | 3 | {best} |" in printed
+    steps = ", ".join(str(summaries["ls", s]["best"]["step"]) for s in range(3))
+    assert f"| agg=ls steps=1000 | 3 | {best} | " in printed and f" | {steps} | " in printed
+    assert "step of best (per seed)" in printed
     assert "1 evaluation episode" not in printed and "10 evaluation episode(s) per task" in printed
     assert "`info['success']` is true at any step" in printed and "deterministic policy" in printed
 
@@ -92,7 +96,7 @@ def test_unfinished_runs_and_other_budgets_are_flagged_not_pooled(sweep, tmp_pat
     report = (tmp_path / "report.md").read_text()
     assert "UNFINISHED (steps 500 of 1000)" in report
     assert "Different step budgets (1000, 2000 steps)" in report and "not pooled" in report
-    assert "agg=ls steps=2000: one seed, no standard error." in report
+    assert "agg=ls steps=2000: one seed, no standard error, no bootstrap interval" in report
     tex = (tmp_path / "report.tex").read_text()
     assert r"\begin{tabular}" in tex and r"$^\dagger$" in tex and r" $\pm$ " in tex
 
