@@ -13,7 +13,9 @@ TensorBoard events for the weight curves; ``stl_summary.json`` of ``python -m mt
 * ``curves.png``: mean success vs vector steps with a standard-error band per group;
 * ``weights.png``: the aggregators' task weights and PIVRG's ω over training;
 * for supervised results: ``summary.md`` / ``summary.json`` (and ``noise_sweep.png``) of
-  :func:`mtrl.supervised.bench.summarize`.
+  :func:`mtrl.supervised.bench.summarize`;
+* for the paper benchmarks (NYUv2, Cityscapes, QM9, ...): ``paper_tables.md`` / ``paper_tables.json``, the
+  papers' table layout per benchmark (:mod:`.supervised`).
 
 Modules: :mod:`.runs` (finding, reading, grouping), :mod:`.tables` (statistics and formats),
 :mod:`.plots` (figures).
@@ -104,10 +106,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _report(paths: Sequence[str], out_dir: Path, plots: bool) -> int:
     from mtrl.supervised.bench import load_results, summarize
 
+    from mtrl.report.supervised import load_paper_results, paper_report
+
     runs = load_runs(paths, required=False)
     supervised = [result for path in paths for match in _directories(path) for result in load_results(match)]
-    if not runs and not supervised:
+    paper = load_paper_results(paths)
+    if not runs and not supervised and not paper:
         load_runs(paths)   # raises the error that says what is missing
+    if paper:
+        report = paper_report(paper, out_dir)
+        print(report["markdown"])
+        print(f"Paper tables: {report['files']['md']}")
     if supervised:
         summarize(supervised, out_dir, plot=plots)
         print(f"\nSupervised summary: {out_dir / 'summary.md'}")
