@@ -13,7 +13,8 @@ whose name contains ``ratio``. ``--quick`` shrinks every benchmark to a CI-sized
 tests use to check that each one runs and writes its JSON; the numbers of a quick run mean nothing.
 
 Benchmarks (``BENCHMARKS``, in the order ``--help`` lists them):
-``env``, ``jacobian``, ``update``, ``launches``, ``aggregators``, ``train``, ``learn``, ``gpu-check``.
+``env``, ``jacobian``, ``update``, ``launches``, ``aggregators``, ``train``, ``learn``, ``supervised``,
+``gpu-check``.
 """
 
 from __future__ import annotations
@@ -31,5 +32,6 @@ BENCHMARKS: dict[str, str] = {
     "aggregators": "aggregators",
     "train": "train",
     "learn": "learn",
+    "supervised": "supervised",
     "gpu-check": "gpu_check",
 }

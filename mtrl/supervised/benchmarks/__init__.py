@@ -13,7 +13,8 @@ How a benchmark plugs in (one module per benchmark, found whole in one file):
    :class:`BenchmarkDataError` when it is missing or malformed), ``build_model``, ``shared_parameters``,
    ``forward``, ``losses`` (``[k]``), ``new_metrics`` (a whole-split accumulator returning the columns in the
    paper's table units) and ``synthetic_batch`` (random tensors of the real sizes, for
-   ``python -m mtrl.bench supervised``). Override ``loader`` when the data need their own batching.
+   ``python -m mtrl.bench supervised``, which also reads ``train_size`` for a time per epoch and
+   ``quick_options`` for its CI-sized run). Override ``loader`` when the data need their own batching.
 2. Decorate the class with :func:`register` and add ``"<name>": "<module>"`` to :data:`MODULES` so that
    :func:`get` can import it on demand (benchmarks with heavy optional imports stay lazy).
 3. Add ``configs/bench/<name>.yaml`` (``# @package bench``) with the paper's budget and optimiser as

@@ -106,6 +106,10 @@ class Benchmark(ABC):
         noisy_tasks: the tasks whose training labels ``noise=<level>`` corrupts (ExcessMTL Sec. 4.2);
             empty where the benchmark has no noise option.
         layout: the on-disk layout expected under ``data_dir`` and where the data are published.
+        train_size: the real training split's size (``python -m mtrl.bench supervised`` turns the time per
+            step into a time per epoch with it); ``None`` where unknown.
+        quick_options: options that shrink :meth:`synthetic_batch` for a CI-sized ``--quick`` benchmark run
+            (e.g. a smaller image size); ``{}`` keeps the real sizes.
     """
 
     name: ClassVar[str]
@@ -114,6 +118,8 @@ class Benchmark(ABC):
     performance_split: ClassVar[str] = "val"
     noisy_tasks: ClassVar[tuple[str, ...]] = ()
     layout: ClassVar[str] = ""
+    train_size: ClassVar[int | None] = None
+    quick_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options = dict(options or {})

@@ -30,6 +30,7 @@ class Cityscapes(DenseBenchmark):
     label_folder = "label_7"
     num_classes = 7
     with_normals = False
+    train_size = 2975
     layout = (
         "  <data_dir>/{train,val}/image/<i>.npy    128×256×3 float\n"
         "  <data_dir>/{train,val}/label_7/<i>.npy  128×256, classes 0-6, -1 = unlabelled\n"

@@ -320,10 +320,11 @@ class DenseBenchmark(Benchmark):
     """NYUv2 / Cityscapes: MTAN-SegNet on an MTAN ``.npy`` release (see the module docstring).
 
     Options (``configs/bench/<name>.yaml``): ``augment`` (training augmentation), ``metric_reduction``
-    (``batch`` | ``pixel``).
+    (``batch`` | ``pixel``); ``image_size`` (``[H, W]``) sizes :meth:`synthetic_batch` only.
     """
 
     performance_split: ClassVar[str] = "train"
+    quick_options: ClassVar[dict[str, Any]] = {"image_size": (32, 64)}
     image_size: ClassVar[tuple[int, int]]
     label_folder: ClassVar[str]
     num_classes: ClassVar[int]
@@ -377,7 +378,7 @@ class DenseBenchmark(Benchmark):
         return DenseMetrics(self.num_classes, self.with_normals, str(self.options.get("metric_reduction", "batch")))
 
     def synthetic_batch(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
-        h, w = self.image_size
+        h, w = self.options.get("image_size") or self.image_size
         batch = {"image": torch.rand(batch_size, 3, h, w, generator=generator),
                  "label": torch.randint(-1, self.num_classes, (batch_size, h, w), generator=generator),
                  "depth": torch.rand(batch_size, 1, h, w, generator=generator) + 0.1}

@@ -36,6 +36,7 @@ class NYUv2(DenseBenchmark):
     label_folder = "label"
     num_classes = 13
     with_normals = True
+    train_size = 795
     layout = (
         "  <data_dir>/{train,val}/image/<i>.npy   288×384×3 float\n"
         "  <data_dir>/{train,val}/label/<i>.npy   288×384, classes 0-12, -1 = unlabelled\n"

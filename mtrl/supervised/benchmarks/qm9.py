@@ -178,13 +178,16 @@ class _MAE:
 
 @register
 class QM9(Benchmark):
-    """Options: ``test_size``, ``val_size`` (split sizes), ``scale_targets`` (normalise the targets)."""
+    """Options: ``test_size``, ``val_size`` (split sizes), ``scale_targets`` (normalise the targets); ``atoms``
+    (atoms per molecule) sizes :meth:`synthetic_batch` only."""
 
     name = "qm9"
     tasks = _NAMES
     columns = tuple(MetricColumn(name, name, False, header) for name, header in zip(_NAMES, _HEADERS))
     performance_split = "val"
     layout = _LAYOUT
+    train_size = 110_831
+    quick_options = {"atoms": 5}
 
     def __init__(self, options=None) -> None:
         super().__init__(options)
@@ -235,13 +238,14 @@ class QM9(Benchmark):
     def synthetic_batch(self, batch_size: int, generator: torch.Generator) -> Any:
         from torch_geometric.data import Batch, Data
 
+        atoms = int(self.options.get("atoms") or _ATOMS)
         graphs = []
         for _ in range(batch_size):
-            bonds = torch.stack([torch.arange(_ATOMS - 1), torch.arange(1, _ATOMS)])
-            data = Data(x=torch.rand(_ATOMS, _NODE_FEATURES, generator=generator),
+            bonds = torch.stack([torch.arange(atoms - 1), torch.arange(1, atoms)])
+            data = Data(x=torch.rand(atoms, _NODE_FEATURES, generator=generator),
                         edge_index=torch.cat([bonds, bonds.flip(0)], 1),
-                        edge_attr=torch.rand(2 * (_ATOMS - 1), _EDGE_FEATURES - 1, generator=generator),
-                        pos=torch.randn(_ATOMS, 3, generator=generator),
+                        edge_attr=torch.rand(2 * (atoms - 1), _EDGE_FEATURES - 1, generator=generator),
+                        pos=torch.randn(atoms, 3, generator=generator),
                         y=torch.randn(1, 19, generator=generator))
             graphs.append(_Transform(None, None)(data))
         return Batch.from_data_list(graphs)
