@@ -4,6 +4,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -247,3 +250,34 @@ def test_which_task_multidigits_up_weights_at_noise_08(hidden: int, epochs: int,
     clean_share = float(torch.stack(weights[-39:])[:, 0].mean())  # the last epoch's 39 steps
     assert (clean_share > 0.5) == clean_wins, clean_share
     assert abs(clean_share - 0.5) > 0.05, clean_share
+
+
+def test_the_authors_rule_gives_our_weights_on_the_sarcos_layout_with_noisy_torques(tmp_path: Path) -> None:
+    """The same check on SARCOS's layout (fixture ``.mat`` files) with ExcessMTL's noise on torques 1-2,
+    trained through the benchmark's loader, model and :class:`~mtrl.supervised.MultiTaskTrainer`."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "supervised"))
+    from classification_fixtures import write_sarcos
+
+    from mtrl.aggregation._excessmtl import ExcessMTL
+    from mtrl.supervised import MultiTaskTrainer
+    from mtrl.supervised.benchmarks import get
+
+    class Recording(ExcessMTL):
+        jacobians: list[torch.Tensor] = []
+
+        def _weights(self, jacobian, stats):
+            self.jacobians.append(jacobian.detach().clone())
+            return super()._weights(jacobian, stats)
+
+    sarcos = get("sarcos")()
+    splits = sarcos.splits(write_sarcos(tmp_path, n_train=400, n_test=20), seed=0, noise=0.8)
+    torch.manual_seed(0)
+    model = sarcos.build_model()
+    method = Recording(robust_step_size=0.1)
+    trainer = MultiTaskTrainer(model, lambda batch: sarcos.losses(sarcos.forward(model, batch), batch), method,
+                               torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-2))
+    weights = [trainer.step(batch).weights
+               for batch in list(sarcos.loader(splits.train, 32, shuffle=True, generator=torch.Generator())) * 2]
+    authors = excess_mtl_authors(method.jacobians, robust_step_size=0.1)
+    torch.testing.assert_close(7 * torch.stack(weights).double(), torch.stack(authors), rtol=1e-5, atol=0)
+    assert len(weights) == 24 and not torch.allclose(weights[-1], torch.full((7,), 1 / 7), atol=1e-3)
