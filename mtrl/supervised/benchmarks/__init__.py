@@ -44,6 +44,10 @@ MODULES: dict[str, str] = {
     "nyuv2": "nyuv2",
     "cityscapes": "cityscapes",
     "qm9": "qm9",
+    "celeba": "celeba",
+    "officehome": "office",
+    "office31": "office",
+    "sarcos": "sarcos",
 }
 
 #: Keys of ``configs/bench/<name>.yaml`` that the framework (not the benchmark) reads.

@@ -145,7 +145,8 @@ def reference(benchmark: Benchmark, bench: Mapping[str, Any], *, baseline: str |
     """The single-task reference ``{"source", "test": {column: value}[, "train", "val"]}`` or ``None``.
 
     ``stl_file`` (JSON ``{"source"?, "values": {...}}`` or per split ``{"test": {...}, ...}``) wins; then
-    ``baseline``: unset / ``paper`` -> the config's ``stl`` row; ``stl`` -> ``train_stl()`` (single-task runs);
+    ``baseline``: unset / ``paper`` -> the config's ``stl`` row (unset without a row: ``train_stl()``);
+    ``stl`` -> ``train_stl()`` (single-task runs);
     ``none`` -> no reference. A paper row serves every split, as the authors' code uses it for the
     training- and validation-split Δm too.
     """
@@ -154,6 +155,8 @@ def reference(benchmark: Benchmark, bench: Mapping[str, Any], *, baseline: str |
         payload = json.loads(Path(stl_file).read_text())
         ref = _per_split(payload, f"stl_file={stl_file}")
         ref.setdefault("source", str(stl_file))
+    elif baseline is None and not (bench.get("stl") or {}).get("values"):
+        ref = train_stl()   # no STL row in the papers (SARCOS, Office): single-task runs of this toolkit
     elif baseline in (None, "paper"):
         row = bench.get("stl") or {}
         if not row.get("values"):
