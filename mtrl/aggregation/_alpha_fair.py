@@ -217,15 +217,13 @@ def _barrier(v: Tensor, p: float) -> Tensor:
     return v.log() if p == 1.0 else v ** (1.0 - p) / (1.0 - p)
 
 
-def _on_best_point_of_ray(cosines: Tensor, constants: Tensor, p: float, v: Tensor) -> tuple[Tensor, Tensor]:
-    """``(t·v, Cv·t)`` with ``t`` minimising ``f`` on the ray: ``t^(1+p) = Σ c_i v_i^(1-p) / vᵀCv`` (``t = 1`` where
-    ``vᵀCv ≤ 0``, a ray along which ``f`` decreases without bound). ``v`` is ``[..., k]``."""
-    cv = v @ cosines   # (C symmetric)
-    curvature = (cv * v).sum(-1, keepdim=True)
-    bounded = curvature > 1e-12 * (v * v).sum(-1, keepdim=True)
-    factor = ((constants * v ** (1.0 - p)).sum(-1, keepdim=True) / torch.where(bounded, curvature, 1.0)) ** (1.0 / (1.0 + p))
-    factor = torch.where(bounded, factor, 1.0)
-    return v * factor, cv * factor
+def _on_best_point_of_ray(cosines: Tensor, constants: Tensor, p: float, v: Tensor) -> Tensor:
+    """``t·v`` with ``t`` minimising ``f`` on the ray, ``t^(1+p) = Σ c_i v_i^(1-p) / vᵀCv``; ``v`` is ``[..., k]``.
+    Where ``vᵀCv ≤ 1e-12 vᵀv`` — ``f`` decreases without bound along the ray, up to the rounding of ``C`` (the
+    cosines of opposite rows are −1 only to float64 precision) — there is no solution: ``t`` is infinite."""
+    curvature = ((v @ cosines) * v).sum(-1, keepdim=True)   # (C symmetric)
+    curvature = torch.where(curvature > 1e-12 * (v * v).sum(-1, keepdim=True), curvature, 0.0)
+    return v * (((v ** (1.0 - p) * constants).sum(-1, keepdim=True) / curvature) ** (1.0 / (1.0 + p)))
 
 
 def _first_iterate(problem: _ScaledProblem, start: Tensor | None) -> Tensor:
@@ -235,12 +233,12 @@ def _first_iterate(problem: _ScaledProblem, start: Tensor | None) -> Tensor:
     cosines, constants, p = problem.cosines, problem.constants, problem.p
     orthogonal = _orthogonal_start(constants, p)
     if start is None:
-        return _on_best_point_of_ray(cosines, constants, p, orthogonal)[0]
+        return _on_best_point_of_ray(cosines, constants, p, orthogonal)
     guess = torch.where(problem.active, start.log() - problem.shift, 0.0).exp()
     usable = torch.isfinite(guess.log().sum())   # finite and positive on every row
-    candidates, cv = _on_best_point_of_ray(cosines, constants, p, torch.stack([orthogonal, torch.where(usable, guess, orthogonal)]))
-    potential = 0.5 * (cv * candidates).sum(-1) - _barrier(candidates, p) @ constants
-    return torch.where(potential[1] < potential[0], candidates[1], candidates[0])
+    candidates = _on_best_point_of_ray(cosines, constants, p, torch.stack([orthogonal, torch.where(usable, guess, orthogonal)]))
+    potential = 0.5 * ((candidates @ cosines) * candidates).sum(-1) - _barrier(candidates, p) @ constants
+    return torch.where(potential[1] < potential[0], candidates[1], candidates[0])   # (NaN: the orthogonal start)
 
 
 def _newton(problem: _ScaledProblem, v: Tensor, iterations: int) -> tuple[Tensor, Tensor]:
@@ -249,17 +247,18 @@ def _newton(problem: _ScaledProblem, v: Tensor, iterations: int) -> tuple[Tensor
     no acceptable step, divergence, or the iterations ran out)."""
     cosines = problem.cosines
     fractions = 0.5 ** torch.arange(LINE_SEARCH_STEPS, dtype=cosines.dtype, device=cosines.device)
-    done = failed = torch.zeros((), dtype=torch.bool, device=cosines.device)
+    done = settled = torch.zeros((), dtype=torch.bool, device=cosines.device)
     for _ in range(iterations):
-        v, done, failed = _newton_step(problem, v, done, failed, fractions)
-        if _linalg.may_stop(done | failed):
+        v, done, settled = _newton_step(problem, v, done, settled, fractions)
+        if _linalg.may_stop(settled):
             break
     return v, done
 
 
-def _newton_step(problem: _ScaledProblem, v: Tensor, done: Tensor, failed: Tensor,
+def _newton_step(problem: _ScaledProblem, v: Tensor, done: Tensor, settled: Tensor,
                  fractions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """One safeguarded Newton iteration on ``f``: ``(v, done, failed)`` after it (every branch a mask).
+    """One safeguarded Newton iteration on ``f``: ``(v, done, settled)`` after it, ``settled`` = converged or
+    failed (every branch a mask; a settled iterate stays put).
 
     The step ``s`` solves ``(C + diag(p c v^(-p-1))) s = −∇f``; a fraction-to-boundary rule (iterates stay
     positive) bounds its length, the Armijo search tries the lengths ``t_max · fractions`` at once and keeps
@@ -268,31 +267,31 @@ def _newton_step(problem: _ScaledProblem, v: Tensor, done: Tensor, failed: Tenso
     cosines, constants, p = problem.cosines, problem.constants, problem.p
     target = constants * v ** (-p)
     cv = cosines @ v
-    gradient = cv - target
-    curvature = p * target / v
-    step = -torch.linalg.solve_ex(cosines + torch.diag_embed(curvature), gradient).result   # unchecked: masked below
+    descent = target - cv   # −∇f
+    step = torch.linalg.solve_ex(cosines + torch.diag_embed(p * target / v), descent).result   # unchecked: masked below
     relative = step / v
-    residual = (gradient.abs() / target).max()
+    error = descent.abs()
+    residual = (error / target).max()
     # Stalled at float64 precision: a task with a tiny gradient next to large ones has a utility that is
     # a nearly cancelling sum, which float64 cannot resolve to a small *relative* residual. Accept a
     # residual at rounding level relative to the size of the terms. (A diverging iterate never stalls.)
     stalled = relative.abs().max() < 1e-12
-    backward = (gradient.abs() / (problem.abs_cosines @ v + target)).max()
+    backward = (error / (problem.abs_cosines @ v + target)).max()
     finished = (residual < TOLERANCE) | (stalled & ((residual < 1e-8) | (backward < STALLED_TOLERANCE)))
-    slope = gradient @ step   # < 0: Newton directions descend a convex f
+    decrement = descent @ step   # > 0: Newton directions descend a convex f
     t_max = 0.99 / (-relative.min()).clamp_min(0.99)   # ≤ 1, and 0.99 of the way to the boundary
     lengths = t_max * fractions
-    accepted = _decrease(cosines, cv, constants, p, v, step, relative, lengths) <= 1e-4 * lengths * slope
+    accepted = _decrease(cosines, cv, constants, p, v, step, relative, lengths) <= -1e-4 * decrement * lengths
     # In the last, quadratically convergent steps the decrease is below float64 resolution of f: a full
     # step with a tiny Newton decrement is taken as is.
-    tiny_decrement = -slope <= 1e-12 * (1.0 + v @ cv)
+    tiny_decrement = decrement <= 1e-12 * (1.0 + v @ cv)
     t = torch.where(tiny_decrement, t_max, torch.where(accepted, lengths, 0.0).max())   # the longest accepted
-    moved = _on_best_point_of_ray(cosines, constants, p, v + t * step)[0]
-    # NaN fails every comparison below, so a non-finite step counts as bad.
-    good = (slope < 0) & (t > 0) & (moved.max() <= DIVERGENCE) & (moved.min() > 0) & ~stalled
-    done = done | (finished & ~failed)
-    failed = failed | (~done & ~good)
-    return torch.where(done | failed, v, moved), done, failed
+    moved = _on_best_point_of_ray(cosines, constants, p, v + t * step)
+    # NaN fails every comparison, so a non-finite step counts as bad.
+    good = (decrement > 0) & (t > 0) & (moved.max() <= DIVERGENCE) & ~stalled
+    done = done | (finished & ~settled)
+    settled = settled | finished | ~good
+    return torch.where(settled, v, moved), done, settled
 
 
 def _decrease(cosines: Tensor, cv: Tensor, constants: Tensor, p: float, v: Tensor, step: Tensor, relative: Tensor,
@@ -305,8 +304,11 @@ def _decrease(cosines: Tensor, cv: Tensor, constants: Tensor, p: float, v: Tenso
     Needs ``t s_i / v_i > −1`` (the fraction-to-boundary rule).
     """
     growth = torch.log1p(lengths[:, None] * relative)          # log((v_i + t s_i) / v_i)
-    barrier = growth if p == 1.0 else torch.expm1((1.0 - p) * growth) * (v ** (1.0 - p) / (1.0 - p))
-    return lengths * (step @ cv) + 0.5 * lengths ** 2 * (step @ (cosines @ step)) - barrier @ constants
+    if p == 1.0:
+        barrier = growth @ constants
+    else:
+        barrier = torch.expm1((1.0 - p) * growth) @ (constants * v ** (1.0 - p) / (1.0 - p))
+    return lengths * (step @ cv + (0.5 * (step @ (cosines @ step))) * lengths) - barrier
 
 
 def _bounded_least_squares(problem: _ScaledProblem, solved: Tensor) -> Tensor:

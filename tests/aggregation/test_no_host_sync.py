@@ -255,3 +255,45 @@ def test_a_call_traces_whole_under_compile_and_gives_the_eager_weights(name: str
         torch.testing.assert_close(compiled(jacobian, stats.losses, stats.performance), eager(jacobian, stats),
                                    rtol=1e-12, atol=0)
     assert traced.fallbacks == eager.fallbacks == (2 if name == "pivrg" else 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the GPU check runs it)")
+@pytest.mark.parametrize("name", ["ls", "mgda", "cagrad", "imtlg", "nashmtl", "fairgrad", "pivrg", "pi_nashmtl",
+                                  "excessmtl"])
+def test_cuda_a_call_is_captured_in_a_graph_and_replays_like_eager(name: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU a call with deferred checks is captured in a CUDA graph; its replays never synchronise and
+    give the weights (and fallback counts) of an eager twin that saw the same inputs."""
+    monkeypatch.setattr(_linalg, "may_stop", EARLY_EXIT)   # (off the CPU it never reads anyway)
+    generator = torch.Generator().manual_seed(0)
+    k, n = 4, 64
+
+    def inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (torch.randn(k, n, generator=generator).cuda(), (torch.rand(k, generator=generator) + 0.1).cuda(),
+                (30 * torch.randn(k, generator=generator)).cuda())
+
+    captured, eager = build(name), build(name)
+    jacobian, losses, drops = (t.clone() for t in inputs())
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):   # warm-up: the state tensors are created outside the capture
+        for _ in range(3):
+            captured(jacobian, TaskStats(losses, drops))
+            eager(jacobian, TaskStats(losses, drops))
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        weights = captured(jacobian, TaskStats(losses, drops))
+    for _ in range(3):
+        new = inputs()
+        for static, value in zip((jacobian, losses, drops), new):
+            static.copy_(value)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            graph.replay()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        expected = eager(new[0], TaskStats(new[1], new[2]))
+        torch.testing.assert_close(weights, expected, rtol=1e-5, atol=1e-6)
+    assert captured.fallbacks == eager.fallbacks
+    captured.check()
