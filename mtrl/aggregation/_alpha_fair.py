@@ -27,8 +27,8 @@ turns (*) into ``(C v)_i = c_i ‖g_i‖^(p-1) v_i^(-p)`` for ``v = D w``; the c
 by their geometric mean. This makes the solve independent of the gradients' magnitudes (1e-8 and
 1e8 in one matrix are fine). The scaled problem is solved in float64 by damped Newton on ``f``: a
 fraction-to-boundary rule keeps the iterates positive, an Armijo search tries all its step lengths at
-once and keeps the longest that passes, and after each step the iterate moves to the best point on its
-ray ``t·v`` (``f`` restricted to the ray has a closed-form minimiser). Newton starts from the exact
+once and keeps the longest that passes, and after each step that is not already small the iterate moves
+to the best point on its ray ``t·v`` (``f`` restricted to the ray has a closed-form minimiser). Newton starts from the exact
 solution for orthogonal rows or from the caller's previous weights (``start``), whichever is better.
 
 The ray step matters where (*) has no solution of moderate size: there ``f`` decreases (almost) without
@@ -99,6 +99,8 @@ TOLERANCE = 1e-10
 STALLED_TOLERANCE = 1e-10
 #: Iterates beyond this size (the scaled problem's solution is O(1) when well posed) mean divergence.
 DIVERGENCE = 1e6
+#: Newton steps that change some ``v_i`` by more than this fraction are followed by the ray step.
+RAY_STEP_MIN_CHANGE = 1e-2
 
 
 @dataclass
@@ -262,7 +264,7 @@ def _newton_step(problem: _ScaledProblem, v: Tensor, done: Tensor, settled: Tens
 
     The step ``s`` solves ``(C + diag(p c v^(-p-1))) s = −∇f``; a fraction-to-boundary rule (iterates stay
     positive) bounds its length, the Armijo search tries the lengths ``t_max · fractions`` at once and keeps
-    the longest that passes, and the moved point goes to the best point on its ray.
+    the longest that passes, and (unless the step was small) the moved point goes to the best point on its ray.
     """
     cosines, constants, p = problem.cosines, problem.constants, problem.p
     target = constants * v ** (-p)
@@ -275,7 +277,8 @@ def _newton_step(problem: _ScaledProblem, v: Tensor, done: Tensor, settled: Tens
     # Stalled at float64 precision: a task with a tiny gradient next to large ones has a utility that is
     # a nearly cancelling sum, which float64 cannot resolve to a small *relative* residual. Accept a
     # residual at rounding level relative to the size of the terms. (A diverging iterate never stalls.)
-    stalled = relative.abs().max() < 1e-12
+    change = relative.abs().max()
+    stalled = change < 1e-12
     backward = (error / (problem.abs_cosines @ v + target)).max()
     finished = (residual < TOLERANCE) | (stalled & ((residual < 1e-8) | (backward < STALLED_TOLERANCE)))
     decrement = descent @ step   # > 0: Newton directions descend a convex f
@@ -286,7 +289,10 @@ def _newton_step(problem: _ScaledProblem, v: Tensor, done: Tensor, settled: Tens
     # step with a tiny Newton decrement is taken as is.
     tiny_decrement = decrement <= 1e-12 * (1.0 + v @ cv)
     t = torch.where(tiny_decrement, t_max, torch.where(accepted, lengths, 0.0).max())   # the longest accepted
-    moved = _on_best_point_of_ray(cosines, constants, p, v + t * step)
+    moved = v + t * step
+    # The ray step pays in the damped phase; near the solution, where Newton converges quadratically, its factor
+    # (a ratio of sums that cancel along a direction of small curvature) would only add rounding noise.
+    moved = torch.where(t * change > RAY_STEP_MIN_CHANGE, _on_best_point_of_ray(cosines, constants, p, moved), moved)
     # NaN fails every comparison, so a non-finite step counts as bad.
     good = (decrement > 0) & (t > 0) & (moved.max() <= DIVERGENCE) & ~stalled
     done = done | (finished & ~settled)

@@ -92,13 +92,10 @@ def scaled_gramian(jacobian: Tensor) -> tuple[Tensor, Tensor]:
     columns = block_columns(matrix)
     if matrix.dtype != torch.float64:
         matrix = matrix.float()
-        if matrix.shape[1] <= columns:
-            product = matrix @ matrix.T
-        else:
-            product = torch.zeros(k, k, dtype=torch.float32, device=matrix.device)
-            for start in range(0, matrix.shape[1], columns):
-                block = matrix[:, start:start + columns]
-                product.addmm_(block, block.T)
+        product = torch.zeros(k, k, dtype=torch.float32, device=matrix.device)
+        for start in range(0, matrix.shape[1], columns):
+            block = matrix[:, start:start + columns]
+            product.addmm_(block, block.T)
         return (0.5 * (product + product.T)).to(torch.float64), one
     scale = matrix.abs().max()
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))

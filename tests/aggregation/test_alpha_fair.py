@@ -318,3 +318,86 @@ def test_the_armijo_decrease_equals_the_potential_difference(p: float) -> None:
     torch.testing.assert_close(expanded[:10], direct[:10], rtol=1e-9, atol=0)
     # Tiny steps: the decrease is −t·|slope| to first order, which the direct difference cannot resolve.
     torch.testing.assert_close(expanded[-1] / lengths[-1], slope, rtol=1e-6, atol=0)
+
+
+# ------------------------------------------------ properties on random and degenerate Jacobians
+def backward_error(jacobian: torch.Tensor, weights: torch.Tensor, alpha: float, omega: torch.Tensor) -> float:
+    """(*) in the utilities, ``u_i = ω_i^(1/α) w_i^(-1/α)``, over the non-zero rows: the mismatch relative to the
+    size of the terms that make up each side."""
+    nonzero = jacobian.norm(dim=1) > 0
+    gramian = (jacobian @ jacobian.T)[nonzero][:, nonzero]
+    w = weights[nonzero]
+    wanted = omega[nonzero] ** (1 / alpha) * w ** (-1 / alpha)
+    return float(((gramian @ w - wanted).abs() / (gramian.abs() @ w + wanted)).max())
+
+
+def jacobian_family(case: str) -> torch.Tensor:
+    g = random_jacobian(4, 12, seed=80, spread=1.0)
+    unit = g[0] / g[0].norm()
+    return {
+        "random": g,
+        "duplicated_rows": torch.stack([g[0], g[1], g[1], g[2]]),
+        "zero_row": torch.stack([g[0], torch.zeros(12, dtype=torch.float64), g[1], g[2]]),
+        "nearly_opposite": torch.stack([unit, -unit + 1e-3 * g[1] / g[1].norm(), g[2] / g[2].norm()]),
+        "magnitudes_1e-8_to_1e8": g * torch.tensor([1e-8, 1e-3, 1e3, 1e8], dtype=torch.float64)[:, None],
+    }[case]
+
+
+FAMILIES = ["random", "duplicated_rows", "zero_row", "nearly_opposite", "magnitudes_1e-8_to_1e8"]
+
+
+@pytest.mark.parametrize("case", FAMILIES)
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0, 3.0])
+def test_weights_meet_the_optimality_conditions_of_the_alpha_fair_problem(case: str, alpha: float) -> None:
+    """KKT of ``max Σ ω_i u_i^(1-α)/(1-α)`` over a ball: every non-zero task improves (``u_i = g_iᵀd > 0``) and
+    ``ω_i u_i^(-α) = w_i`` (the utility's gradient ``Gᵀ(ω ⊙ u^(-α))`` is the update ``d = Gᵀw`` itself), up to
+    rounding relative to the size of the terms (a tiny row next to a 1e8 one has a nearly cancelling
+    utility); zero rows get weight 0 and a flagged fallback, the others solve the reduced problem.
+    (From α ≈ 5 on, magnitudes 1e-6 and 1e6 in one matrix put the scaled solution over more than 50 orders of
+    magnitude, beyond the Newton budget: such a solve falls back; so does α = 3 on the nearly opposite rows,
+    whose solution there spreads over more orders of magnitude than the budget reaches.)"""
+    jacobian = jacobian_family(case)
+    if case == "nearly_opposite" and alpha > 2.5:   # outside the budget: flagged, finite, non-negative weights
+        solution = solve_alpha_fair(jacobian, alpha, torch.linspace(0.5, 2.0, 3, dtype=torch.float64))
+        assert bool(solution.fallback) and torch.isfinite(solution.weights).all() and (solution.weights >= 0).all()
+        return
+    k = jacobian.shape[0]
+    omega = torch.linspace(0.5, 2.0, k, dtype=torch.float64)
+    solution = solve_alpha_fair(jacobian, alpha, omega)
+    weights = solution.weights
+    nonzero = jacobian.norm(dim=1) > 0
+    assert bool(solution.fallback) == (case == "zero_row"), solution.reason
+    assert torch.isfinite(weights).all() and (weights[nonzero] > 0).all() and (weights[~nonzero] == 0).all()
+    utilities = jacobian[nonzero] @ (weights @ jacobian)
+    assert (utilities > 0).all()
+    assert backward_error(jacobian, weights, alpha, omega) < 1e-10
+
+
+@pytest.mark.parametrize("case", FAMILIES)
+def test_weights_are_equivariant_to_task_order_and_invariant_to_rotations_of_the_parameters(case: str) -> None:
+    """The problem depends on the Gramian only: a rotation ``G Q`` leaves the weights, a permutation of the
+    tasks (and of ω) permutes them; ``G → sG`` scales them by ``s^(-2α/(1+α))``."""
+    jacobian = jacobian_family(case)
+    k, n = jacobian.shape
+    omega = torch.linspace(0.5, 2.0, k, dtype=torch.float64)
+    base = solve_alpha_fair(jacobian, 2.0, omega).weights
+    rotation, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(81)))
+    torch.testing.assert_close(solve_alpha_fair(jacobian @ rotation, 2.0, omega).weights, base, rtol=1e-8, atol=0)
+    order = torch.randperm(k, generator=torch.Generator().manual_seed(82))
+    torch.testing.assert_close(solve_alpha_fair(jacobian[order], 2.0, omega[order]).weights, base[order], rtol=1e-9, atol=0)
+    for scale in (1e-8, 1e8):
+        torch.testing.assert_close(solve_alpha_fair(scale * jacobian, 2.0, omega).weights,
+                                   base * scale ** (-4 / 3), rtol=1e-9, atol=0)
+
+
+def test_a_nearly_stationary_point_is_solved_exactly_and_an_exactly_stationary_one_falls_back() -> None:
+    """Opposite rows with a small angle between them have a large but finite solution, found exactly (the ray
+    step jumps to its size at once); at the rounding level of the cosine there is no solution: the fallback."""
+    g = random_jacobian(2, 8, seed=83)
+    unit, other = g[0] / g[0].norm(), g[1] / g[1].norm()
+    for tilt, solvable in ((1e-4, True), (1e-9, False)):
+        jacobian = torch.stack([unit, -unit + tilt * other])
+        solution = solve_alpha_fair(jacobian, 2.0, torch.tensor([1.5, 0.5], dtype=torch.float64))
+        assert bool(solution.fallback) != solvable, (tilt, solution.reason)
+        if solvable:   # (the utilities are sums that cancel to 1e-8 of their terms: a relative residual means little)
+            assert backward_error(jacobian, solution.weights, 2.0, torch.tensor([1.5, 0.5], dtype=torch.float64)) < 1e-10
