@@ -25,28 +25,24 @@ Method. (*) is the stationarity condition of the strictly convex potential
 normalised, ``K = D C D`` with ``D = diag(‖g_i‖)`` and ``C`` the cosine matrix (unit diagonal), which
 turns (*) into ``(C v)_i = c_i ‖g_i‖^(p-1) v_i^(-p)`` for ``v = D w``; the constants are then divided
 by their geometric mean. This makes the solve independent of the gradients' magnitudes (1e-8 and
-1e8 in one matrix are fine). The scaled problem is solved in float64 by damped Newton on ``f`` with
-a fraction-to-boundary rule that keeps the iterates positive and an Armijo line search, started from
-the exact solution for orthogonal rows or the caller's previous weights (``start``), whichever is better
-after each is rescaled to the best point on its ray (:func:`_prepare`); it converges quadratically,
-typically in 5-15 iterations for ``k`` up to 50, in 1-3 from a nearby warm start (MT10 training: 5 in most
-solves, up to 10).
+1e8 in one matrix are fine). The scaled problem is solved in float64 by damped Newton on ``f``: a
+fraction-to-boundary rule keeps the iterates positive, an Armijo search tries all its step lengths at
+once and keeps the longest that passes, and after each step that is not already small the iterate moves
+to the best point on its ray ``t·v`` (``f`` restricted to the ray has a closed-form minimiser). Newton starts from the exact
+solution for orthogonal rows or from the caller's previous weights (``start``), whichever is better.
 
-Device. Everything runs in torch on the Jacobian's device, in float64, with every branch taken by a mask
-(``torch.where``): the Armijo search tries all its step lengths at once and keeps the longest that
-passes, and iterates that have converged or failed stay put. A call reads nothing back to the host, so
-it can be captured in a CUDA graph; on a GPU (or with ``_linalg.EARLY_EXIT_ON_CPU`` off) it runs its fixed
-iteration counts (``MAX_ITERATIONS`` from a cold start, ``WARM_ITERATIONS`` from a warm one) and always
-computes the fallback, chosen by mask, its iterations beside Newton's (:func:`_paired_step`). On CUDA a
-solve is three stages fused by ``torch.compile`` (``_linalg.FUSE_ON_DEVICES``): :func:`_prepare`, the iteration
-pairs and :func:`_conclude`; a pair's two k×k systems (Newton's and the fallback's) are solved as one
-batch, one Triton launch (``_linalg.solve_spd``). ``python -m mtrl.bench launches`` counts them from
-inductor's Triton output: at k = 10 a warm solve is 8 + 12 × 12 + 2 launches, against ~170 + 12 × 31 before
-the stages, the solve kernel, the batched solve and the expanded line search (:func:`_decrease`). On the CPU,
-where reading a value costs nothing, it stops as soon as Newton has converged or failed and computes the
-fallback only when it is used: the same arithmetic, so the same weights. The price of one path: a CPU
-solve of a tiny problem is dominated by per-operation overhead (k = 2: ~0.8 ms warm, ~3.5 ms on a Pareto
-front where Newton fails and the fallback runs), several times the NumPy solver this replaced.
+The ray step matters where (*) has no solution of moderate size: there ``f`` decreases (almost) without
+bound along a positive direction of (almost) zero curvature, Newton's steps only grow the iterate by the
+factor ``1 + 1/p`` each, and the ray step jumps along that direction at once, so the divergence shows
+within a few iterations instead of the whole budget.
+
+Flow. One loop of at most ``MAX_ITERATIONS`` Newton iterations (``WARM_ITERATIONS`` from a warm start),
+then one of ``LEAST_SQUARES_ITERATIONS`` fallback iterations, every branch a mask: iterates that have
+converged or failed stay put, and the fallback's point replaces Newton's by mask where Newton did not
+solve (*). A call reads nothing back to the host, traces whole under ``torch.compile`` and can be
+captured in a CUDA graph. On the CPU outside a trace the loops stop early
+(:func:`~mtrl.aggregation._linalg.may_stop`): Newton once it has converged or failed, the fallback at
+once where Newton solved (*) — the same weights either way.
 
 (*) has a positive solution exactly when no non-negative combination of the rows vanishes, i.e. the
 point is not Pareto stationary (Navon et al. 2022, Claim 3.1; PIVRG paper Assumption 1). Where it has
@@ -67,13 +63,10 @@ parameters) — ``f`` has no minimiser and Newton diverges. The fallbacks, each 
    behaviour: the update ``d = Gᵀw`` leans towards the task whose ``c_i ‖g_i‖^(1+p)`` is larger — at a
    Pareto-stationary two-task point with equal gradient norms, the task with the larger ω (PIVRG,
    PI-Nash-MTL), so such a point keeps moving along the front towards the task that is behind.
-   The ridge ``K + μ diag(K)`` used before this did not: its solution favoured the same end of the front
-   whichever task was behind (issue 9).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -106,6 +99,8 @@ TOLERANCE = 1e-10
 STALLED_TOLERANCE = 1e-10
 #: Iterates beyond this size (the scaled problem's solution is O(1) when well posed) mean divergence.
 DIVERGENCE = 1e6
+#: Newton steps that change some ``v_i`` by more than this fraction are followed by the ray step.
+RAY_STEP_MIN_CHANGE = 1e-2
 
 
 @dataclass
@@ -130,13 +125,6 @@ class AlphaFairSolution:
         return "; ".join(reasons)
 
 
-def _log_row_norms(gramian: Tensor, scale: Tensor) -> Tensor:
-    """The rows' true log norms (``-inf`` for zero rows) from the Gramian ``K' = G Gᵀ / s²`` of
-    :func:`~._linalg.scaled_gramian` (float32 Jacobians, the agent's: ``s = 1``; float64 ones are divided by
-    their largest entry first, so that no input magnitude overflows)."""
-    return 0.5 * torch.log(torch.diagonal(gramian).clamp_min(0.0)) + torch.log(scale)
-
-
 def solve_alpha_fair(jacobian: Tensor, alpha: float, utility_weights: Tensor | None = None,
                      start: Tensor | None = None, validate: bool = True) -> AlphaFairSolution:
     """Solve ``(K w)_i = ω_i^(1/α) · w_i^(-1/α)``, ``K = G Gᵀ``, for ``w > 0`` (see the module docstring).
@@ -148,49 +136,27 @@ def solve_alpha_fair(jacobian: Tensor, alpha: float, utility_weights: Tensor | N
         start: ``[k]`` weights to start Newton from (the previous step's, for a warm start): only where
             it is finite and positive on every non-zero row, else the cold start; it changes how fast
             the solve converges, not the solution.
-        validate: check ω's values (a host read); ``False`` (deferred checks) replaces a bad ω by ones.
+        validate: check ω's values (a host read); ``False`` replaces a bad ω by ones (callers that
+            defer their checks have recorded a bad Δm already).
 
     Returns:
         The weights in float64 on the Jacobian's device, and whether a fallback was needed.
     """
     if not alpha > 0 or not math.isfinite(alpha):
         raise ValueError(f"Parameter `alpha` should be a positive finite number. Found `alpha = {alpha!r}`.")
-    # No autograd bookkeeping on the solver's ~100 small operations per iteration (~15% of a CPU solve).
-    # (Not inference mode: its tensors cannot be traced by torch.compile's aot_autograd.)
-    with torch.no_grad():
-        return _solve(jacobian, alpha, utility_weights, start, validate)
-
-
-def _solve(jacobian: Tensor, alpha: float, utility_weights: Tensor | None, start: Tensor | None,
-           validate: bool) -> AlphaFairSolution:
-    """:func:`solve_alpha_fair`'s body (without autograd): scale, Newton, the fallback where it fails, unscale.
-
-    Three stages, each fused into a few kernels on a GPU (:func:`~._linalg.fused`): :func:`_prepare` (the scaled
-    problem and the first iterate), the iterations (:func:`_newton`), :func:`_conclude` (the weights)."""
-    k, device, p = jacobian.shape[0], jacobian.device, 1.0 / alpha
+    k, device = jacobian.shape[0], jacobian.device
     omega = None if utility_weights is None else utility_weights.detach().to(device=device, dtype=torch.float64)
     if omega is not None and omega.shape != (k,):
         raise ValueError(f"utility_weights must be {k} positive finite numbers, got shape {tuple(omega.shape)}.")
     if validate and omega is not None and not bool((omega > 0).all() & torch.isfinite(omega).all()):
         raise ValueError(f"utility_weights must be {k} positive finite numbers, got {omega.cpu()}.")
-    if start is not None:
-        start = start.detach().to(device=device, dtype=torch.float64)
-    gramian, scale = _linalg.scaled_gramian(jacobian)
-    problem, v = _linalg.fused(_prepare, device)(gramian, scale, omega, p, start)
-
-    # With fixed iteration counts (a GPU, or traced) the fallback is always computed, and its iterations
-    # run beside Newton's. On the CPU Newton runs alone and stops once settled; the fallback only follows
-    # where it failed.
-    early = _linalg.early_exit(device)
-    iterations = MAX_ITERATIONS if start is None else WARM_ITERATIONS
-    newton = _newton(problem, v, iterations, not early)
-    if newton is None:  # (tests force the fallback this way: Newton "failed" at its start)
-        false = torch.zeros((), dtype=torch.bool, device=device)
-        newton = v, false, ~false, None
-    v, done, failed, fallback = newton
-    if fallback is None and (not early or not bool(_solved(problem, v, done, failed))):
-        fallback = _bounded_least_squares(problem.cosines, problem.constants, p, problem.relative_norms)
-    return AlphaFairSolution(*_linalg.fused(_conclude, device)(problem, v, done, failed, fallback))
+    # No autograd bookkeeping on the solver's small operations. (Not inference mode: its tensors cannot be
+    # traced by torch.compile's aot_autograd.)
+    with torch.no_grad():
+        problem = _ScaledProblem.of(*_linalg.scaled_gramian(jacobian), omega, 1.0 / alpha)
+        v, solved = _newton(problem, _first_iterate(problem, start),
+                            MAX_ITERATIONS if start is None else WARM_ITERATIONS)
+        return problem.solution(torch.where(solved, v, _bounded_least_squares(problem, solved)), solved)
 
 
 @dataclass
@@ -204,48 +170,43 @@ class _ScaledProblem:
 
     p: float
     cosines: Tensor
+    abs_cosines: Tensor
     constants: Tensor
     active: Tensor
     all_zero: Tensor
     relative_norms: Tensor   # row norms / the largest (1 for inactive rows): the fallback's residual weights
-    log_norms: Tensor        # true log row norms (0 for inactive rows)
-    log_gamma: Tensor
+    shift: Tensor            # log w − log v: log γ / (1 + p) − log ‖g_i‖ on the active rows
 
     @classmethod
     def of(cls, gramian: Tensor, scale: Tensor, omega: Tensor | None, p: float) -> _ScaledProblem:
         """The problem for the Gramian ``G Gᵀ / scale²`` and ω (``None``, or one that is not positive and
         finite, for ones: callers that defer their checks report a bad ω separately)."""
-        k = gramian.shape[0]
-        ones = torch.ones(k, dtype=torch.float64, device=gramian.device)
-        if omega is not None:
-            omega = torch.where((omega > 0).all() & torch.isfinite(omega).all(), omega, ones)
-        log_norms = _log_row_norms(gramian, scale)
-        relative = torch.exp(log_norms - log_norms.max())  # 0/0 → nan when all rows are zero
-        all_zero = ~torch.isfinite(log_norms.max())
-        active = (relative > ZERO_ROW_RELATIVE_NORM) & ~all_zero
-        norms = torch.where(active, torch.sqrt(torch.diagonal(gramian).clamp_min(0.0)), 1.0)
-        cosines = gramian / (norms[:, None] * norms[None, :])
-        cosines = (0.5 * (cosines + cosines.T)).clamp(-1.0, 1.0)
-        eye = torch.eye(k, dtype=torch.float64, device=gramian.device)
-        cosines = torch.where(active[:, None] & active[None, :], cosines, 0.0) * (1 - eye) + eye
-        log_norms = torch.where(active, log_norms, 0.0)
+        squared = torch.diagonal(gramian)
+        largest = squared.max()
+        active = squared > ZERO_ROW_RELATIVE_NORM ** 2 * largest   # none when all rows are zero
+        norms = torch.where(active, squared, 1.0).sqrt()
+        cosines = torch.where(active[:, None] & active[None, :], (gramian / torch.outer(norms, norms)).clamp(-1.0, 1.0),
+                              0.0)
+        cosines.diagonal().fill_(1.0)
+        log_norms = torch.where(active, norms.log() + scale.log(), 0.0)
         # c'_i = ω_i^(1/α) ‖g_i‖^(p-1), divided by its geometric mean γ over the active rows.
-        log_omega = 0.0 if omega is None else p * torch.log(omega)
-        log_constants = torch.where(active, log_omega + (p - 1.0) * log_norms, 0.0)
+        log_constants = (p - 1.0) * log_norms
+        if omega is not None:
+            log_omega = omega.log()
+            log_constants = log_constants + p * torch.where(torch.isfinite(log_omega.sum()), log_omega, 0.0)
+        log_constants = torch.where(active, log_constants, 0.0)
         log_gamma = log_constants.sum() / active.sum().clamp_min(1)
-        constants = torch.where(active, torch.exp(log_constants - log_gamma), 1.0)
-        return cls(p, cosines, constants, active, all_zero, torch.where(active, relative, 1.0), log_norms, log_gamma)
+        constants = torch.where(active, (log_constants - log_gamma).exp(), 1.0)
+        return cls(p, cosines, cosines.abs(), constants, active, ~(largest > 0),
+                   torch.where(active, norms / largest.sqrt(), 1.0), torch.where(active, log_gamma / (1.0 + p) - log_norms, 0.0))
 
-    def to_weights(self, scaled: Tensor) -> Tensor:
-        """``w = γ^(1/(1+p)) · scaled / ‖g‖`` on the active rows, 0 on the others."""
-        shift = self.log_gamma / (1.0 + self.p) - self.log_norms
-        return torch.where(self.active, torch.exp(torch.log(scaled) + shift), 0.0)
-
-    def warm_start(self, weights: Tensor) -> tuple[Tensor, Tensor]:
-        """``weights`` in the scaled variables, and whether they are usable (finite and positive)."""
-        shift = self.log_norms - self.log_gamma / (1.0 + self.p)
-        guess = torch.where(self.active, torch.exp(torch.log(weights) + shift), 1.0)
-        return guess, (torch.isfinite(guess) & (guess > 0)).all()
+    def solution(self, scaled: Tensor, solved: Tensor) -> AlphaFairSolution:
+        """The weights ``w = γ^(1/(1+p)) · scaled / ‖g‖`` on the active rows, 0 on the others (``1/k`` for an
+        all-zero Jacobian), and the flags: zero rows, no solution, all rows zero, any."""
+        k, all_zero = scaled.shape[0], self.all_zero
+        weights = torch.where(all_zero, 1.0 / k, torch.where(self.active, scaled * self.shift.exp(), 0.0))
+        zero_rows, no_solution = ~self.active.all() & ~all_zero, ~solved & ~all_zero
+        return AlphaFairSolution(weights, zero_rows, no_solution, all_zero, zero_rows | no_solution | all_zero)
 
 
 def _orthogonal_start(constants: Tensor, p: float) -> Tensor:
@@ -253,186 +214,112 @@ def _orthogonal_start(constants: Tensor, p: float) -> Tensor:
     return constants ** (1.0 / (1.0 + p))
 
 
-def _potential(cosines: Tensor, constants: Tensor, p: float, v: Tensor, cv: Tensor | None = None) -> Tensor:
-    """``f(v) = ½ vᵀCv − Σ c_i h(v_i)``, ``h(v) = log v`` (p = 1) or ``v^(1-p)/(1-p)``; ``v`` is ``[..., k]``;
-    ``cv = Cv`` where the caller has it already."""
-    barrier = torch.log(v) if p == 1.0 else v ** (1.0 - p) / (1.0 - p)
-    cv = _linalg.matvec(cosines, v) if cv is None else cv
-    return 0.5 * (cv * v).sum(-1) - (barrier * constants).sum(-1)
+def _barrier(v: Tensor, p: float) -> Tensor:
+    """``h(v)``: ``log v`` (p = 1) or ``v^(1-p)/(1-p)``, with ``h'(v) = v^(-p)``."""
+    return v.log() if p == 1.0 else v ** (1.0 - p) / (1.0 - p)
 
 
-def _decrease(cv: Tensor, curvature: Tensor, constants: Tensor, p: float, v: Tensor, step: Tensor,
-              lengths: Tensor) -> Tensor:
-    """``f(v + t·s) − f(v)`` for each length ``t`` (``cv = Cv``, ``curvature = sᵀCs``):
-    ``t sᵀCv + ½ t² sᵀCs − Σ_i c_i (h(v_i + t s_i) − h(v_i))``.
-
-    The quadratic part is exact in ``t``, and the barrier's differences are formed without cancellation
-    (``log1p``, ``expm1``), so the Armijo test resolves decreases far below the size of ``f`` itself. It
-    needs no product with ``C`` per trial length: on a GPU two of an iteration's kernels fewer than
-    evaluating ``f`` at every trial point. Needs ``t s_i / v_i > −1`` (the fraction-to-boundary rule).
-    """
-    growth = torch.log1p(lengths[:, None] * (step / v)[None, :])          # log((v_i + t s_i) / v_i)
-    barrier = growth if p == 1.0 else v ** (1.0 - p) * torch.expm1((1.0 - p) * growth) / (1.0 - p)
-    return lengths * _linalg.dot(step, cv) + 0.5 * lengths ** 2 * curvature - (barrier * constants).sum(-1)
+def _on_best_point_of_ray(cosines: Tensor, constants: Tensor, p: float, v: Tensor) -> Tensor:
+    """``t·v`` with ``t`` minimising ``f`` on the ray, ``t^(1+p) = Σ c_i v_i^(1-p) / vᵀCv``; ``v`` is ``[..., k]``.
+    Where ``vᵀCv ≤ 1e-12 vᵀv`` — ``f`` decreases without bound along the ray, up to the rounding of ``C`` (the
+    cosines of opposite rows are −1 only to float64 precision) — there is no solution: ``t`` is infinite."""
+    curvature = ((v @ cosines) * v).sum(-1, keepdim=True)   # (C symmetric)
+    curvature = torch.where(curvature > 1e-12 * (v * v).sum(-1, keepdim=True), curvature, 0.0)
+    return v * (((v ** (1.0 - p) * constants).sum(-1, keepdim=True) / curvature) ** (1.0 / (1.0 + p)))
 
 
-def _ray_rescaled(cosines: Tensor, constants: Tensor, p: float, v: Tensor) -> Tensor:
-    """The best point on the ray ``t·v``: ``t^(1+p) = Σ c_i v_i^(1-p) / vᵀCv`` (``v`` itself when vᵀCv ≤ 0)."""
-    curvature = _linalg.dot(v, _linalg.matvec(cosines, v))
-    bounded = curvature > 1e-12 * _linalg.dot(v, v)
-    factor = (_linalg.dot(constants, v ** (1.0 - p)) / torch.where(bounded, curvature, 1.0)) ** (1.0 / (1.0 + p))
-    return torch.where(bounded, v * factor, v)
+def _first_iterate(problem: _ScaledProblem, start: Tensor | None) -> Tensor:
+    """Newton's first iterate: the orthogonal-rows solution or the caller's ``start`` (the previous weights),
+    each moved to the best point on its ray, whichever has the lower potential. Neither start is always the
+    better: consecutive batches' Gramians can differ enough that the previous weights start further away."""
+    cosines, constants, p = problem.cosines, problem.constants, problem.p
+    orthogonal = _orthogonal_start(constants, p)
+    if start is None:
+        return _on_best_point_of_ray(cosines, constants, p, orthogonal)
+    guess = torch.where(problem.active, start.log() - problem.shift, 0.0).exp()
+    usable = torch.isfinite(guess.log().sum())   # finite and positive on every row
+    candidates = _on_best_point_of_ray(cosines, constants, p, torch.stack([orthogonal, torch.where(usable, guess, orthogonal)]))
+    potential = 0.5 * ((candidates @ cosines) * candidates).sum(-1) - _barrier(candidates, p) @ constants
+    return torch.where(potential[1] < potential[0], candidates[1], candidates[0])   # (NaN: the orthogonal start)
 
 
-def _prepare(gramian: Tensor, scale: Tensor, omega: Tensor | None, p: float,
-             start: Tensor | None) -> tuple[_ScaledProblem, Tensor]:
-    """The scaled problem and Newton's first iterate: the orthogonal-rows solution or the caller's ``start``
-    (the previous weights), each rescaled to the best point on its ray, whichever has the lower potential.
-
-    The damped phase of Newton's method shortens with the potential's excess over its minimum, and neither
-    start is always the better: over the first 600 pivrg updates of an MT10 run (CPU, 1,600 solves),
-    Newton needed 4-5 iterations from the orthogonal start in most solves (up to 10) and 6-7 from the
-    previous weights (up to 11): consecutive batches' Gramians differ that much. A nearby start (the
-    same Gramian, slowly changing ones) wins where it exists."""
-    problem = _ScaledProblem.of(gramian, scale, omega, p)
-    cosines, constants = problem.cosines, problem.constants
-    v = _ray_rescaled(cosines, constants, p, _orthogonal_start(constants, p))
-    if start is not None:
-        guess, usable = problem.warm_start(start)
-        warm = _ray_rescaled(cosines, constants, p, torch.where(usable, guess, v))
-        better = usable & (_potential(cosines, constants, p, warm) < _potential(cosines, constants, p, v))
-        v = torch.where(better, warm, v)
-    return problem, v
-
-
-def _newton(problem: _ScaledProblem, v: Tensor, iterations: int,
-            with_fallback: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None] | None:
-    """Solve ``(C v)_i = c_i v_i^(-p)``, ``v > 0``, from ``v``: ``(v, done, failed, fallback)``, the flags 0-dim
-    bool tensors (``done``: converged; ``failed``: no descent, no acceptable step or divergence).
-
-    Damped Newton on the convex potential (:func:`_newton_step`), at most ``iterations`` steps. An iterate
-    that has converged or failed stays put; on the CPU (``_linalg.early_exit``) the loop stops there.
-
-    ``with_fallback`` (fixed iteration counts): the iterations of :func:`_bounded_least_squares` run beside
-    Newton's, each pair in one fused call (:func:`_paired_step`): the two are independent, so the numbers
-    are those of running them one after the other, with half the calls and, on a GPU, half the launches.
-    ``fallback`` is that point, or ``None`` without ``with_fallback``.
-    """
-    cosines, constants, p, device = problem.cosines, problem.constants, problem.p, problem.cosines.device
-    false, fractions, eye = _iteration_constants(cosines.shape[0], cosines.dtype, device)
-    done = failed = false
-    step, paired = _linalg.fused(_newton_step, device), _linalg.fused(_paired_step, device)
-    x, norms = (_least_squares_start(constants, p), problem.relative_norms) if with_fallback else (None, None)
-    early_exit = x is None and _linalg.early_exit(device)
-    for iteration in range(iterations):
-        if x is not None and iteration < LEAST_SQUARES_ITERATIONS:
-            v, done, failed, x = paired(cosines, constants, p, norms, v, done, failed, x, fractions, eye)
-        else:
-            v, done, failed = step(cosines, constants, p, v, done, failed, fractions, eye)
-        if early_exit and bool(done | failed):
+def _newton(problem: _ScaledProblem, v: Tensor, iterations: int) -> tuple[Tensor, Tensor]:
+    """Solve ``(C v)_i = c_i v_i^(-p)``, ``v > 0``, from ``v`` by damped Newton (:func:`_newton_step`), at most
+    ``iterations`` steps: ``(v, solved)``, ``solved`` a 0-dim bool tensor (converged; not solved: no descent,
+    no acceptable step, divergence, or the iterations ran out)."""
+    cosines = problem.cosines
+    fractions = 0.5 ** torch.arange(LINE_SEARCH_STEPS, dtype=cosines.dtype, device=cosines.device)
+    done = settled = torch.zeros((), dtype=torch.bool, device=cosines.device)
+    for _ in range(iterations):
+        v, done, settled = _newton_step(problem, v, done, settled, fractions)
+        if _linalg.may_stop(settled):
             break
-    for _ in range(iterations, LEAST_SQUARES_ITERATIONS if x is not None else 0):   # (none: Newton has more)
-        x = _linalg.fused(_least_squares_step, device)(cosines, constants, p, norms, x, eye)
-    return v, done, failed, None if x is None else torch.exp(x)
+    return v, done
 
 
-def _iteration_constants(k: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """``False``, the Armijo fractions ``0.5^j`` and the identity: built once per size and device, since each
-    would be a kernel launch per solve on a GPU. Only ever read (the iterations return new tensors).
-    Traced by ``torch.compile`` they are built in the graph (dynamo would trace past the cache anyway)."""
-    if torch.compiler.is_compiling():
-        return _build_iteration_constants(k, dtype, device)
-    return _cached_iteration_constants(k, dtype, device)
+def _newton_step(problem: _ScaledProblem, v: Tensor, done: Tensor, settled: Tensor,
+                 fractions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One safeguarded Newton iteration on ``f``: ``(v, done, settled)`` after it, ``settled`` = converged or
+    failed (every branch a mask; a settled iterate stays put).
 
-
-def _build_iteration_constants(k: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    false = torch.zeros((), dtype=torch.bool, device=device)
-    return false, 0.5 ** torch.arange(LINE_SEARCH_STEPS, dtype=dtype, device=device), torch.eye(k, dtype=dtype, device=device)
-
-
-@functools.cache
-def _cached_iteration_constants(k: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    with torch.inference_mode(False):   # normal tensors, whatever mode the first call ran in
-        return _build_iteration_constants(k, dtype, device)
-
-
-def _solved(problem: _ScaledProblem, v: Tensor, done: Tensor, failed: Tensor) -> Tensor:
-    """Whether Newton's ``v`` solves (*): converged, or within tolerance when the iterations ran out."""
-    target = problem.constants * v ** (-problem.p)
-    return ~failed & (done | (((_linalg.matvec(problem.cosines, v) - target).abs() / target).max() < TOLERANCE))
-
-
-def _conclude(problem: _ScaledProblem, v: Tensor, done: Tensor, failed: Tensor,
-              fallback: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The weights (Newton's point where it solved (*), else the fallback's; ``1/k`` for an all-zero
-    Jacobian) and the flags of :class:`AlphaFairSolution`: zero rows, no solution, all rows zero, any."""
-    solved = _solved(problem, v, done, failed)
-    scaled = v if fallback is None else torch.where(solved, v, fallback)
-    k, all_zero = v.shape[0], problem.all_zero
-    weights = torch.where(all_zero, 1.0 / k, problem.to_weights(scaled))
-    zero_rows, no_solution = ~problem.active.all() & ~all_zero, ~solved & ~all_zero
-    return weights, zero_rows, no_solution, all_zero, zero_rows | no_solution | all_zero
-
-
-def _newton_step(cosines: Tensor, constants: Tensor, p: float, v: Tensor, done: Tensor, failed: Tensor,
-                 fractions: Tensor, eye: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """One safeguarded Newton iteration on ``f``: ``(v, done, failed)`` after it (every branch a mask).
-
-    The step has a fraction-to-boundary rule (iterates stay positive) and an Armijo search over the
-    lengths ``t_max · fractions`` tried at once, keeping the longest that passes.
+    The step ``s`` solves ``(C + diag(p c v^(-p-1))) s = −∇f``; a fraction-to-boundary rule (iterates stay
+    positive) bounds its length, the Armijo search tries the lengths ``t_max · fractions`` at once and keeps
+    the longest that passes, and (unless the step was small) the moved point goes to the best point on its ray.
     """
-    target, cv, gradient, hessian = _newton_system(cosines, constants, p, v, eye)
-    step = -_linalg.solve_spd(hessian, gradient)  # unchecked: a bad step is masked below
-    return _newton_move(cosines, constants, p, v, done, failed, fractions, target, cv, gradient, step)
-
-
-def _newton_system(cosines: Tensor, constants: Tensor, p: float, v: Tensor,
-                   eye: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The Newton system at ``v``: ``(target, Cv, ∇f, ∇²f)``, ``target_i = c_i v_i^(-p)``."""
+    cosines, constants, p = problem.cosines, problem.constants, problem.p
     target = constants * v ** (-p)
-    cv = _linalg.matvec(cosines, v)
-    return target, cv, cv - target, cosines + eye * (p * target / v)
-
-
-def _newton_move(cosines: Tensor, constants: Tensor, p: float, v: Tensor, done: Tensor, failed: Tensor,
-                 fractions: Tensor, target: Tensor, cv: Tensor, gradient: Tensor,
-                 step: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """The safeguarded move along the Newton ``step`` (the system's solution, unchecked)."""
-    residual = (gradient.abs() / target).max()
-    converged = residual < TOLERANCE
-    finite_step = torch.isfinite(step).all() & torch.isfinite(residual)
-    step = torch.where(finite_step, step, 0.0)
+    cv = cosines @ v
+    descent = target - cv   # −∇f
+    step = torch.linalg.solve_ex(cosines + torch.diag_embed(p * target / v), descent).result   # unchecked: masked below
+    relative = step / v
+    error = descent.abs()
+    residual = (error / target).max()
     # Stalled at float64 precision: a task with a tiny gradient next to large ones has a utility that is
     # a nearly cancelling sum, which float64 cannot resolve to a small *relative* residual. Accept a
     # residual at rounding level relative to the size of the terms. (A diverging iterate never stalls.)
-    stalled = (step.abs() / v).max() < 1e-12
-    backward = (gradient.abs() / (_linalg.matvec(cosines.abs(), v) + target)).max()
-    stalled_ok = stalled & ((residual < 1e-8) | (backward < STALLED_TOLERANCE))
-    slope = (gradient * step).sum()  # < 0: Newton directions descend a convex f
-    shrinking = step < 0
-    boundary = torch.where(shrinking, -v / torch.where(shrinking, step, -1.0), math.inf).min()
-    t_max = torch.clamp(0.99 * boundary, max=1.0)
-    current = _potential(cosines, constants, p, v, cv)
-    # Armijo; in the last, quadratically convergent steps the decrease is below float64 resolution of f,
-    # so a full step with a tiny Newton decrement is taken as is.
+    change = relative.abs().max()
+    stalled = change < 1e-12
+    backward = (error / (problem.abs_cosines @ v + target)).max()
+    finished = (residual < TOLERANCE) | (stalled & ((residual < 1e-8) | (backward < STALLED_TOLERANCE)))
+    decrement = descent @ step   # > 0: Newton directions descend a convex f
+    t_max = 0.99 / (-relative.min()).clamp_min(0.99)   # ≤ 1, and 0.99 of the way to the boundary
     lengths = t_max * fractions
-    # sᵀCs from the Newton system (C + D) s = −∇f, D = diag(p c_i v_i^(-p-1)): −slope − sᵀDs, no product with C.
-    curvature = -slope - (p * target / v * step * step).sum()
-    accepted = _decrease(cv, curvature, constants, p, v, step, lengths) <= 1e-4 * lengths * slope
-    tiny_decrement = -slope <= 1e-12 * (1.0 + current.abs())
-    first = torch.argmax(accepted.to(torch.int8))  # the longest accepted length (0 when none is)
-    t = torch.where(tiny_decrement, t_max, lengths.gather(0, first.reshape(1)).squeeze(0))
+    accepted = _decrease(cosines, cv, constants, p, v, step, relative, lengths) <= -1e-4 * decrement * lengths
+    # In the last, quadratically convergent steps the decrease is below float64 resolution of f: a full
+    # step with a tiny Newton decrement is taken as is.
+    tiny_decrement = decrement <= 1e-12 * (1.0 + v @ cv)
+    t = torch.where(tiny_decrement, t_max, torch.where(accepted, lengths, 0.0).max())   # the longest accepted
     moved = v + t * step
-    finished = converged | stalled_ok
-    bad = (~finite_step | (stalled & ~stalled_ok) | (slope >= 0) | (~tiny_decrement & ~accepted.any())
-           | ~torch.isfinite(moved).all() | (moved.max() > DIVERGENCE) | (moved.min() <= 0))
-    failed = failed | (~done & ~finished & bad)
-    done = done | (finished & ~failed)
-    return torch.where(done | failed, v, moved), done, failed
+    # The ray step pays in the damped phase; near the solution, where Newton converges quadratically, its factor
+    # (a ratio of sums that cancel along a direction of small curvature) would only add rounding noise.
+    moved = torch.where(t * change > RAY_STEP_MIN_CHANGE, _on_best_point_of_ray(cosines, constants, p, moved), moved)
+    # NaN fails every comparison, so a non-finite step counts as bad.
+    good = (decrement > 0) & (t > 0) & (moved.max() <= DIVERGENCE) & ~stalled
+    done = done | (finished & ~settled)
+    settled = settled | finished | ~good
+    return torch.where(settled, v, moved), done, settled
 
 
-def _bounded_least_squares(cosines: Tensor, constants: Tensor, p: float, norms: Tensor) -> Tensor:
-    """The fallback: minimise the residual of (*) over ``w > 0``, as the authors' ``least_squares(bounds=(0, ∞))``.
+def _decrease(cosines: Tensor, cv: Tensor, constants: Tensor, p: float, v: Tensor, step: Tensor, relative: Tensor,
+              lengths: Tensor) -> Tensor:
+    """``f(v + t·s) − f(v)`` for each length ``t`` (``cv = Cv``, ``relative = s / v``):
+    ``t sᵀCv + ½ t² sᵀCs − Σ_i c_i (h(v_i + t s_i) − h(v_i))``.
+
+    The quadratic part is exact in ``t``, and the barrier's differences are formed without cancellation
+    (``log1p``, ``expm1``), so the Armijo test resolves decreases far below the size of ``f`` itself.
+    Needs ``t s_i / v_i > −1`` (the fraction-to-boundary rule).
+    """
+    growth = torch.log1p(lengths[:, None] * relative)          # log((v_i + t s_i) / v_i)
+    if p == 1.0:
+        barrier = growth @ constants
+    else:
+        barrier = torch.expm1((1.0 - p) * growth) @ (constants * v ** (1.0 - p) / (1.0 - p))
+    return lengths * (step @ cv + (0.5 * (step @ (cosines @ step))) * lengths) - barrier
+
+
+def _bounded_least_squares(problem: _ScaledProblem, solved: Tensor) -> Tensor:
+    """The fallback: minimise the residual of (*) over ``w > 0``, as the authors' ``least_squares(bounds=(0, ∞))``
+    (not needed, and skipped on the CPU, where Newton ``solved`` (*)).
 
     On the raw problem the residual is ``r_i = (K w)_i − c_i w_i^(-p)``; in the scaled variables it is
     ``‖g_i‖ · ((C v)_i − c_i v_i^(-p))`` up to one common factor, so we minimise
@@ -443,65 +330,32 @@ def _bounded_least_squares(cosines: Tensor, constants: Tensor, p: float, norms: 
     every operation is continuous and nothing is accepted or refused, so the result is a continuous
     function of the Gramian and ω.
     """
-    x = _least_squares_start(constants, p)
-    eye = _iteration_constants(cosines.shape[0], cosines.dtype, cosines.device)[2]
-    step = _linalg.fused(_least_squares_step, cosines.device)
-    for _ in range(LEAST_SQUARES_ITERATIONS):
-        x = step(cosines, constants, p, norms, x, eye)
-    return torch.exp(x)
-
-
-def _least_squares_start(constants: Tensor, p: float) -> Tensor:
-    """The fallback's start, the orthogonal-rows solution, in its variable ``x = log v``."""
-    return torch.log(_orthogonal_start(constants, p))
-
-
-def _paired_step(cosines: Tensor, constants: Tensor, p: float, norms: Tensor, v: Tensor, done: Tensor,
-                 failed: Tensor, x: Tensor, fractions: Tensor, eye: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """A Newton iteration and a fallback iteration, independent of each other, as one function to fuse;
-    their two k×k systems are solved as one batch (one launch of the small-solve kernel on a GPU)."""
-    target, cv, gradient, hessian = _newton_system(cosines, constants, p, v, eye)
-    normal, rhs = _least_squares_system(cosines, constants, p, norms, x, eye)
-    steps = -_linalg.solve_spd(torch.stack([hessian, normal]), torch.stack([gradient, rhs]))
-    return (*_newton_move(cosines, constants, p, v, done, failed, fractions, target, cv, gradient, steps[0]),
-            _least_squares_move(x, steps[1]))
-
-
-def _least_squares_step(cosines: Tensor, constants: Tensor, p: float, norms: Tensor, x: Tensor,
-                        eye: Tensor) -> Tensor:
-    """One damped, capped Gauss-Newton step of the fallback in ``x = log v``."""
-    return _least_squares_move(x, -_linalg.solve_spd(*_least_squares_system(cosines, constants, p, norms, x, eye)))
-
-
-def _least_squares_system(cosines: Tensor, constants: Tensor, p: float, norms: Tensor, x: Tensor,
-                          eye: Tensor) -> tuple[Tensor, Tensor]:
-    """The fallback's damped Gauss-Newton system at ``x``: ``(JᵀJ + damping, Jᵀr)``; its solution is minus the step."""
-    v = torch.exp(x)
-    target = constants * torch.exp(-p * x)
-    residual = norms * (_linalg.matvec(cosines, v) - target)
-    # J = diag(n) · (C diag(v) + diag(p c v^(-p))): the residual's derivative in x.
-    jacobian = norms[:, None] * (cosines * v[None, :] + eye * (p * target))
-    normal = (jacobian[:, :, None] * jacobian[:, None, :]).sum(0)   # JᵀJ
-    # Marquardt's scaling, plus a floor relative to the largest curvature that keeps the system regular
-    # where JᵀJ is rank deficient (opposite rows).
-    diagonal = torch.diagonal(normal)
-    regulariser = LEAST_SQUARES_DAMPING * diagonal + 1e-10 * diagonal.max() + 1e-300
-    return normal + eye * regulariser, _linalg.matvec(jacobian.T, residual)
-
-
-def _least_squares_move(x: Tensor, step: Tensor) -> Tensor:
-    """``x`` moved by the Gauss-Newton ``step``, softly capped per coordinate (``c · tanh(δ/c)``)."""
+    cosines, constants, p, norms = problem.cosines, problem.constants, problem.p, problem.relative_norms
     cap = LEAST_SQUARES_MAX_LOG_STEP
-    return x + cap * torch.tanh(torch.nan_to_num(step) / cap)
+    v = _orthogonal_start(constants, p)
+    for _ in range(LEAST_SQUARES_ITERATIONS):
+        if _linalg.may_stop(solved):
+            break
+        target = constants * v ** (-p)
+        # The residual and its derivative in x: J = diag(n) · (C diag(v) + diag(p c v^(-p))).
+        jacobian = norms[:, None] * (cosines * v + torch.diag_embed(p * target))
+        normal = jacobian.T @ jacobian
+        # Marquardt's scaling, plus a floor relative to the largest curvature that keeps the system regular
+        # where JᵀJ is rank deficient (opposite rows).
+        diagonal = normal.diagonal()
+        regulariser = LEAST_SQUARES_DAMPING * diagonal + (1e-10 * diagonal.max() + 1e-300)
+        step = torch.linalg.solve_ex(normal + torch.diag_embed(regulariser),
+                                     jacobian.T @ (norms * (cosines @ v - target))).result
+        v = v * torch.exp(-cap * torch.tanh(torch.nan_to_num(step) / cap))
+    return v
 
 
 class WarmStarted:
     """Mixin for the α-fair aggregators: the last weights, kept as a device tensor updated in place, are a
-    candidate start of the next solve (:func:`_prepare` takes it where its potential is lower than the
-    orthogonal-rows start's: from nearby weights Newton needs 1-3 iterations instead of 5-15). It also sets
-    the iteration budget of fixed-count solves (``WARM_ITERATIONS`` instead of ``MAX_ITERATIONS``). The
-    state changes how fast a solve converges, not its solution, and being a device tensor updated in place
-    it lives inside a captured CUDA graph too (``capturable``)."""
+    candidate start of the next solve (:func:`_first_iterate` takes it where its potential is lower than the
+    orthogonal-rows start's), which also sets the iteration budget (``WARM_ITERATIONS`` instead of
+    ``MAX_ITERATIONS``). The state changes how fast a solve converges, not its solution, and being a device
+    tensor updated in place it lives inside a captured CUDA graph too (``capturable``)."""
 
     capturable = True
     _state_attributes: tuple[str, ...] = ("last_weights",)
@@ -512,12 +366,12 @@ class WarmStarted:
         self.last_weights: Tensor | None = None
 
     def _solve(self, jacobian: Tensor, alpha: float, utility_weights: Tensor | None = None) -> Tensor:
-        """Solve from the last weights (when they fit), count a fallback, remember the weights."""
+        """Solve from the last weights (when they fit), count a fallback, remember the weights. (ω comes from
+        Δm, which the call's input check has validated: eagerly raised, or recorded for ``check()``.)"""
         k = jacobian.shape[0]
         previous = self.last_weights
         fits = previous is not None and previous.shape == (k,) and previous.device == jacobian.device
-        solution = solve_alpha_fair(jacobian, alpha, utility_weights, start=previous if fits else None,
-                                    validate=not self._deferring())  # type: ignore[attr-defined]
+        solution = solve_alpha_fair(jacobian, alpha, utility_weights, start=previous if fits else None, validate=False)
         self._count_fallback(solution.fallback)  # type: ignore[attr-defined]
         if fits:
             previous.copy_(solution.weights)  # in place: a captured graph's replays update it too

@@ -255,44 +255,47 @@ class Aggregator(ABC):
         if losses.ndim != 1 or losses.shape[0] == 0:
             raise ValueError(f"stats.losses must be a non-empty [k] tensor, got shape {tuple(losses.shape)}.")
         k = losses.shape[0]
-        self._check_finite_rows(losses.reshape(k, 1), "loss")
+        rows = {"loss": losses.reshape(k, 1)}
         if jacobian is not None:
             if jacobian.ndim != 2 or jacobian.shape[0] != k:
                 raise ValueError(
                     f"jacobian must be [k, n] with k={k} tasks (one row per loss), got shape {tuple(jacobian.shape)}."
                 )
-            self._check_finite_rows(jacobian, "gradient")
+            rows["gradient"] = jacobian
         if stats.performance is not None:
             if stats.performance.shape != (k,):
                 raise ValueError(
                     f"stats.performance must be a [{k}] tensor of Δm in percent, got shape {tuple(stats.performance.shape)}."
                 )
-            self._check_finite_rows(stats.performance.reshape(k, 1), "performance drop Δm")
+            rows["performance drop Δm"] = stats.performance.reshape(k, 1)
+        self._check_finite_rows(rows)
         return k
 
     def _deferring(self) -> bool:
         """Whether this call must not read values back: deferred checks, or inside a trace or a capture."""
         return self.deferred_checks or _tracing_or_capturing()
 
-    def _check_finite_rows(self, rows: Tensor, what: str) -> None:
-        """Raise now naming the tasks whose row has a NaN or inf, or, with ``deferred_checks``, add
-        them to the device mask that :meth:`check` reads."""
-        # A row sum is NaN or ±inf when any entry is: one vectorised reduction, ~25x cheaper than
-        # isfinite().all() on a 10 × 684,800 float32 Jacobian. It also flags a finite row whose sum
-        # overflows its dtype (float32: |Σ| > 3e38); the eager path confirms entry by entry.
-        sums = rows.detach().sum(dim=1) if rows.shape[1] > 1 else rows.detach()[:, 0]
+    def _check_finite_rows(self, inputs: dict[str, Tensor]) -> None:
+        """Raise now naming the tasks whose row of an input (``[k, m]``, by what it is) has a NaN or inf, or,
+        with ``deferred_checks``, add them to the device record that :meth:`check` reads."""
+        # A row sum is NaN or ±inf when any entry is: one vectorised reduction per input, where
+        # isfinite().all() would be several. It also flags a finite row whose sum overflows its dtype
+        # (float32: |Σ| > 3e38); the eager path confirms entry by entry.
+        sums = {what: rows.detach().sum(dim=1) for what, rows in inputs.items()}
         if self._deferring():
             # The running maximum of |Σ| per task, updated in place (so that it also accumulates across
             # CUDA-graph replays): NaN and inf stay in it (maximum propagates NaN), so check() finds
-            # every non-finite call since the last reset. Two small kernels per call.
-            seen = self._non_finite.get(what)
-            if seen is None or seen.shape != sums.shape:
-                self._non_finite[what] = sums.abs()
-            else:
-                torch.maximum(seen, sums.abs().to(seen.device, seen.dtype), out=seen)
+            # every non-finite call since the last reset.
+            for what, total in sums.items():
+                seen = self._non_finite.get(what)
+                if seen is None or seen.shape != total.shape:
+                    self._non_finite[what] = total.abs()
+                else:
+                    torch.maximum(seen, total.abs().to(seen.device, seen.dtype), out=seen)
             return
-        bad = ~torch.isfinite(sums)
-        if bad.any():
+        if bool(torch.isfinite(torch.cat(list(sums.values()))).all()):
+            return
+        for what, rows in inputs.items():
             bad = ~torch.isfinite(rows.detach()).all(dim=1)
             if bad.any():
                 raise ValueError(_non_finite_message(what, bad.nonzero().flatten().tolist()))

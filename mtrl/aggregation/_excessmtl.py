@@ -133,9 +133,9 @@ class ExcessMTL(Aggregator):
     def _accumulate(self, gradients: Tensor) -> Tensor:
         """``S += g²`` (Eq. 6, Adagrad's accumulator, in place) and ``Σ_j g_ij² / √(S_ij + eps)`` (Eq. 7), ``[k]``.
 
-        On the CPU, column blocks that stay in cache: each of the five passes over the ``k × n`` data
-        (684,800 columns for the MT10 critic) then reads cache instead of memory, 4× faster here
-        (65 → 12 ms a call at k = 10). Elsewhere one block of up to 128 MiB.
+        On the CPU, column blocks that stay in cache (:func:`~mtrl.aggregation._linalg.block_columns`): each of
+        the five passes over the ``k × n`` data then reads cache instead of memory. Elsewhere one block of up to
+        128 MiB.
         """
         k, n = gradients.shape
         columns = block_columns(gradients)

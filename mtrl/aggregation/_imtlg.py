@@ -8,7 +8,6 @@ import torch
 from torch import Tensor
 
 from mtrl.aggregation._base import Aggregator, TaskStats, register
-from mtrl.aggregation import _linalg
 from mtrl.aggregation._linalg import TINY, gramian, least_squares
 
 
@@ -52,7 +51,7 @@ class IMTLG(Aggregator):
     def _weights(self, jacobian: Tensor | None, stats: TaskStats) -> Tensor:
         assert jacobian is not None
         K = gramian(jacobian)
-        weights, solved = _linalg.fused(IMTLG.solve, K.device)(K)   # one fused stage on CUDA
+        weights, solved = IMTLG.solve(K)
         self._count_fallback(~solved)
         return weights.to(dtype=jacobian.dtype)
 

@@ -7,33 +7,33 @@
 * :func:`adam_step_` — one in-place step of Adam on a small parameter vector the aggregator owns (UW, FAMO).
 * :func:`lowered_floor` — the floor below which a loss-weighting method never sees a loss (UW, FAMO, DWA).
 
-Every solver is written in torch on the input's device, in float64, with a fixed number of iterations
-and every branch taken by a mask (``torch.where``), so a call reads nothing back to the host and can
-be captured in a CUDA graph; on the CPU it is the CPU path. Whether a solve converged comes back as a
-0-dim bool tensor, which the aggregator counts through ``_count_fallback`` without reading it.
+Every solver is written once, in torch on the input's device and in float64: a fixed maximum number of
+iterations with every branch taken by a mask (``torch.where``), and small linear systems solved by
+``torch.linalg.solve_ex`` (unchecked: a failed solve is masked like any other bad step). So a call reads
+nothing back to the host, traces whole under ``torch.compile`` and can be captured in a CUDA graph. The
+one place a loop looks at a value is :func:`may_stop`: on the CPU outside a trace, where reading a tensor
+costs no device synchronisation, an iteration loop stops once its iterates have settled. Whether a solve
+converged comes back as a 0-dim bool tensor, which the aggregator counts through ``_count_fallback``
+without reading it.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-from typing import Any
 
 import torch
 from torch import Tensor
 
-from mtrl.aggregation import _gauss_jordan
-
-log = logging.getLogger(__name__)
-
-__all__ = ["gramian", "scaled_gramian", "block_columns", "early_exit", "fused", "matvec", "dot", "solve_spd", "simplex_active_set",
-           "min_norm_weights", "least_squares", "adam_step_", "as_state_tensor", "lowered_floor", "TINY"]
+__all__ = ["gramian", "scaled_gramian", "block_columns", "may_stop", "simplex_active_set", "min_norm_weights",
+           "least_squares", "adam_step_", "as_state_tensor", "lowered_floor", "TINY"]
 
 #: Squared norms at or below this (in the units of :func:`gramian`, where the largest entry of the
 #: Jacobian is 1) are treated as exact zeros: such a row is a zero gradient.
 TINY = 1e-300
-_BLOCK_ELEMENTS = 2**24
+#: Columns per block of a pass over a Jacobian: on the CPU a block that stays in cache; elsewhere up to
+#: this many elements at once (128 MiB of float64).
 _CPU_BLOCK_COLUMNS = 2**14
+_BLOCK_ELEMENTS = 2**24
 #: Frank-Wolfe duality gap (relative to the largest diagonal entry) below which a simplex solve counts
 #: as converged. Rounding alone leaves ~1e-15.
 GAP_TOLERANCE = 1e-10
@@ -47,10 +47,17 @@ def iteration_budget(k: int) -> int:
     return 2 * k + 10
 
 
+def may_stop(settled: Tensor) -> bool:
+    """The early exit of an iteration loop: ``settled`` (a 0-dim bool tensor: further iterations would
+    leave every iterate as it is), read only where reading is free — a CPU tensor outside
+    ``torch.compile``'s tracing. Elsewhere ``False``: the loop runs its fixed count and gives the same
+    result, since settled iterates stay put."""
+    return settled.device.type == "cpu" and not torch.compiler.is_compiling() and bool(settled)
+
+
 def block_columns(matrix: Tensor) -> int:
-    """Columns per block of a pass over a ``[k, n]`` matrix: on the CPU 16,384 (the block stays in cache:
-    1.7x faster for the Gramian of a 10 × 684,800 Jacobian here, 4x for ExcessMTL's accumulator), elsewhere
-    up to 128 MiB at once."""
+    """Columns per block of a pass over a ``[k, n]`` matrix: on the CPU a block that stays in cache,
+    elsewhere up to 128 MiB at once."""
     k = matrix.shape[0]
     return _CPU_BLOCK_COLUMNS if matrix.device.type == "cpu" else max(1, _BLOCK_ELEMENTS // max(k, 1))
 
@@ -62,13 +69,12 @@ def gramian(jacobian: Tensor) -> Tensor:
     of the data:
 
     * float64 ``J`` (tests, small supervised models): ``J`` is divided by its largest absolute entry
-      first (``c = 1/max|J|²``), block by block, so rows of magnitude 1e-8 next to
-      rows of magnitude 1e8 neither underflow nor overflow, nor do inputs far beyond that;
-    * float32 (or lower) ``J`` (the SAC agent): ``J Jᵀ`` in float32, then cast (``c = 1``). The data
-      carry float32 rounding already; a float64 copy of a 10 × 684,800 critic Jacobian costs two extra
-      passes over it and a float64 product, about 9× the float32 product on the CPU here. Entries
-      beyond ~1e17 (for ``n ~ 1e6``) would overflow float32: the weights are then not finite and the
-      call falls back to the mean (counted).
+      first (``c = 1/max|J|²``), block by block, so rows of magnitude 1e-8 next to rows of magnitude 1e8
+      neither underflow nor overflow, nor do inputs far beyond that;
+    * float32 (or lower) ``J`` (the SAC agent): ``J Jᵀ`` in float32, then cast (``c = 1``). The data carry
+      float32 rounding already, and a float64 copy of a large Jacobian would cost two extra passes over
+      it and a much slower product. Entries beyond ~1e17 (for ``n ~ 1e6``) would overflow float32: the
+      weights are then not finite and the call falls back to the mean (counted).
 
     An all-zero ``J`` gives ``K = 0``.
     """
@@ -100,112 +106,6 @@ def scaled_gramian(jacobian: Tensor) -> tuple[Tensor, Tensor]:
     return 0.5 * (product + product.T), scale
 
 
-#: On a CPU tensor, stop the active-set loop once it has settled (a read of a CPU tensor, which is no
-#: device synchronisation); on any other device the loop always runs its fixed count (capturable).
-#: Tests set it to False to run the device path on the CPU.
-EARLY_EXIT_ON_CPU = True
-
-
-def early_exit(device: torch.device) -> bool:
-    """Whether an iterative solver may stop once settled: on the CPU, where reading a value costs nothing,
-    unless traced by torch.compile (a read would break the graph)."""
-    return EARLY_EXIT_ON_CPU and device.type == "cpu" and not torch.compiler.is_compiling()
-
-
-# -------------------------------------------------------------------- fusing solver iterations on a GPU
-#: Device types whose solver stages run through ``torch.compile``, and its backend. A solver iteration is
-#: ~50-110 tiny operations eagerly; on a GPU each is a launch (~2 µs, in a CUDA graph too), so the
-#: iterations of a solve cost milliseconds. Inductor fuses an iteration into a handful of kernels
-#: (``python -m mtrl.bench launches`` counts them: an α-fair iteration pair is 12 launches, its two k×k
-#: systems included, solved as one batch in one Triton launch). On the CPU the launches cost little and inductor's C++ build
-#: minutes: the stages run as written. Tests put "cpu" here with the ``aot_eager`` backend to check that the
-#: functions trace whole and give the same numbers.
-FUSE_ON_DEVICES: tuple[str, ...] = ("cuda",)
-FUSE_BACKEND = "inductor"
-_FUSED: dict[tuple[Any, str], Any] = {}
-_FUSE_FAILED: list[str] = []
-
-
-def fused(function: Any, device: torch.device) -> Any:
-    """``function`` itself, or (on ``FUSE_ON_DEVICES``) its ``torch.compile``d version, made once.
-
-    ``function`` is a pure function of tensors (and constants) that reads nothing back to the host. The
-    compiled version is the same arithmetic; if compiling fails, every stage runs eagerly from then on and
-    the log says why once.
-    """
-    if device.type not in FUSE_ON_DEVICES or _FUSE_FAILED or torch.compiler.is_compiling():
-        return function   # (inside an outer torch.compile, which fuses the plain function itself)
-    key = (function, FUSE_BACKEND)
-    if key not in _FUSED:
-        compiled = torch.compile(function, backend=FUSE_BACKEND, fullgraph=True, dynamic=False)
-
-        def call(*args: Any) -> Any:
-            if _FUSE_FAILED:
-                return function(*args)
-            try:
-                return compiled(*args)
-            except Exception as error:  # noqa: BLE001 - e.g. no Triton: eager arithmetic is the same
-                _FUSE_FAILED.append(f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
-                log.warning("solvers: torch.compile of their iterations failed (%s); they run eagerly.",
-                            _FUSE_FAILED[0])
-                return function(*args)
-
-        _FUSED[key] = call
-    return _FUSED[key]
-
-
-def matvec(matrix: Tensor, v: Tensor) -> Tensor:
-    """``matrix @ v`` over the last axis of ``v`` (``[..., k]``), for the solvers' small matrices.
-
-    Traced by ``torch.compile`` it is written as a product and a sum: a matmul is a library call (cuBLAS,
-    MKL) that inductor cannot fuse, and it splits an iteration into several kernels around it. Written
-    this way, an α-fair iteration compiles to one kernel on the CPU (k = 10; 3 kernels and 2 matmuls with
-    ``@``). Eagerly, ``@`` is one operation instead of two.
-    """
-    if torch.compiler.is_compiling():
-        return (matrix * v[..., None, :]).sum(-1)
-    return v @ matrix.transpose(-1, -2)
-
-
-def dot(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b`` for vectors; traced, a product and a sum (fused, where a library dot is a launch of its own)."""
-    return (a * b).sum(-1) if torch.compiler.is_compiling() else a @ b
-
-
-#: Largest size that :func:`solve_spd` unrolls under ``torch.compile`` off CUDA: the elimination's ``k`` steps
-#: become ``k`` dependent element-wise stages; beyond this a library solve is the better trade (and compiles faster).
-UNROLLED_SOLVE_MAX_K = 16
-
-
-def _solve_in_one_launch(matrix: Tensor) -> bool:
-    """Whether :func:`solve_spd` takes the Triton kernel: CUDA, at most ``MAX_K`` unknowns, Triton installed.
-    (``python -m mtrl.bench launches`` answers yes to count a GPU's launches on the CPU.)"""
-    return matrix.is_cuda and matrix.shape[-1] <= _gauss_jordan.MAX_K and _gauss_jordan.HAVE_TRITON
-
-
-def solve_spd(matrix: Tensor, rhs: Tensor) -> Tensor:
-    """``x`` with ``matrix @ x = rhs`` for a small symmetric positive definite ``[k, k]`` matrix and a ``[k]``
-    right-hand side (or ``[k, m]``: ``m`` of them). Unchecked: for a singular matrix the result may be non-finite or meaningless, and the
-    callers mask bad steps.
-
-    * CUDA (``k ≤ _gauss_jordan.MAX_K``, Triton installed): Gauss-Jordan elimination in one Triton launch
-      (``torch.ops.mtrl.spd_solve``), eagerly and traced alike; a cuSOLVER solve is several launches.
-    * Traced by ``torch.compile`` elsewhere (``k ≤ UNROLLED_SOLVE_MAX_K``): the same elimination as
-      element-wise operations (:func:`~._gauss_jordan.gauss_jordan`), which inductor fuses with the rest of a
-      solver iteration, where a library call would split it. On the CPU (inductor, k = 2) this made a
-      compiled α-fair solve 2.6× faster (762 → 291 µs).
-    * Otherwise ``torch.linalg.solve_ex`` (LAPACK).
-
-    Elimination without pivoting is stable for SPD matrices, as Cholesky is; all forms agree to rounding.
-    """
-    k = matrix.shape[-1]
-    if _solve_in_one_launch(matrix):
-        return torch.ops.mtrl.spd_solve(matrix, rhs)
-    if torch.compiler.is_compiling() and k <= UNROLLED_SOLVE_MAX_K:
-        return _gauss_jordan.gauss_jordan(matrix, rhs)
-    return torch.linalg.solve_ex(matrix, rhs).result
-
-
 def simplex_active_set(K: Tensor, b: Tensor | None = None, radius: Tensor | None = None,
                        iterations: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Minimise a convex function over the simplex by a primal active-set method (Lawson–Hanson style).
@@ -226,10 +126,9 @@ def simplex_active_set(K: Tensor, b: Tensor | None = None, radius: Tensor | None
     Each iteration either (the face minimiser ``z`` is feasible) moves to ``z`` and adds the index
     with the most negative reduced gradient, or steps from the current point toward ``z`` until a
     weight reaches 0 and drops it; every step descends ``F``. It starts from the best vertex and runs
-    :func:`iteration_budget` iterations (:func:`_active_set_step`, fused on CUDA, :func:`fused`); once optimal it
-    stays put (on the CPU it stops there, see ``EARLY_EXIT_ON_CPU``). A point in the affine hull of the face
-    (a duplicated or dependent row) has reduced gradient 0 and never enters, so the face systems stay
-    non-singular.
+    at most :func:`iteration_budget` iterations (:func:`_active_set_step`); once optimal it stays put
+    (:func:`may_stop`). A point in the affine hull of the face (a duplicated or dependent row) has reduced
+    gradient 0 and never enters, so the face systems stay non-singular.
 
     Returns:
         ``(w, t, converged)``: the weights (on the simplex), CAGrad's ``t = ‖g_w‖/r`` in the units of
@@ -240,6 +139,7 @@ def simplex_active_set(K: Tensor, b: Tensor | None = None, radius: Tensor | None
     k = K.shape[0]
     dtype, device = K.dtype, K.device
     index = torch.arange(k, device=device)
+    eye = torch.eye(k, dtype=dtype, device=device)
     scale = torch.diagonal(K).max().clamp_min(TINY)
     K = K / scale  # largest diagonal entry 1; b scales along, r with √scale
     cagrad = b is not None
@@ -250,17 +150,15 @@ def simplex_active_set(K: Tensor, b: Tensor | None = None, radius: Tensor | None
         start = torch.argmin(b + radius * torch.diagonal(K).clamp_min(0.0).sqrt())
         b_largest = b.abs().max()
     else:
-        b = torch.zeros(k, dtype=dtype, device=device)
-        r2 = b_largest = torch.zeros((), dtype=dtype, device=device)
+        r2 = b_largest = None
         start = torch.argmin(torch.diagonal(K))
     face = index == start
     w = face.to(dtype)
-    step = fused(_active_set_step, device)
-    stop_when_settled = early_exit(device)
+    shifted = K + 1.0   # K_PP + ρ 11ᵀ on a face (ρ = 1, see _face_stationary_points)
     for _ in range(iteration_budget(k) if iterations is None else iterations):
-        w, face, settled = step(K, b, r2, b_largest, w, face, cagrad)
-        if stop_when_settled and bool(settled):
-            break  # further iterations would repeat this one
+        w, face, settled = _active_set_step(K, shifted, eye, index, b, r2, b_largest, w, face)
+        if may_stop(settled):
+            break
 
     # Certificate: the Frank-Wolfe gap at the final point.
     Kw = K @ w
@@ -275,63 +173,63 @@ def simplex_active_set(K: Tensor, b: Tensor | None = None, radius: Tensor | None
     return w, t, converged
 
 
-def _active_set_step(K: Tensor, b: Tensor, r2: Tensor, b_largest: Tensor, w: Tensor, face: Tensor,
-                     cagrad: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _active_set_step(K: Tensor, shifted: Tensor, eye: Tensor, index: Tensor, b: Tensor | None, r2: Tensor | None,
+                     b_largest: Tensor | None, w: Tensor, face: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """One iteration of :func:`simplex_active_set`: ``(w, face, settled)`` after it (every branch a mask).
 
-    ``K`` normalised (largest diagonal entry 1), ``b`` and ``r2 = r²`` in its units (zeros for MGDA),
-    ``b_largest = max|b|``; ``settled``: nothing entered, left or failed, so further iterations repeat it.
+    ``K`` normalised (largest diagonal entry 1), ``shifted = K + 1``; CAGrad's ``b``, ``r2 = r²`` in those
+    units and ``b_largest = max|b|`` (``None`` for MGDA); ``settled``: nothing entered, left or failed, so
+    further iterations repeat it.
     """
-    k, dtype, device = K.shape[0], K.dtype, K.device
-    index = torch.arange(k, device=device)
-    infinity = torch.full((k,), math.inf, dtype=dtype, device=device)
-    a, c, lam_a, lam_c = _face_stationary_points(K, b, face)
-    if cagrad:
-        room = r2 - dot(c, matvec(K, c)).clamp_min(0.0)
+    a, c, lam_a, lam_c = _face_stationary_points(shifted, eye, b, face)
+    if b is not None:
+        room = r2 - (c @ K @ c).clamp_min(0.0)
         bounded = room > 1e-14 * r2
-        t = torch.where(bounded, (dot(a, matvec(K, a)).clamp_min(0.0) / torch.where(bounded, room, r2)).sqrt(), _FAR)
-        z, lam = a + t * c, lam_a + t * lam_c
-        reduced = t * b + matvec(K, z) - lam  # t-scaled reduced gradient: 0 on the face, < 0 where entering descends
+        t = torch.where(bounded, ((a @ K @ a).clamp_min(0.0) / torch.where(bounded, room, r2)).sqrt(), _FAR)
+        z = a + t * c
+        reduced = t * b + K @ z - (lam_a + t * lam_c)  # t-scaled reduced gradient: 0 on the face, < 0 where entering descends
         tolerance = 1e-12 * (1.0 + t * b_largest)
     else:
         z = a
-        reduced = matvec(K, z) - lam_a
+        reduced = K @ z - lam_a
         tolerance = 1e-12
-    feasible = ((z > 0) | ~face).all() & torch.isfinite(z).all()
-    # (A 0-dim tensor used as an index would be read back to the host: compare through min/argmin.)
-    outside = torch.where(face, infinity, reduced)
+    feasible = ((z > 0) | ~face).all()   # (False for a failed solve: NaN > 0 is False)
+    outside = torch.where(face, math.inf, reduced)
     enter = feasible & (outside.min() < -tolerance)
     # Infeasible z: step from w toward z until the first weight on the face reaches 0.
-    ratios = torch.where(face & (z <= 0), w / (w - z).clamp_min(TINY), infinity)
+    ratios = torch.where(face & (z <= 0), w / (w - z).clamp_min(TINY), math.inf)
     step = ratios.min().clamp(max=1.0)
     stepped = torch.where(face, w + step * (z - w), 0.0)
     leave = face & ((ratios <= step) | (stepped <= 0))
     moved = torch.where(feasible, z, torch.where(leave, 0.0, stepped)).clamp_min(0.0)
-    moved = moved / moved.sum()
-    usable = torch.isfinite(moved).all()
-    w = torch.where(usable, moved, w)
+    total = moved.sum()
+    usable = torch.isfinite(total) & (total > 0)   # moved ≥ 0: a finite positive sum means finite entries
+    w = torch.where(usable, moved / total, w)
     grown = face | (enter & (index == torch.argmin(outside)))
     face = torch.where(usable, torch.where(feasible, grown, face & ~leave), face)
-    return w, face, ~(enter | ~feasible | ~usable)
+    return w, face, usable & ~enter & feasible
 
 
-def _face_stationary_points(K: Tensor, b: Tensor, face: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _face_stationary_points(shifted: Tensor, eye: Tensor, b: Tensor | None,
+                            face: Tensor) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
     """On the face ``P`` (``face`` its mask): ``a``, the face's min-norm point (``K_PP a = λ_a 1``,
-    ``1ᵀa = 1``), and ``c``, the direction with ``K_PP c = −b_P + λ_c 1``, ``1ᵀc = 0``; zero off the face.
+    ``1ᵀa = 1``), and ``c``, the direction with ``K_PP c = −b_P + λ_c 1``, ``1ᵀc = 0``; zero off the face
+    (``c`` and ``λ_c`` are ``None`` without ``b``).
 
     These are the solutions of the bordered system ``[[K_PP, −1], [1ᵀ, 0]]``, which is indefinite. With
-    ``ρ = 1`` (``K`` is normalised to a largest diagonal entry of 1), ``M = K_PP + ρ 11ᵀ`` is positive
-    definite exactly when that system is regular (``xᵀMx = xᵀKx + ρ(1ᵀx)²``, and the system is regular when
-    ``K`` is definite on ``1ᵀx = 0``), so one SPD solve with two right-hand sides gives both:
-    ``M y = 1``, ``M c₀ = −b``; then ``a = y / 1ᵀy``, ``λ_a = 1/1ᵀy − ρ``, ``c = c₀ − s y``, ``λ_c = −s``
-    with ``s = 1ᵀc₀ / 1ᵀy``. On CUDA that solve is one Triton launch (:func:`solve_spd`) where a pivoted
-    LU of the bordered system is several.
+    ``ρ = 1`` (``K`` is normalised to a largest diagonal entry of 1; ``shifted = K + ρ``), ``M = K_PP + ρ 11ᵀ``
+    is positive definite exactly when that system is regular (``xᵀMx = xᵀKx + ρ(1ᵀx)²``, and the system is
+    regular when ``K`` is definite on ``1ᵀx = 0``), so one SPD solve gives both: ``M y = 1``, ``M c₀ = −b``;
+    then ``a = y / 1ᵀy``, ``λ_a = 1/1ᵀy − ρ``, ``c = c₀ − s y``, ``λ_c = −s`` with ``s = 1ᵀc₀ / 1ᵀy``.
     """
-    k, dtype, device = K.shape[0], K.dtype, K.device
-    on, eye = face.to(dtype), torch.eye(k, dtype=dtype, device=device)
-    shifted = torch.where(face[:, None] & face[None, :], K + 1.0, eye)          # K_PP + ρ 11ᵀ, identity off P
-    solution = solve_spd(shifted, torch.stack([on, -b * on], dim=1))  # unchecked: a failed solve is masked later
-    y, c0 = solution[:, 0] * on, solution[:, 1] * on
+    on = face.to(shifted.dtype)
+    system = torch.where(face[:, None] & face[None, :], shifted, eye)   # K_PP + ρ 11ᵀ, identity off P
+    if b is None:
+        y = torch.linalg.solve_ex(system, on).result * on   # unchecked: a failed solve is masked later
+        total = y.sum()
+        return y / total, None, 1.0 / total - 1.0, None
+    solution = torch.linalg.solve_ex(system, torch.stack([on, -b * on], dim=1)).result * on[:, None]
+    y, c0 = solution.unbind(1)
     total = y.sum()
     share = c0.sum() / total
     return y / total, c0 - share * y, 1.0 / total - 1.0, -share
@@ -358,26 +256,36 @@ def min_norm_weights(K: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(zero, mean, w), converged | zero
 
 
-def least_squares(system: Tensor, rhs: Tensor, iterations: int = 20, ridge: float = 1e-8) -> Tensor:
+#: Terms of the iterated-Tikhonov series summed by doubling (2^this), and refinement steps after it.
+_TIKHONOV_DOUBLINGS = 5
+_REFINEMENTS = 2
+
+
+def least_squares(system: Tensor, rhs: Tensor, ridge: float = 1e-8) -> Tensor:
     """The minimum-norm least-squares solution of ``system @ x ≈ rhs`` (float64, any rank), on the device.
 
-    Iterated Tikhonov regularisation: ``x ← x + (AᵀA + δI)⁻¹ Aᵀ(rhs − A x)`` from ``x = 0`` with one
-    inverse of the (small, symmetric positive definite) regularised normal matrix; each iteration shrinks the error along a singular direction ``σ`` by
-    ``δ/(σ² + δ)`` and never enters the null space, so it converges to the pseudo-inverse solution
-    (``δ = 1e-8 · max diag(AᵀA)``: rounding along a null direction is amplified by at most 1e8·eps;
-    20 iterations shrink directions with ``σ² ≥ δ`` below 1e-6 of their error, those with ``σ² ≥ 100δ``
-    to rounding). The residual is evaluated on ``A`` itself, which makes the
-    iteration an iterative refinement too. The inverse is one SPD solve with the identity as right-hand
-    sides (:func:`solve_spd`: one Triton launch on CUDA); the products are :func:`matvec`, so that the
-    whole solve fuses when traced.
+    Iterated Tikhonov regularisation, ``x ← x + M (rhs − A x)`` from ``x = 0`` with
+    ``M = (AᵀA + δI)⁻¹ Aᵀ`` (one solve of the small, symmetric positive definite regularised normal
+    system): each iteration shrinks the error along a singular direction ``σ`` by ``δ/(σ² + δ)`` and never
+    enters the null space, so it converges to the pseudo-inverse solution (``δ = 1e-8 · max diag(AᵀA)``:
+    rounding along a null direction is amplified by at most 1e8·eps). Its first ``2^5 = 32`` iterates sum
+    the series ``x = Σ_{i<32} Tⁱ M rhs``, ``T = I − M A``, formed by doubling (five products); two
+    iterations with the residual evaluated on ``A`` itself follow, an iterative refinement that removes the
+    rounding of ``M``. Directions with ``σ² ≥ δ`` end below 1e-10 of their error, those with
+    ``σ² ≥ 100δ`` at rounding.
     """
-    normal = matvec(system.T, system.T)   # AᵀA
+    normal = system.T @ system   # AᵀA
     ridge_value = ridge * torch.diagonal(normal).max().clamp_min(TINY)
     eye = torch.eye(normal.shape[0], dtype=normal.dtype, device=normal.device)
-    inverse = solve_spd(normal + ridge_value * eye, eye)   # unchecked: no host read
-    x = torch.zeros(system.shape[1], dtype=system.dtype, device=system.device)
-    for _ in range(iterations):
-        x = x + matvec(inverse, matvec(system.T, rhs - matvec(system, x)))
+    inverse = torch.linalg.solve_ex(normal + ridge_value * eye, system.T).result   # M, unchecked: no host read
+    power = eye - inverse @ system   # T
+    series = eye                     # Σ_{i < 2^j} Tⁱ
+    for _ in range(_TIKHONOV_DOUBLINGS):
+        series = series + power @ series
+        power = power @ power
+    x = series @ (inverse @ rhs)
+    for _ in range(_REFINEMENTS):
+        x = x + inverse @ (rhs - system @ x)
     return x
 
 

@@ -7,7 +7,6 @@ from torch import Tensor
 
 from mtrl.aggregation._base import (Aggregator, TaskStats, check_choice, check_seed, generator_on, register,
                                     seeded_generator)
-from mtrl.aggregation import _linalg
 from mtrl.aggregation._linalg import TINY, gramian
 
 
@@ -43,7 +42,7 @@ class PCGrad(Aggregator):
     .. note:: Device. The orders are drawn on the Jacobian's device (on a GPU from a generator there,
        seeded once from the CPU one, so GPU and CPU runs draw different orders), and the ``k``
        projections run for all tasks at once, one order position per step, with the conflict test
-       as a mask: no host read (on CUDA they are one fused stage, ``_linalg.fused``).
+       as a mask: no host read.
     """
 
     _state_attributes = ("generator",)
@@ -63,23 +62,28 @@ class PCGrad(Aggregator):
         self.generator = generator_on(self.generator, K.device)
         # Row i: task i's projection order (the same draws, in the same sequence, as one randperm per task).
         orders = torch.stack([torch.randperm(k, generator=self.generator, device=K.device) for _ in range(k)])
-        weights = _linalg.fused(_projected_weights, K.device)(K, orders, self.reduction == "mean")
+        weights = _projected_weights(K, orders, self.reduction == "mean")
         return weights.to(dtype=jacobian.dtype)
 
 
 def _projected_weights(K: Tensor, orders: Tensor, mean: bool) -> Tensor:
     """The PCGrad weights from the Gramian and each task's projection order (row ``i`` of ``orders``): the
-    ``k`` projections of all tasks at once, one order position per step (one fused stage on CUDA)."""
+    ``k`` projections of all tasks at once, one order position per step.
+
+    At position ``m`` task ``i`` projects on ``g_j``, ``j = orders[i, m]``: with ``c^(i)`` the coefficients of
+    ``g_i^PC``, ``⟨g_i^PC, g_j⟩ = (K c^(i))_j``, and the projection subtracts ``min(⟨g_i^PC, g_j⟩, 0) / K_jj``
+    from ``c^(i)_j`` (``j = i`` and zero rows ``K_jj = 0`` are skipped: their factor is 0)."""
     k = K.shape[0]
     diagonal = torch.diagonal(K)
-    rows = torch.arange(k, device=K.device)
+    by_position = orders.T                                   # [position, task i] -> j
+    rows_of_k = K[by_position]                               # [position, i, :]: row j of K (K symmetric)
+    selected = diagonal[by_position]                         # K_jj
+    skip = (by_position == torch.arange(k, device=K.device)) | (selected <= TINY)
+    inverse = torch.where(skip, 0.0, 1.0 / torch.where(skip, 1.0, selected))
+    one_hot = torch.nn.functional.one_hot(by_position, k).to(K.dtype)   # [position, i, j]
     current = torch.eye(k, dtype=K.dtype, device=K.device)  # row i: c^(i), g_i^PC = c^(i) @ J
     for position in range(k):
-        j = orders[:, position]
-        inner = _linalg.matvec(K.T, current).gather(1, j[:, None])[:, 0]  # ⟨g_i^PC, g_j⟩ = (c^(i) K)_j for every i
-        project = (j != rows) & (diagonal[j] > TINY) & (inner < 0)
-        step = torch.where(project, inner / torch.where(project, diagonal[j], torch.ones_like(inner)),
-                           torch.zeros_like(inner))
-        current = current - torch.zeros_like(current).scatter_(1, j[:, None], step[:, None])
+        inner = (current * rows_of_k[position]).sum(1)       # ⟨g_i^PC, g_j⟩ for every i
+        current = current - (inner.clamp_max(0.0) * inverse[position])[:, None] * one_hot[position]
     weights = current.sum(dim=0)
     return weights / k if mean else weights

@@ -17,7 +17,6 @@ import math
 import torch
 from torch import Tensor
 
-from mtrl.aggregation import _linalg
 from mtrl.aggregation._base import TaskStats
 
 __all__ = ["performance_weights", "performance_variance", "PerformanceInformed",
@@ -67,12 +66,7 @@ def performance_weights(delta_m: Tensor, omega_lower: float = OMEGA_LOWER, omega
     if delta_m.ndim != 1 or delta_m.numel() == 0 or (validate and not torch.isfinite(delta_m).all()):
         raise ValueError(f"delta_m must be a non-empty finite [k] tensor, got {delta_m}.")
     s = min(1.0 / omega_lower, omega_upper)
-    return _linalg.fused(_omega, delta_m.device)(delta_m, math.log(s), float(tau_min))
-
-
-def _omega(delta_m: Tensor, log_s: float, tau_min: float) -> Tensor:
-    """``k · softmax(Δm / τ)``, ``τ = max((max Δm − min Δm) / log s, τ*)``: one fused kernel on a GPU."""
-    tau = ((delta_m.max() - delta_m.min()) / log_s).clamp_min(tau_min)
+    tau = ((delta_m.max() - delta_m.min()) / math.log(s)).clamp_min(float(tau_min))
     return delta_m.numel() * torch.softmax(delta_m / tau, dim=0)
 
 
@@ -115,8 +109,8 @@ class PerformanceInformed:
         """ω on the device of the losses, without a host read when the aggregator defers its checks."""
         delta_m = (torch.zeros(stats.num_tasks, dtype=torch.float64, device=stats.losses.device)
                    if stats.performance is None else stats.performance.detach().to(torch.float64))
-        omega = performance_weights(delta_m, self.omega_lower, self.omega_upper, self.tau_min,
-                                    validate=not self._deferring())  # type: ignore[attr-defined]
+        # (Δm went through the call's input check already: eagerly raised, or recorded for check().)
+        omega = performance_weights(delta_m, self.omega_lower, self.omega_upper, self.tau_min, validate=False)
         self.last_omega = omega
         self._var_delta_m = performance_variance(delta_m)
         return omega

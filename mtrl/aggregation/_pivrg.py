@@ -46,16 +46,14 @@ class PIVRG(PerformanceInformed, WarmStarted, Aggregator):
     .. note:: ω is computed from whatever Δm the caller passes; the paper uses Δm on a validation set
        where one exists, on the training set otherwise, and success rates on MT10.
 
-    .. note:: The toy of App. B.1 (``python -m mtrl.supervised bench=toy agg=pivrg``; L1 scaled by 0.1 as
-       in Nash-MTL's toy). On and near the front the two gradients are nearly opposite, and both the exact
-       solve and the least-squares fallback move a start along the front until
-       ``ω_1 ‖g_1‖^(1+α) = ω_2 ‖g_2‖^(1+α)`` (α = 2), where the update's component along the front changes
-       sign. On the front ``‖g_2‖/‖g_1‖ = 10 |θ1 + 7| / |7 − θ1|``, so FairGrad (ω = 1) stops at
-       θ1 = −5.73 and PIVRG, with ω_1/ω_2 at its cap ``s = 2``, at θ1 = −5.43: measured (35k steps), all
-       five starts end on the front at (−5.432, −8.404), mean Var[Δm] 1446 against FairGrad's (α = 2)
-       1608. The equal-Δm point θ1 = 0 of the paper's figure would need ω_1/ω_2 = 10³, far outside the
-       paper's bounds ([0.5, 0.8] and [1.2, 2]); we keep the paper's bounds. (LS leaves two starts off
-       the front; its mean Var[Δm], 1346, is lower only because of those.)
+    .. note:: The toy of App. B.1 (``python -m mtrl.supervised bench=toy agg=pivrg``). On and near the front
+       the two gradients are nearly opposite, and both the exact solve and the least-squares fallback move a
+       start along the front until ``ω_1 ‖g_1‖^(1+α) = ω_2 ‖g_2‖^(1+α)`` (α = 2), where the update's component
+       along the front changes sign. On the front ``‖g_2‖/‖g_1‖ = |θ1 + 7| / |7 − θ1|``: the toy as the paper
+       states it (``bench.scale=1``) has equal norms at θ1 = 0, where Δm_1 = Δm_2 and ω = 1, so PIVRG ends at
+       the balanced point of the paper's Fig. 2. With Nash-MTL's variant (``bench.scale=0.1``: L1 scaled by
+       0.1, norms ratio ×10) balance would need ``ω_1/ω_2 = 10³``, far outside the paper's bounds on ω, which
+       we keep: PIVRG then stops where ω_1/ω_2 reaches its cap ``s``, short of the balanced point.
 
     .. note:: Degenerate inputs. Eq. 8 has no solution at a Pareto-stationary point (the paper's
        Assumption 1 rules this out): see :mod:`mtrl.aggregation._alpha_fair` for the fallbacks (zero

@@ -13,8 +13,7 @@ whose name contains ``ratio``. ``--quick`` shrinks every benchmark to a CI-sized
 tests use to check that each one runs and writes its JSON; the numbers of a quick run mean nothing.
 
 Benchmarks (``BENCHMARKS``, in the order ``--help`` lists them):
-``env``, ``jacobian``, ``update``, ``launches``, ``aggregators``, ``train``, ``learn``, ``supervised``,
-``gpu-check``.
+``env``, ``jacobian``, ``update``, ``aggregators``, ``train``, ``learn``, ``supervised``, ``gpu-check``.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ BENCHMARKS: dict[str, str] = {
     "env": "env",
     "jacobian": "jacobian",
     "update": "update",
-    "launches": "launches",
     "aggregators": "aggregators",
     "train": "train",
     "learn": "learn",

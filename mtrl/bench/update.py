@@ -10,8 +10,7 @@ aggregator's time over ``ls``'s; per aggregator, ``ratio_to_eager`` is a mode's 
 ``cpu_ms`` is the process's CPU time per update, which a busy machine inflates less than wall time.
 Times are medians over ``--repeats`` rounds that time every (mode, aggregator) once, interleaved so that
 all rows see the same load, on random replay contents (the cost does not depend on them). On CUDA,
-``kernels`` counts the kernels one update launches (the profiler's CUDA activity): what ``bench launches``
-models on any machine; ``kernel_ms`` is their summed GPU time (below ``ms``: the rest is gaps between
+``kernels`` counts the kernels one update launches (the profiler's CUDA activity); ``kernel_ms`` is their summed GPU time (below ``ms``: the rest is gaps between
 kernels), and ``top_kernels`` (printed per row, and in the JSON) names those that take the most of it.
 """
 
@@ -161,7 +160,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for (mode, name), times in samples.items():
         results[mode][name]["ms"] = 1e3 * statistics.median(times)
         results[mode][name]["cpu_ms"] = 1e3 * statistics.median(cpu_samples[mode, name])
-        if cuda:   # what `bench launches` models on the CPU, measured, and where the GPU time goes
+        if cuda:   # the kernels launched, and where the GPU time goes
             profile = profile_kernels(updates[mode, name])
             results[mode][name].update(kernels=profile.get("kernels", profile.get("error")),
                                        kernel_ms=1e-3 * profile["kernel_us"] if "kernel_us" in profile else None,

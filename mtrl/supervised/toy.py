@@ -9,9 +9,10 @@
     h2 = ((-θ1 - 7)² + 0.1 (-θ2 - 8)²) / 10 - 20
 
 Protocol (Nash-MTL's ``experiments/toy``, which PIVRG says it follows): the five starting points
-``(-8.5, 7.5), (0, 0), (9, 9), (-7.5, -0.5), (9, -1)``, Adam with lr 1e-3, 35 000 steps, and the
-first loss scaled by ``scale = 0.1`` (Nash-MTL's modification of CAGrad's toy, which makes the tasks'
-loss scales differ by 10×).
+``(-8.5, 7.5), (0, 0), (9, 9), (-7.5, -0.5), (9, -1)``, Adam with lr 1e-3, 35 000 steps. The losses
+are those PIVRG's App. B.1 states, ``scale = 1`` (:data:`SCALE`); ``scale = 0.1`` is Nash-MTL's
+modification of CAGrad's toy (the first loss scaled by 0.1, so that the tasks' loss scales differ
+by 10×), which the code of Nash-MTL and FAMO runs.
 
 .. note:: Knowing differences.
 
@@ -48,16 +49,18 @@ from mtrl.aggregation import Aggregator, TaskStats
 from mtrl.metrics import performance_drop
 
 __all__ = [
-    "STARTS", "LOWER", "toy_losses", "toy_losses_and_jacobian", "single_task_optima", "pareto_set", "pareto_front",
+    "STARTS", "LOWER", "SCALE", "toy_losses", "toy_losses_and_jacobian", "single_task_optima", "pareto_set", "pareto_front",
     "distance_to_pareto_set", "ToyRun", "run_toy", "plot_toy", "toy_table",
 ]
 
 LOWER = 0.000005
 #: The five starting points of Nash-MTL / FAMO / PIVRG.
 STARTS: tuple[tuple[float, float], ...] = ((-8.5, 7.5), (0.0, 0.0), (9.0, 9.0), (-7.5, -0.5), (9.0, -1.0))
+#: The factor on the first loss: 1 as PIVRG's App. B.1 states it (Nash-MTL's toy: 0.1).
+SCALE = 1.0
 
 
-def toy_losses(theta: Tensor, scale: float = 0.1) -> Tensor:
+def toy_losses(theta: Tensor, scale: float = SCALE) -> Tensor:
     """``[..., 2]`` losses ``(L1, L2)`` at ``theta`` of shape ``[..., 2]`` (same ops as the authors')."""
     x1, x2 = theta[..., 0], theta[..., 1]
     g1 = torch.clamp((0.5 * (-x1 - 7) - torch.tanh(-x2)).abs(), LOWER).log() + 6
@@ -100,7 +103,7 @@ def _losses_and_jacobian_np(theta: np.ndarray, scale: float) -> tuple[np.ndarray
     return losses, jacobian
 
 
-def toy_losses_and_jacobian(theta: Tensor, scale: float = 0.1) -> tuple[Tensor, Tensor]:
+def toy_losses_and_jacobian(theta: Tensor, scale: float = SCALE) -> tuple[Tensor, Tensor]:
     """Losses ``[..., 2]`` and Jacobians ``[..., 2 (task), 2 (θ)]`` at ``theta`` ``[..., 2]``, in closed form.
 
     The derivatives follow autograd's conventions at the kinks of :func:`toy_losses` (``clamp``
@@ -137,12 +140,12 @@ def _pareto_set(n: int) -> np.ndarray:
     return np.stack([theta1, _front_theta2(theta1)], axis=1)
 
 
-def pareto_front(n: int = 201, scale: float = 0.1) -> np.ndarray:
+def pareto_front(n: int = 201, scale: float = SCALE) -> np.ndarray:
     """``[n, 2]`` loss pairs (L1, L2) on the Pareto front."""
     return toy_losses(torch.from_numpy(pareto_set(n)), scale).numpy()
 
 
-def single_task_optima(scale: float = 0.1) -> np.ndarray:
+def single_task_optima(scale: float = SCALE) -> np.ndarray:
     """``[2]`` single-task minima ``(min L1, min L2)``, at θ = (7, t*) and (-7, t*)."""
     ends = np.array([[7.0, _front_theta2(np.array([7.0]))[0]], [-7.0, _front_theta2(np.array([-7.0]))[0]]])
     losses = toy_losses(torch.from_numpy(ends), scale).numpy()
@@ -213,7 +216,7 @@ def run_toy(
     name: str | None = None,
     steps: int = 35_000,
     lr: float = 1e-3,
-    scale: float = 0.1,
+    scale: float = SCALE,
     starts: Sequence[Sequence[float]] = STARTS,
     record_every: int = 10,
     max_grad_norm: float | None = None,
@@ -377,7 +380,7 @@ def save_toy_results(runs: Sequence[ToyRun], out_dir: str | Path, tolerance: flo
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = {
-        "bench": "toy", "tolerance": tolerance,
+        "bench": "toy", "scale": runs[0].scale, "tolerance": tolerance,
         "pareto_front_ends": single_task_optima(runs[0].scale).tolist(),
         "aggregators": {run.name: run.summary(tolerance) for run in runs},
     }

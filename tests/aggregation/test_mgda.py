@@ -151,7 +151,11 @@ def test_the_face_solve_equals_the_bordered_system(case: str) -> None:
     K = G @ G.T
     K = K / torch.diagonal(K).max()
     b = torch.randn(K.shape[0], dtype=torch.float64, generator=generator)
-    a, c, lam_a, lam_c = _linalg._face_stationary_points(K, b, face)
+    a, c, lam_a, lam_c = _linalg._face_stationary_points(K + 1.0, torch.eye(K.shape[0], dtype=torch.float64), b, face)
+    a_only, none, lam_a_only, _ = _linalg._face_stationary_points(K + 1.0, torch.eye(K.shape[0], dtype=torch.float64),
+                                                                 None, face)   # MGDA's face step: a alone
+    assert none is None
+    torch.testing.assert_close(torch.cat([a_only, lam_a_only[None]]), torch.cat([a, lam_a[None]]), rtol=1e-12, atol=1e-14)
 
     P = face.nonzero().flatten()
     m = len(P)

@@ -29,10 +29,14 @@ class HostRead(AssertionError):
     pass
 
 
+#: The early exit of the solvers' loops, which reads its flag on the CPU only (where reading is free).
+EARLY_EXIT = _linalg.may_stop
+
+
 @pytest.fixture(autouse=True)
-def _device_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run the solvers as on a GPU: the fixed iteration count, without the CPU's early exit."""
-    monkeypatch.setattr(_linalg, "EARLY_EXIT_ON_CPU", False)
+def _fixed_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the solvers' loops as traced or captured: their fixed iteration counts, without the early exit."""
+    monkeypatch.setattr(_linalg, "may_stop", lambda settled: False)
 
 
 @contextlib.contextmanager
@@ -208,55 +212,92 @@ def test_mtl_backward_with_task_partitioned_jacobian_does_not_read_back(name: st
     method.check()
 
 
-@pytest.mark.parametrize("name", ["mgda", "cagrad", "nashmtl", "fairgrad", "pivrg"])
-def test_device_path_gives_the_cpu_path_weights(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fixed-count loop (GPU) and the early-exiting one (CPU) agree on the hard cases: once
-    settled, further iterations repeat the last one."""
+@pytest.mark.parametrize("name", ["mgda", "cagrad", "imtlg", "nashmtl", "fairgrad", "pivrg"])
+def test_the_fixed_count_gives_the_early_exit_weights(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fixed-count loops (traced, captured, any GPU) and the early-exiting ones (the CPU) agree on the
+    hard cases: once settled, further iterations leave every iterate as it is."""
     from test_properties import HARD
 
     for case, jacobian in HARD.items():
         stats = TaskStats(torch.ones(jacobian.shape[0], dtype=torch.float64))
         fixed = agg.make(name)(jacobian, stats)
-        monkeypatch.setattr(_linalg, "EARLY_EXIT_ON_CPU", True)
+        monkeypatch.setattr(_linalg, "may_stop", EARLY_EXIT)
         early = agg.make(name)(jacobian, stats)
-        monkeypatch.setattr(_linalg, "EARLY_EXIT_ON_CPU", False)
+        monkeypatch.setattr(_linalg, "may_stop", lambda settled: False)
         torch.testing.assert_close(fixed, early, rtol=0, atol=1e-12, msg=case)
 
 
-FUSED_STAGES = {"mgda": {"_active_set_step"}, "cagrad": {"_active_set_step"}, "imtlg": {"solve"},
-                "pcgrad": {"_projected_weights"},
-                "pivrg": {"_omega", "_prepare", "_paired_step", "_conclude"}}
-
-
-@pytest.mark.parametrize("name", sorted(FUSED_STAGES))
-def test_the_fused_solver_stages_trace_whole_and_give_the_same_weights(name: str,
+@pytest.mark.parametrize("name", ["mgda", "cagrad", "imtlg", "pcgrad", "pivrg"])
+def test_a_call_traces_whole_under_compile_and_gives_the_eager_weights(name: str,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a GPU the solvers' stages (active-set iterations; α-fair preparation, iteration pairs and conclusion;
-    IMTL-G's whole solve; PCGrad's projections) run through ``torch.compile`` with ``fullgraph``: no graph break, no host read. Checked on the CPU with
-    the ``aot_eager`` backend: the traced stages give the weights of the plain fixed-count path on random
-    and Pareto-stationary Jacobians."""
-    from test_properties import HARD
+    """One flow for every execution: ``torch.compile(fullgraph=True)`` traces a whole call with deferred checks
+    (a graph break, e.g. a host read, fails it) and gives the eager weights. PIVRG: cold, then warm from its
+    own last weights, at a Pareto-stationary point (the fallback chosen by mask, its count on the device).
+    PCGrad's orders are drawn outside the graph (a generator cannot be traced); its projections are traced.
+    Short loops keep the traced graphs small."""
+    from mtrl.aggregation import _alpha_fair, _pcgrad
 
-    cases = {"random": torch.randn(5, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(3)),
-             **{case: HARD[case] for case in sorted(HARD)[:3]}}
-    options = {"seed": 0} if name == "pcgrad" else {}   # the same projection orders in both runs
-
-    def stats(jacobian: torch.Tensor) -> TaskStats:   # unequal Δm: PIVRG's ω is a fused stage too
-        k = jacobian.shape[0]
-        return TaskStats(torch.ones(k, dtype=torch.float64), performance=torch.linspace(-20.0, 60.0, k))
-
-    plain = {case: agg.make(name, **options)(jacobian, stats(jacobian)) for case, jacobian in cases.items()}
-    monkeypatch.setattr(_linalg, "FUSE_ON_DEVICES", ("cpu",))
-    monkeypatch.setattr(_linalg, "FUSE_BACKEND", "aot_eager")
-    monkeypatch.setattr(_linalg, "_FUSED", {})
-    monkeypatch.setattr(_linalg, "_FUSE_FAILED", [])
+    monkeypatch.setattr(_linalg, "iteration_budget", lambda k: 3)
+    for constant in ("MAX_ITERATIONS", "WARM_ITERATIONS", "LEAST_SQUARES_ITERATIONS"):
+        monkeypatch.setattr(_alpha_fair, constant, 3)
     torch._dynamo.reset()
-    for case, jacobian in cases.items():
-        fused = agg.make(name, **options)(jacobian, stats(jacobian))
-        assert not _linalg._FUSE_FAILED, _linalg._FUSE_FAILED
-        # IMTL-G's least squares amplifies the rounding of its inverse along null directions by up to 1e8
-        # (its ridge, 1e-8): traced (elimination) and eager (LAPACK) inverses then differ at 1e-8 (duplicated rows).
-        tolerance = 1e-7 if name == "imtlg" else 1e-12
-        torch.testing.assert_close(fused, plain[case], rtol=tolerance, atol=1e-14, msg=case)
-    stages = {function.__name__ for function, _ in _linalg._FUSED}
-    assert stages >= FUSED_STAGES[name], stages
+    generator = torch.Generator().manual_seed(5)
+    if name == "pcgrad":
+        K = (lambda g: g @ g.T)(torch.randn(4, 6, dtype=torch.float64, generator=generator))
+        orders = torch.stack([torch.randperm(4, generator=generator) for _ in range(4)])
+        compiled = torch.compile(_pcgrad._projected_weights, backend="eager", fullgraph=True, dynamic=False)
+        torch.testing.assert_close(compiled(K, orders, True), _pcgrad._projected_weights(K, orders, True), rtol=1e-12, atol=0)
+        return
+    jacobian = (torch.tensor([[1.0, 2.0, 0.0], [-1.0, -2.0, 0.0]], dtype=torch.float64) if name == "pivrg"
+                else torch.randn(4, 6, dtype=torch.float64, generator=generator))
+    k = jacobian.shape[0]
+    stats = TaskStats(torch.ones(k, dtype=torch.float64), performance=torch.linspace(-20.0, 60.0, k, dtype=torch.float64))
+    eager, traced = build(name), build(name)
+    compiled = torch.compile(lambda j, losses, drops: traced(j, TaskStats(losses, drops)), backend="eager",
+                             fullgraph=True, dynamic=False)
+    for _ in range(2 if name == "pivrg" else 1):
+        torch.testing.assert_close(compiled(jacobian, stats.losses, stats.performance), eager(jacobian, stats),
+                                   rtol=1e-12, atol=0)
+    assert traced.fallbacks == eager.fallbacks == (2 if name == "pivrg" else 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the GPU check runs it)")
+@pytest.mark.parametrize("name", ["ls", "mgda", "cagrad", "imtlg", "nashmtl", "fairgrad", "pivrg", "pi_nashmtl",
+                                  "excessmtl"])
+def test_cuda_a_call_is_captured_in_a_graph_and_replays_like_eager(name: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU a call with deferred checks is captured in a CUDA graph; its replays never synchronise and
+    give the weights (and fallback counts) of an eager twin that saw the same inputs."""
+    monkeypatch.setattr(_linalg, "may_stop", EARLY_EXIT)   # (off the CPU it never reads anyway)
+    generator = torch.Generator().manual_seed(0)
+    k, n = 4, 64
+
+    def inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (torch.randn(k, n, generator=generator).cuda(), (torch.rand(k, generator=generator) + 0.1).cuda(),
+                (30 * torch.randn(k, generator=generator)).cuda())
+
+    captured, eager = build(name), build(name)
+    jacobian, losses, drops = (t.clone() for t in inputs())
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):   # warm-up: the state tensors are created outside the capture
+        for _ in range(3):
+            captured(jacobian, TaskStats(losses, drops))
+            eager(jacobian, TaskStats(losses, drops))
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        weights = captured(jacobian, TaskStats(losses, drops))
+    for _ in range(3):
+        new = inputs()
+        for static, value in zip((jacobian, losses, drops), new):
+            static.copy_(value)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            graph.replay()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        expected = eager(new[0], TaskStats(new[1], new[2]))
+        torch.testing.assert_close(weights, expected, rtol=1e-5, atol=1e-6)
+    assert captured.fallbacks == eager.fallbacks
+    captured.check()

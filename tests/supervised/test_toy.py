@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -11,14 +12,14 @@ import torch
 import mtrl.aggregation as agg
 from mtrl.aggregation import mtl_backward
 from mtrl.supervised.toy import (
-    STARTS, distance_to_pareto_set, pareto_set, run_toy, single_task_optima, toy_losses, toy_losses_and_jacobian,
+    SCALE, STARTS, distance_to_pareto_set, pareto_set, run_toy, single_task_optima, toy_losses, toy_losses_and_jacobian,
 )
 
 POINTS = [(-8.5, 7.5), (9.0, 9.0), (-7.5, -0.5), (9.0, -1.0), (1.0, 2.0), (-3.0, -5.0), (0.5, -8.4)]
 
 
-def hand_losses(t1: float, t2: float, scale: float = 0.1) -> tuple[float, float]:
-    """The paper's formulas (with the authors' code's `+ tanh(-θ2)` in g2), scalar math only."""
+def hand_losses(t1: float, t2: float, scale: float = 1.0) -> tuple[float, float]:
+    """The paper's formulas (with the authors' code's `+ tanh(-θ2)` in g2), scalar math only; ``scale`` on L1."""
     f1 = max(math.tanh(0.5 * t2), 0.0)
     f2 = max(math.tanh(-0.5 * t2), 0.0)
     g1 = math.log(max(abs(0.5 * (-t1 - 7) - math.tanh(-t2)), 0.000005)) + 6
@@ -28,27 +29,31 @@ def hand_losses(t1: float, t2: float, scale: float = 0.1) -> tuple[float, float]
     return scale * (f1 * g1 + f2 * h1), f1 * g2 + f2 * h2
 
 
-def finite_difference_jacobian(t1: float, t2: float, h: float = 1e-6) -> np.ndarray:
+def finite_difference_jacobian(t1: float, t2: float, scale: float = 1.0, h: float = 1e-6) -> np.ndarray:
     jac = np.empty((2, 2))
     for j, (d1, d2) in enumerate(((h, 0.0), (0.0, h))):
-        plus = hand_losses(t1 + d1, t2 + d2)
-        minus = hand_losses(t1 - d1, t2 - d2)
+        plus = hand_losses(t1 + d1, t2 + d2, scale)
+        minus = hand_losses(t1 - d1, t2 - d2, scale)
         jac[:, j] = [(plus[i] - minus[i]) / (2 * h) for i in range(2)]
     return jac
 
 
 @pytest.mark.parametrize("point", POINTS)
 def test_losses_match_the_formulas(point) -> None:
+    """The default is PIVRG App. B.1 as stated (no factor on L1); ``scale=0.1`` is Nash-MTL's variant."""
+    assert SCALE == 1.0
     theta = torch.tensor(point, dtype=torch.float64)
-    expected = torch.tensor(hand_losses(*point), dtype=torch.float64)
-    torch.testing.assert_close(toy_losses(theta), expected, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(toy_losses_and_jacobian(theta[None])[0][0], expected, rtol=1e-12, atol=1e-12)
+    for scale in (1.0, 0.1):
+        expected = torch.tensor(hand_losses(*point, scale), dtype=torch.float64)
+        torch.testing.assert_close(toy_losses(theta, scale), expected, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(toy_losses_and_jacobian(theta[None], scale)[0][0], expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(toy_losses(theta), torch.tensor(hand_losses(*point), dtype=torch.float64))
 
 
 def test_hand_values_at_two_points() -> None:
     # (9, -1): θ2 < 0 so only the quadratic parts count, c2 = tanh(0.5).
     c2 = math.tanh(0.5)
-    expected = (0.1 * c2 * ((4 + 0.1 * 49) / 10 - 20), c2 * ((256 + 0.1 * 49) / 10 - 20))
+    expected = (c2 * ((4 + 0.1 * 49) / 10 - 20), c2 * ((256 + 0.1 * 49) / 10 - 20))
     torch.testing.assert_close(toy_losses(torch.tensor([9.0, -1.0], dtype=torch.float64)),
                                torch.tensor(expected, dtype=torch.float64))
     # (0, 0): tanh(0) = 0, both gates closed: L = (0, 0).
@@ -64,6 +69,8 @@ def test_gradients_match_finite_differences(point) -> None:
     torch.testing.assert_close(autograd, expected, rtol=1e-6, atol=1e-7)
     closed = toy_losses_and_jacobian(theta.detach()[None])[1][0]
     torch.testing.assert_close(closed, expected, rtol=1e-6, atol=1e-7)
+    closed = toy_losses_and_jacobian(theta.detach()[None], 0.1)[1][0]
+    torch.testing.assert_close(closed, torch.from_numpy(finite_difference_jacobian(*point, 0.1)), rtol=1e-6, atol=1e-7)
 
 
 def test_closed_form_jacobian_equals_autograd_everywhere_including_the_kinks() -> None:
@@ -121,7 +128,7 @@ def test_vectorised_runner_equals_one_optimizer_per_start(name, options) -> None
 
 
 def test_famo_after_step_and_clipping_run() -> None:
-    run = run_toy(lambda: agg.make("famo", weight_decay=0.0, min_losses=[-2.1, -21.0]), steps=30, record_every=10,
+    run = run_toy(lambda: agg.make("famo", weight_decay=0.0, min_losses=[-21.0, -21.0]), steps=30, record_every=10,
                   max_grad_norm=1.0)
     assert np.isfinite(run.theta).all() and np.isfinite(run.weights[-1]).all()
     summary = run.summary()
@@ -137,6 +144,8 @@ def test_report_gives_end_points_balance_and_variance_per_method(tmp_path) -> No
     starts = [tuple(p) for p in front] + [(9.0, 9.0), (-7.5, -0.5)]
     runs = [run_toy(lambda: agg.make(name), steps=5, starts=starts, record_every=5) for name in ("ls", "pivrg")]
     results = save_toy_results(runs, tmp_path)
+    assert json.loads((tmp_path / "results.json").read_text()) == json.loads(json.dumps(results))
+    assert results["scale"] == 1.0
     optima = single_task_optima()
     for run in runs:
         summary = results["aggregators"][run.name]
