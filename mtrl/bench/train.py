@@ -133,6 +133,7 @@ def measure(args: argparse.Namespace, agg: str, orders: list[str]) -> list[dict[
         k = settings.num_tasks
         actions = np.random.default_rng(0).uniform(-1, 1, size=(max(20, args.window // 3), k, 4)).astype(np.float32)
         loop = trainer.run.steps   # the training steps' phases (mtrl.training.stepping.StepLoop)
+        trainer.run.evaluations.wait_ready()   # the evaluation worker builds its environments before the timing
         env_only = vector_steps_per_second(loop.env, actions)
 
         clock = _PhaseClock(args.device)

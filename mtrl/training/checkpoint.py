@@ -188,6 +188,13 @@ class BufferCheckpoint:
                 file.unlink(missing_ok=True)
         remove_partial_writes(self.directory)
 
+    def discard(self, manifest: dict[str, Any]) -> None:
+        """``checkpoint.pt`` with ``manifest`` could not be written: delete the chunk :meth:`save` wrote for it."""
+        committed = {chunk["file"] for chunk in self.chunks}
+        for chunk in manifest["chunks"]:
+            if chunk["file"] not in committed:
+                (self.directory / chunk["file"]).unlink(missing_ok=True)
+
     def load(self, manifest: dict[str, Any]) -> None:
         """Refill the (empty) buffer from ``manifest``'s chunks.
 
@@ -237,10 +244,12 @@ class Checkpointer:
         try:
             manifest = None if self.buffer is None else self.buffer.save()
         except OSError as error:
-            raise self.failure(self.run_dir / BUFFER_DIR, error, step) from error
+            raise self.failure(error.filename or self.run_dir / BUFFER_DIR, error, step) from error
         try:
             atomic_save({**state, "buffer_chunks": manifest}, self.path)
         except OSError as error:
+            if self.buffer is not None and manifest is not None:
+                self.buffer.discard(manifest)   # no checkpoint names its new chunk: give the space back
             raise self.failure(self.path, error, step) from error
         if self.buffer is not None:
             self.buffer.commit(manifest)

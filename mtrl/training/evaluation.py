@@ -177,10 +177,16 @@ class Evaluations:
         self.pending, self.env_state = None, pending.result.env_state
         return pending.result
 
+    def wait_ready(self) -> None:
+        """Wait until the worker has built its environments (inline: at once); for timing what follows."""
+        if self._worker is not None:
+            self._worker.wait_ready()
+
     def state_dict(self) -> dict[str, Any]:
-        """The environment's generators and the pending evaluation (a resume runs it again, with the same result)."""
+        """The environment's generators (where the pending evaluation, if any, starts) and the pending evaluation
+        (a resume runs it again, with the same result)."""
         pending = self.pending
-        return {"eval_env": pending.request.env_state if pending is not None else self.env_state,
+        return {"eval_env": self.env_state,
                 "pending_evaluation": None if pending is None else {
                     "step": pending.request.step, "actor": pending.request.actor,
                     "eval_env": pending.request.env_state}}
@@ -218,6 +224,8 @@ class _Worker:
     def __init__(self, spec: EvaluationSpec) -> None:
         self.spec = spec
         self.process: subprocess.Popen | None = None
+        self.ready = False
+        """The worker has built its environments (it says so once, before its first result)."""
         self._sender: threading.Thread | None = None
         self._send_error: BaseException | None = None
         self._launch()
@@ -227,6 +235,7 @@ class _Worker:
         environment = {**os.environ, "PYTHONPATH": os.pathsep.join(path or os.getcwd() for path in sys.path)}
         self.process = subprocess.Popen([sys.executable, "-c", f"from {__name__} import _serve; _serve()"],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment)
+        self.ready = False
         self._write(pickle.dumps(self.spec))
 
     def send(self, request: EvaluationRequest) -> None:
@@ -251,7 +260,15 @@ class _Worker:
         self._sender = threading.Thread(target=write, name="mtrl-eval-send", daemon=True)
         self._sender.start()
 
+    def wait_ready(self) -> None:
+        if not self.ready:
+            self._read()
+
     def receive(self) -> EvaluationResult:
+        self.wait_ready()
+        return self._read()
+
+    def _read(self) -> Any:
         process = self.process
         assert process is not None and process.stdout is not None
         try:
@@ -262,6 +279,7 @@ class _Worker:
                               else type(error).__name__) from error
         if kind == "error":
             raise EvaluationWorkerError(f"the evaluation worker failed:\n{value}")
+        self.ready = True
         return value
 
     def stop(self) -> None:
@@ -299,14 +317,22 @@ def _serve() -> None:
 
     torch.set_num_threads(1)
     spec = pickle.load(requests)
-    evaluator = Evaluator(spec)
+    try:
+        evaluator = Evaluator(spec)
+        answer: tuple[str, Any] = ("ready", None)
+    except Exception:  # noqa: BLE001 - reported to the training process, which raises it
+        answer = ("error", traceback.format_exc())
+    pickle.dump(answer, results)
+    results.flush()
+    if answer[0] == "error":
+        return
     while True:
         try:
             request = pickle.load(requests)
         except EOFError:
             return
         try:
-            answer: tuple[str, Any] = ("result", evaluator(request))
+            answer = ("result", evaluator(request))
         except Exception:  # noqa: BLE001 - reported to the training process, which raises it
             answer = ("error", traceback.format_exc())
         pickle.dump(answer, results, protocol=pickle.HIGHEST_PROTOCOL)

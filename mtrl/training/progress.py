@@ -117,7 +117,7 @@ class Progress:
             parts.append(f"ETA {tqdm.format_interval(fields['eta'])}")
         if fields["success"] is not None:
             parts.append(f"eval {fields['success'][0]:.2f} (best {fields['success'][1]:.2f})")
-        return ", " + ", ".join(parts)
+        return ", ".join(parts)
 
     # ------------------------------------------------------------------------------------ drawing
     def _redraw(self, now: float) -> None:
