@@ -109,14 +109,14 @@ class _PhaseClock:
         return timed
 
 
-def _sequential_iteration(trainer: Any) -> Callable[[np.ndarray], np.ndarray]:
+def _sequential_iteration(steps: Any) -> Callable[[np.ndarray], np.ndarray]:
     """The loop before the overlap: the environments step, then the update (same draws, same result)."""
     def iteration(obs: np.ndarray) -> np.ndarray:
-        action = trainer._act(obs)
-        trainer.env.step_async(action)
-        result = trainer.env.step_wait()
-        trainer._update()
-        trainer._store(obs, action, result)
+        action = steps.act(obs)
+        steps.env.step_async(action)
+        result = steps.env.step_wait()
+        steps.update()
+        steps.store(obs, action, result)
         return result.obs
     return iteration
 
@@ -132,27 +132,29 @@ def measure(args: argparse.Namespace, agg: str, orders: list[str]) -> list[dict[
         trainer = Trainer(settings, run_dir)
         k = settings.num_tasks
         actions = np.random.default_rng(0).uniform(-1, 1, size=(max(20, args.window // 3), k, 4)).astype(np.float32)
-        env_only = vector_steps_per_second(trainer.env, actions)
+        loop = trainer.run.steps   # the training steps' phases (mtrl.training.stepping.StepLoop)
+        trainer.run.evaluations.wait_ready()   # the evaluation worker builds its environments before the timing
+        env_only = vector_steps_per_second(loop.env, actions)
 
         clock = _PhaseClock(args.device)
-        trainer._act = clock.wrap("act", trainer._act)
-        trainer._update = clock.wrap("update", trainer._update, sync=args.sync_phases)
-        trainer._store = clock.wrap("store", trainer._store)
+        loop.act = clock.wrap("act", loop.act)
+        loop.update = clock.wrap("update", loop.update, sync=args.sync_phases)
+        loop.store = clock.wrap("store", loop.store)
         trainer.evaluate = clock.wrap("evaluation", trainer.evaluate)
-        trainer.env.step_async = clock.wrap("env", trainer.env.step_async)
-        trainer.env.step_wait = clock.wrap("env", trainer.env.step_wait)
-        iterations = {"overlap": trainer._iteration, "sequential": _sequential_iteration(trainer)}
+        loop.env.step_async = clock.wrap("env", loop.env.step_async)
+        loop.env.step_wait = clock.wrap("env", loop.env.step_wait)
+        iterations = {"overlap": loop.iteration, "sequential": _sequential_iteration(loop)}
         wall: dict[str, float] = defaultdict(float)
         steps: dict[str, int] = defaultdict(int)
         started = [0.0]
-        after_step = trainer._after_step
+        after_step = trainer.after_step
 
         current = [0]
 
         # The wall time is taken per chunk of --chunk steps (one order each), with the device synchronised at
         # the chunk's ends only: inside a chunk the update's GPU work overlaps the environments as in training.
         def iteration(obs: np.ndarray) -> np.ndarray:
-            offset = current[0] = trainer.step - args.warmup
+            offset = current[0] = loop.step - args.warmup
             in_window = 0 <= offset < args.window
             clock.order = orders[(offset // args.chunk) % len(orders)] if in_window else None
             if clock.order is not None and offset % args.chunk == 0:
@@ -169,7 +171,7 @@ def measure(args: argparse.Namespace, agg: str, orders: list[str]) -> list[dict[
                     wall[clock.order] += time.perf_counter() - started[0]
             clock.order = None
 
-        trainer._iteration, trainer._after_step = iteration, timed_after_step
+        loop.iteration, trainer.after_step = iteration, timed_after_step
         trainer.train()
     rows = []
     for order in orders:

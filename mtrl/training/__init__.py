@@ -1,9 +1,13 @@
 """``python -m mtrl.train``: multi-task SAC on Meta-World with a gradient aggregator.
 
 * :mod:`mtrl.training.config` — config checks and resume merging (:func:`prepare`), before any env starts;
-* :mod:`mtrl.training.loop` — the :class:`Trainer` (act → send → update → receive → store; eval on a thread; checkpoints);
-* :mod:`mtrl.training.logger` — TensorBoard tags; :mod:`mtrl.training.tracking` — success history and Δm;
-* :mod:`mtrl.training.checkpoint` — atomic writes, incremental replay-buffer chunks and RNG states;
+* :mod:`mtrl.training.loop` — the :class:`Trainer`, which composes the units below and runs the schedule;
+* :mod:`mtrl.training.build` — building a run (and restoring it on resume);
+* :mod:`mtrl.training.stepping` — one training step: act → send → update → receive → store;
+* :mod:`mtrl.training.evaluation` — evaluations, in a worker process or inline;
+* :mod:`mtrl.training.checkpoint` — atomic writes, checkpoints, incremental replay-buffer chunks, RNG states;
+* :mod:`mtrl.training.logger` — TensorBoard tags; :mod:`mtrl.training.summary` — ``summary.json``;
+* :mod:`mtrl.training.progress` — the progress bar; :mod:`mtrl.training.tracking` — success history and Δm;
 * :mod:`mtrl.training.divergence` — the divergence guard (``on_nonfinite=stop|skip``).
 """
 
@@ -37,7 +41,7 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None, overrides: Sequence[
         CheckpointError: the resumed checkpoint's buffer chunks are missing or damaged.
         TrainingInterrupted: after ctrl-C, once the checkpoint is written.
         TrainingDiverged: non-finite state; the last good checkpoint is kept.
-        CheckpointWriteError: a checkpoint could not be written (full disk); the previous one is intact.
+        CheckpointWriteError: a file of the run could not be written (full disk); the last checkpoint is intact.
     """
     settings = prepare(cfg, overrides)
     if settings.torch_threads is not None:   # restored from the saved config on resume, too

@@ -1,8 +1,11 @@
-"""Atomic checkpoint / JSON writes, incremental replay-buffer chunks and the generator states a resume restores.
+"""Atomic checkpoint / JSON writes, incremental replay-buffer chunks, the run's checkpoints and the generator
+states a resume restores.
 
 A file is written next to its destination under a temporary name, flushed to disk, moved into place
 with :func:`os.replace` and the directory entry flushed too, so a crash, ``kill -9``, a full disk or
-ctrl-C during a write leaves the previous checkpoint intact, never a truncated one.
+ctrl-C during a write leaves the previous checkpoint intact, never a truncated one. A write the disk
+refuses raises :class:`OSError` naming the file, also where ``torch.save`` would turn it into a
+``RuntimeError`` of its zip writer.
 
 The replay buffer is saved incrementally (:class:`BufferCheckpoint`): each checkpoint writes only the
 rows added since the previous one, to its own chunk file under ``buffer/``, *before* ``checkpoint.pt``
@@ -23,9 +26,9 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["CHECKPOINT_NAME", "SUMMARY_NAME", "CHECKPOINT_VERSION", "BUFFER_DIR", "CheckpointError",
-           "BufferCheckpoint", "atomic_save", "remove_partial_writes", "atomic_write_json", "load_checkpoint", "rng_state", "set_rng_state",
-           "seed_everything", "derive_seed"]
+__all__ = ["CHECKPOINT_NAME", "SUMMARY_NAME", "CHECKPOINT_VERSION", "BUFFER_DIR", "CheckpointError", "RunWriteError",
+           "BufferCheckpoint", "Checkpointer", "atomic_save", "remove_partial_writes", "atomic_write_json",
+           "load_checkpoint", "rng_state", "set_rng_state", "seed_everything", "derive_seed"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 SUMMARY_NAME = "summary.json"
@@ -38,21 +41,45 @@ class CheckpointError(ValueError):
     """A checkpoint (or one of its buffer chunks) that cannot be used; the message names the file and the problem."""
 
 
+class RunWriteError(OSError):
+    """A file of a training run could not be written (e.g. a full disk); the message says which, at which step,
+    what is intact and how to go on."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
 def _atomic_write(path: Path, write: Any) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(handle, "wb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
         _fsync_directory(path.parent)
-    except BaseException:
-        if os.path.exists(temporary):
+    except BaseException as error:
+        if temporary is not None and os.path.exists(temporary):
             os.unlink(temporary)
-        raise
+        refused = _os_error(error)
+        if refused is None:
+            raise
+        # Name the destination (not the temporary file); torch.save's zip writer answers a failed write with a
+        # RuntimeError of its own: report the disk's answer.
+        raise OSError(refused.errno, refused.strerror, str(path)) from error
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The OSError behind ``error`` (itself, or one it was raised while handling), if any."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__context__
+    return None
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -161,6 +188,13 @@ class BufferCheckpoint:
                 file.unlink(missing_ok=True)
         remove_partial_writes(self.directory)
 
+    def discard(self, manifest: dict[str, Any]) -> None:
+        """``checkpoint.pt`` with ``manifest`` could not be written: delete the chunk :meth:`save` wrote for it."""
+        committed = {chunk["file"] for chunk in self.chunks}
+        for chunk in manifest["chunks"]:
+            if chunk["file"] not in committed:
+                (self.directory / chunk["file"]).unlink(missing_ok=True)
+
     def load(self, manifest: dict[str, Any]) -> None:
         """Refill the (empty) buffer from ``manifest``'s chunks.
 
@@ -182,6 +216,60 @@ class BufferCheckpoint:
             raise CheckpointError(f"{self.directory}: the chunks end at row {self.buffer.added}, the checkpoint at "
                                   f"{manifest['added']}.")
         self.chunks = list(manifest["chunks"])
+
+
+class Checkpointer:
+    """The checkpoints of one run directory: ``checkpoint.pt``, written after the replay buffer's new chunk
+    (:class:`BufferCheckpoint`), and what a failed write of any of the run's files leaves intact.
+
+    Args:
+        run_dir: the run directory.
+        buffer: the replay buffer to save incrementally; None saves none (``checkpoint_buffer=false``).
+        last_step: the step of the checkpoint already on disk (a resumed run's), None for a new run.
+    """
+
+    def __init__(self, run_dir: str | Path, buffer: Any | None, last_step: int | None) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / CHECKPOINT_NAME
+        self.buffer = None if buffer is None else BufferCheckpoint(self.run_dir, buffer)
+        self.last_step = last_step
+        """The step of the last complete checkpoint on disk (None: there is none)."""
+
+    def save(self, step: int, state: dict[str, Any]) -> Path:
+        """Write the buffer's new rows, then ``state`` (plus their manifest, ``buffer_chunks``) as ``checkpoint.pt``.
+
+        Raises:
+            RunWriteError: the disk refused a write; the previous checkpoint and its chunks are intact.
+        """
+        try:
+            manifest = None if self.buffer is None else self.buffer.save()
+        except OSError as error:
+            raise self.failure(error.filename or self.run_dir / BUFFER_DIR, error, step) from error
+        try:
+            atomic_save({**state, "buffer_chunks": manifest}, self.path)
+        except OSError as error:
+            if self.buffer is not None and manifest is not None:
+                self.buffer.discard(manifest)   # no checkpoint names its new chunk: give the space back
+            raise self.failure(self.path, error, step) from error
+        if self.buffer is not None:
+            self.buffer.commit(manifest)
+        remove_partial_writes(self.run_dir)   # left by a run killed while writing
+        self.last_step = step
+        return self.path
+
+    def restore_buffer(self, manifest: dict[str, Any] | None) -> None:
+        """Refill the (empty) replay buffer from a checkpoint's ``buffer_chunks`` (nothing when either is absent)."""
+        if manifest is not None and self.buffer is not None:
+            self.buffer.load(manifest)
+
+    def failure(self, path: str | Path, error: OSError, step: int) -> RunWriteError:
+        """The one-line error for ``path`` refused at ``step``: what is intact and how to go on from there."""
+        if self.last_step is None:
+            intact = "no checkpoint was written yet, so the run cannot be resumed: free some space and start it again"
+        else:
+            intact = (f"the previous checkpoint (step {self.last_step}) is intact, with its replay-buffer chunks: free "
+                      f"some space and continue with: python -m mtrl.train resume={self.run_dir}")
+        return RunWriteError(error.errno, f"cannot write {path} at step {step} ({error.strerror or error}); {intact}.")
 
 
 # ------------------------------------------------------------------------------------------- RNG

@@ -15,7 +15,7 @@ __all__ = ["EvalHistory", "PerformanceTracker"]
 
 
 class EvalHistory:
-    """Every evaluation's per-task success; the final one and the best by mean success.
+    """Every evaluation's per-task success (and mean episode return); the final one and the best by mean success.
 
     The best is the evaluation with the highest mean success over tasks (the paper's reported
     metric; ties keep the earlier one). ``best_per_task`` is each task's own maximum over evaluations.
@@ -26,9 +26,12 @@ class EvalHistory:
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
 
-    def add(self, step: int, success: dict[str, float]) -> dict[str, Any]:
+    def add(self, step: int, success: dict[str, float], returns: dict[str, float] | None = None) -> dict[str, Any]:
+        """Record the evaluation of ``step``: success rate and (when given) mean episode return per task."""
         per_task = {name: float(success[name]) for name in self.task_names}
         record = {"step": int(step), "mean": float(np.mean(list(per_task.values()))), "per_task": per_task}
+        if returns is not None:
+            record["return_per_task"] = {name: float(returns[name]) for name in self.task_names}
         self.history.append(record)
         if self.best is None or record["mean"] > self.best["mean"]:
             self.best = record
@@ -53,7 +56,7 @@ class EvalHistory:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history, self.best = [], None
         for record in state["history"]:
-            self.add(record["step"], record["per_task"])
+            self.add(record["step"], record["per_task"], record.get("return_per_task"))
 
 
 class PerformanceTracker:

@@ -3,7 +3,8 @@ itself at the ``n``-th time the run reaches ``point``:
 
 * ``update``: inside an agent update (after one network's optimizer step, before the other's);
 * ``env``: inside an environment step (the vector env stepped, the transition not yet stored);
-* ``eval``: inside an evaluation (at the ``n``-th policy call of the process's first evaluation);
+* ``eval``: while an evaluation runs in its worker (at the ``n``-th training step after the process's first
+  evaluation started, or when the run waits for it; the worker dies with the process);
 * ``chunk``: inside a checkpoint, after the replay buffer's chunk is on disk, before ``checkpoint.pt`` is replaced;
 * ``checkpoint``: inside the write of ``checkpoint.pt`` (its temporary file half-written, not yet renamed).
 
@@ -50,20 +51,23 @@ def arm(point: str, n: int) -> None:
     elif point == "env":
         _on_call(envs.MultiTaskEnv, "step_wait", n, before=False)
     elif point == "eval":
-        evaluate = envs.evaluate
+        from mtrl.training.evaluation import Evaluations
 
-        def killed_evaluation(policy, env, episodes, *args, **kwargs):
-            calls = {"n": 0}
+        start, started = Evaluations._start, []
 
-            def policy_then_kill(obs):
-                calls["n"] += 1
-                if calls["n"] == n:
-                    _kill()
-                return policy(obs)
+        def start_then_arm(self, request):
+            start(self, request)
+            if not started:
+                started.append(request.step)
+                _on_call(envs.MultiTaskEnv, "step_wait", n, before=False)
 
-            return evaluate(policy_then_kill, env, episodes, *args, **kwargs)
+        def collect_or_kill(self):
+            if started:   # the run waits for it (the last evaluation, at the end): die now
+                _kill()
+            return collect(self)
 
-        envs.evaluate = killed_evaluation
+        Evaluations._start, collect = start_then_arm, Evaluations.collect
+        Evaluations.collect = collect_or_kill
     elif point in ("chunk", "checkpoint"):
         original, calls = checkpoint._atomic_write, {"n": 0}
 

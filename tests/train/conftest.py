@@ -13,12 +13,14 @@ import mtrl.train  # noqa: F401  (registers the config's resolvers)
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
-#: A few dozen MT10 steps with tiny networks: 5-step episodes, one evaluation episode per task.
+#: A few dozen MT10 steps with tiny networks: 3-step episodes, one evaluation episode per task. Evaluations run
+#: inline: the evaluation worker (eval_async=true, the default) takes longer to start than such a run lasts;
+#: the tests of the worker ask for it.
 TINY = [
     "steps=12", "warmup_steps=4", "eval_every=6", "log_every=3", "checkpoint_every=6",
     "protocol.max_episode_steps=3", "eval_episodes=1", "buffer_size=1000",
     "agent.hidden_dim=32", "agent.trunk_layers=1", "agent.batch_size=40",
-    "progress=false", "vector_strategy=sync",
+    "progress=false", "vector_strategy=sync", "eval_async=false",
 ]
 
 

@@ -60,8 +60,10 @@ def test_interrupt_then_resume_twice(tmp_path: Path, monkeypatch: pytest.MonkeyP
     # The curves continue in the same directory: evaluations before and after the stop, one event stream.
     logged = tensorboard_scalars(copies[0])
     assert [step for step, _ in logged["eval/success_mean"]] == [6, 12]
-    # ctrl-C at step 7 flushed the partial window 7 (kept: the checkpoint is at 7).
-    assert [step for step, _ in logged["perf/env_steps_per_s"]] == [3, 6, 7, 9, 12]
+    # ctrl-C at step 7 flushed the partial window 7 (kept: the checkpoint is at 7). Throughput: training steps
+    # (from step 5 on) apart from the warm-up's 4, which the window 3..6 shares with training steps.
+    assert [step for step, _ in logged["perf/env_steps_per_s"]] == [6, 7, 9, 12]
+    assert [step for step, _ in logged["perf/warmup_env_steps_per_s"]] == [3, 6]
     evaluations = json.loads((copies[0] / "summary.json").read_text())["evaluations"]
     assert [record["step"] for record in evaluations] == [6, 12]
 
@@ -91,8 +93,11 @@ def test_resume_is_the_same_experiment(tmp_path: Path, config, tensorboard_scala
     assert summary["steps"] == 9 and summary["config"]["steps"] == 9
     # (The resume that had nothing left to do wrote no checkpoint, so no segment of its own.)
     assert [(segment["start"], segment["end"]) for segment in summary["segments"]] == [(0, 6), (6, 9)]
-    assert [step for step, _ in tensorboard_scalars(tmp_path)["perf/env_steps_per_s"]] == [2, 4, 6, 8, 9]
-    # No buffer saved: 4 steps refill it before updates resume (steps 10.. would be the first).
+    # No buffer saved: 4 steps refill it before updates resume (steps 10.. would be the first), so the steps
+    # after the resume count as warm-up steps in the throughput.
+    logged = tensorboard_scalars(tmp_path)
+    assert [step for step, _ in logged["perf/env_steps_per_s"]] == [6]
+    assert [step for step, _ in logged["perf/warmup_env_steps_per_s"]] == [2, 4, 8, 9]
     assert summary["updates"] == 6 - 4
 
 
