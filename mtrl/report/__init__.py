@@ -21,35 +21,63 @@ Modules: :mod:`.runs` (finding, reading, grouping), :mod:`.tables` (statistics a
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mtrl import validation
 from mtrl.report.runs import Group, ReportError, Run, group_runs, load_runs
 from mtrl.report.tables import (GroupRow, csv_text, latex_table, markdown_table, metric_definition, notes,
                                 per_task_markdown, summarize_group)
+from mtrl.training.checkpoint import atomic_write_text
 
 __all__ = ["ReportError", "Run", "Group", "GroupRow", "load_runs", "group_runs", "rl_report", "main"]
 
 log = logging.getLogger("mtrl.report")
 
 
+class _Files:
+    """The report's files, written one by one (each atomically); a failure names what is complete."""
+
+    def __init__(self) -> None:
+        self.written: list[Path] = []
+
+    def write(self, path: Path, write: Callable[[Path], Any]) -> Any:
+        done = (f"complete: {', '.join(p.name for p in self.written)}" if self.written else "nothing was written")
+        with validation.writing(path, f"{done}; files not rewritten keep their previous version"):
+            result = write(path)
+        if result is not None:
+            self.written.append(path)
+        return result
+
+    @staticmethod
+    def text(text: str) -> Callable[[Path], Path]:
+        def write(path: Path) -> Path:
+            atomic_write_text(text, path)
+            return path
+
+        return write
+
+
 def rl_report(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> dict[str, Any]:
-    """Writes the RL report of ``runs`` into ``out_dir``; returns the rows, the Markdown and the files."""
+    """Writes the RL report of ``runs`` into ``out_dir``; returns the rows, the Markdown and the files.
+
+    Raises:
+        OutputError: a file could not be written (full disk); the message names it and the complete ones.
+    """
     from mtrl.report import plots as figures
 
     groups = group_runs(runs)
     rows = [summarize_group(group) for group in groups]
     table, definition, caveats = markdown_table(rows), metric_definition(runs), notes(rows, groups)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output = _Files()
     files = {}
     if plots:
-        files["curves"] = figures.plot_curves(groups, out_dir / "curves.png")
-        files["per_task"] = figures.plot_heatmap(rows, out_dir / "per_task.png")
-        weights = figures.plot_weights(groups, out_dir / "weights.png")
+        files["curves"] = output.write(out_dir / "curves.png", lambda path: figures.plot_curves(groups, path))
+        files["per_task"] = output.write(out_dir / "per_task.png", lambda path: figures.plot_heatmap(rows, path))
+        weights = output.write(out_dir / "weights.png", lambda path: figures.plot_weights(groups, path))
         if weights is not None:
             files["weights"] = weights
     sections = ["# Report", "", table, "", definition, ""]
@@ -60,19 +88,16 @@ def rl_report(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> dict[st
     sections += ["", "## Runs", ""] + [f"- {group.name}: " + ", ".join(f"seed {run.seed} `{run.path}`"
                                                                         for run in group.runs) for group in groups]
     markdown = "\n".join(sections).rstrip() + "\n"
-    files["md"] = out_dir / "report.md"
-    files["md"].write_text(markdown)
-    files["csv"] = out_dir / "report.csv"
-    files["csv"].write_text(csv_text(rows))
-    files["tex"] = out_dir / "report.tex"
-    files["tex"].write_text(latex_table(rows, "Mean success over tasks; mean ± standard error over seeds. "
-                                        + definition.split(". ")[0] + ".") + "\n")
+    latex = latex_table(rows, "Mean success over tasks; mean ± standard error over seeds. "
+                        + definition.split(". ")[0] + ".") + "\n"
+    for name, text in (("md", markdown), ("csv", csv_text(rows)), ("tex", latex)):
+        files[name] = output.write(out_dir / f"report.{name}", output.text(text))
     console = "\n".join([table, "", definition] + [f"- {note}" for note in caveats])
     return {"rows": rows, "groups": groups, "markdown": markdown, "console": console, "files": files}
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser() -> validation.ArgumentParser:
+    parser = validation.ArgumentParser(
         prog="python -m mtrl.report",
         description="Tables (report.md/.csv/.tex) and figures (per_task.png, curves.png, weights.png) of the runs "
                     "below the given directories, grouped by everything but the seed.")
@@ -90,26 +115,55 @@ def _default_out(paths: Sequence[str]) -> Path:
     return path if path.is_dir() else path.parent
 
 
+class _Skipped(logging.Handler):
+    """Holds the readers' warnings (skipped files) until the report knows whether it has runs at all."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mtrl.report``: 0 done; 2 bad input (nothing written) or a file that could not be written,
+    each with one line on stderr."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
+    skipped = _Skipped()
+    loggers = [logging.getLogger(name) for name in ("mtrl.report", "mtrl.supervised")]
+    propagate = [logger.propagate for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(skipped)
+        logger.propagate = False
     try:
         out_dir = Path(args.out) if args.out else _default_out(args.paths)
-        return _report(args.paths, out_dir, args.plots)
-    except ReportError as error:
-        print(f"mtrl.report: error: {error}", file=sys.stderr)
+        validation.check_writable_dir(out_dir, "the report's folder", "Pass --out <a writable folder>.")
+        return _report(args.paths, out_dir, args.plots, skipped)
+    except (validation.ConfigError, validation.OutputError) as error:
+        print(f"mtrl.report: error: {validation.one_line(error)}", file=sys.stderr)
         return 2
+    finally:
+        for logger, value in zip(loggers, propagate):
+            logger.removeHandler(skipped)
+            logger.propagate = value
 
 
-def _report(paths: Sequence[str], out_dir: Path, plots: bool) -> int:
+def _report(paths: Sequence[str], out_dir: Path, plots: bool, skipped: _Skipped) -> int:
     from mtrl.supervised.bench import load_results, summarize
 
-    runs = load_runs(paths, required=False)
     supervised = [result for path in paths for match in _directories(path) for result in load_results(match)]
+    runs = load_runs(paths, required=False)
     if not runs and not supervised:
+        if skipped.messages:   # files were there but none could be read: say why, in the one line
+            raise ReportError(f"no usable run under {', '.join(paths)}: {' '.join(skipped.messages)}")
         load_runs(paths)   # raises the error that says what is missing
+    for message in skipped.messages:   # some runs are usable: the skipped files are warnings
+        print(f"mtrl.report: warning: {message}", file=sys.stderr)
     if supervised:
-        summarize(supervised, out_dir, plot=plots)
+        with validation.writing(out_dir, "no report file was written"):
+            summarize(supervised, out_dir, plot=plots)
         print(f"\nSupervised summary: {out_dir / 'summary.md'}")
     if runs:
         report = rl_report(runs, out_dir, plots)

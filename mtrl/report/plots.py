@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from mtrl.report.runs import Group
+from mtrl.training.checkpoint import atomic_savefig
 from mtrl.report.tables import GroupRow
 
 log = logging.getLogger("mtrl.report")
@@ -39,8 +40,7 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, facecolor="white", bbox_inches="tight")
+    atomic_savefig(fig, path, dpi=110, facecolor="white", bbox_inches="tight")
     _pyplot().close(fig)
     return path
 
