@@ -206,7 +206,7 @@ def dataclass_config(cls: type, values: Mapping[str, Any], section: str) -> Any:
         raise ConfigError(f"{section}: {one_line(error)}") from error
 
 
-def resolve_device(value: Any) -> Any:
+def resolve_device(value: Any, key: str = "device") -> Any:
     """``device=`` as a ``torch.device``: ``auto`` picks CUDA when present; ``cuda`` (or ``cuda:N``) on a
     machine without it is an error, as is anything but auto, cpu, cuda, cuda:N."""
     import torch
@@ -217,14 +217,14 @@ def resolve_device(value: Any) -> Any:
     try:
         device = torch.device(name)
     except RuntimeError as error:
-        raise ConfigError(f"device should be auto, cpu, cuda or cuda:N. Found `device={name}`.") from error
+        raise ConfigError(f"{key} should be auto, cpu, cuda or cuda:N. Found `{key}={name}`.") from error
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"device={name}: CUDA is not available on this machine (use device=auto or cpu).")
+            raise ConfigError(f"{key}={name}: CUDA is not available on this machine (use {key}=auto or cpu).")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) here.")
+            raise ConfigError(f"{key}={name}: only {torch.cuda.device_count()} CUDA device(s) here.")
     elif device.type != "cpu":
-        raise ConfigError(f"device should be auto, cpu, cuda or cuda:N. Found `device={name}`.")
+        raise ConfigError(f"{key} should be auto, cpu, cuda or cuda:N. Found `{key}={name}`.")
     return device
 
 
@@ -242,16 +242,16 @@ def check_writable_dir(path: str | Path, what: str, hint: str = "") -> Path:
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{what} {path} is a file, not a directory.{(' ' + hint) if hint else ''}")
     existing = _nearest_existing(path)
-    problem = "is not a directory" if not existing.is_dir() else None if _can_create_in(existing) else "is not writable"
+    writable = os.access(existing, os.W_OK | os.X_OK) and (existing == path.absolute() or _can_create_in(existing))
+    problem = "is not a directory" if not existing.is_dir() else None if writable else "is not writable"
     if problem:
         raise ConfigError(f"cannot create {what} {path}: {existing} {problem}.{(' ' + hint) if hint else ''}")
     return path
 
 
 def _can_create_in(directory: Path) -> bool:
-    """A file can be created in ``directory`` (tried: permissions alone do not tell, e.g. for root or /proc)."""
-    if not os.access(directory, os.W_OK | os.X_OK):
-        return False
+    """A file can be created in ``directory`` (tried, and removed: permissions alone do not tell, e.g. for
+    root in /proc). Only for a folder that gets a new directory: an existing run directory is not touched."""
     try:
         handle, probe = tempfile.mkstemp(prefix=".mtrl-probe-", dir=directory)
     except OSError:

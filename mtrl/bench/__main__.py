@@ -52,7 +52,7 @@ def check_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     prog = f"mtrl.bench {args.what}"
     try:
-        args.device = str(validation.resolve_device(args.device))
+        args.device = str(validation.resolve_device(args.device, "--device"))
         if args.out:
             validation.check_output_file(args.out, "--out", "Pass --out <a writable file path>.")
     except validation.ConfigError as error:

@@ -253,12 +253,13 @@ def train_multitask(spec: dict[str, Any]) -> dict[str, Any]:
     ]
     if spec.get("max_episode_steps"):
         overrides.append(f"protocol.max_episode_steps={spec['max_episode_steps']}")
-    if (Path(spec["train_dir"]) / "checkpoint.pt").is_file():   # an interrupted run: continue it (--resume)
+    resume = (Path(spec["train_dir"]) / "checkpoint.pt").is_file()
+    if resume:   # an interrupted run: continue it (--resume)
         overrides.append(f"resume={spec['train_dir']}")
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "configs"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
-    # The overrides are what a resume may change in the saved config (the steps of a continued run).
-    summary = run(cfg, run_dir=spec["train_dir"], overrides=overrides)
+    # A continued run changes only its steps in the saved config; the rest stays as it started.
+    summary = run(cfg, run_dir=spec["train_dir"], overrides=[f"steps={spec['steps']}"] if resume else overrides)
     return _multitask_result(summary, spec)
 
 

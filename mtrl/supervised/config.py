@@ -125,10 +125,13 @@ def check_bench(bench: Any) -> None:
         full = f"bench.{key}"
         if value is None and default is None:
             continue
-        _same_type(value, default, full)
-        if key in BENCH_RANGES:   # a mapping (the toy's max_grad_norm per aggregator): each of its values
-            for name, item in (value.items() if isinstance(value, dict) else [(None, value)]):
-                BENCH_RANGES[key](item, full if name is None else f"{full}.{name}")
+        if key in BENCH_RANGES and isinstance(value, dict) and isinstance(default, dict):
+            for name, item in value.items():   # a mapping (the toy's max_grad_norm per aggregator): each value
+                BENCH_RANGES[key](item, f"{full}.{name}")
+        elif key in BENCH_RANGES and not isinstance(default, dict):
+            BENCH_RANGES[key](value, full)
+        else:
+            _same_type(value, default, full)
 
 
 def _same_type(value: Any, default: Any, key: str) -> None:
