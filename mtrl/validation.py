@@ -20,9 +20,10 @@ use :class:`ArgumentParser` (errors in one line) and the path checks. The value 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import io
 import logging
-import math
 import os
 import re
 import shutil
@@ -36,8 +37,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
-
-import argparse
 
 __all__ = ["ConfigError", "OutputError", "HydraCommand", "CheckedCommandLine", "check_command_line", "run_hydra",
            "job", "fail", "one_line", "ArgumentParser", "integer", "number", "boolean", "choice",
@@ -112,8 +111,9 @@ def integer(value: Any, key: str, minimum: int | None = None, maximum: int | Non
     if isinstance(value, float) and value.is_integer() and abs(value) <= INTEGER_LIMIT:
         value = int(value)
     upper = INTEGER_LIMIT if maximum is None else maximum
-    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum) \
-            or value > upper:
+    if isinstance(value, int) and not isinstance(value, bool) and value > upper:
+        raise ConfigError(f"{key} should be at most {upper}. {_show(key, value)}")
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
         if minimum == 1 and maximum is None:
             kind = "a positive integer"
         elif minimum is not None and maximum is not None:
@@ -129,7 +129,7 @@ def integer(value: Any, key: str, minimum: int | None = None, maximum: int | Non
 def number(value: Any, key: str, low: float | None = None, high: float | None = None, *,
            low_open: bool = False, high_open: bool = False) -> float:
     """``value`` as a finite float in the interval ``low .. high`` (closed unless ``*_open``)."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and abs(value) <= sys.float_info.max
     if ok and low is not None:
         ok = value > low if low_open else value >= low
     if ok and high is not None:
@@ -626,8 +626,25 @@ def run_hydra(command: HydraCommand, app: Callable[[], Any], argv: Sequence[str]
         if _current is None or _current.started:
             raise
         _undo()   # Hydra's own files (.hydra/, the log) on a full disk: the run never started
-        fail(command.prog, write_failure(error.filename or _current.run_dir, error,
+        fail(command.prog, write_failure(_file_being_written(error) or _current.run_dir, error,
                                          "the run did not start; nothing of it is left"))
+
+
+def _file_being_written(error: OSError) -> str | None:
+    """The file an ``OSError`` was raised for: its ``filename``, else the open file in the innermost frame
+    that holds one (a full disk fails ``write``, which does not say which file)."""
+    if error.filename is not None:
+        return str(error.filename)
+    traceback = error.__traceback__
+    frames = []
+    while traceback is not None:
+        frames.append(traceback.tb_frame)
+        traceback = traceback.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            if isinstance(value, io.IOBase) and isinstance(getattr(value, "name", None), str):
+                return value.name
+    return None
 
 
 def _report_failures_in_one_line() -> None:

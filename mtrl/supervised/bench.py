@@ -367,7 +367,8 @@ def train_multitask(dataset, bench: Mapping[str, Any], agg_name: str, agg_option
             writer.add_scalar("test/delta_m_mean", results["delta_m_mean"], epochs)
             writer.add_scalar("test/delta_m_var", results["delta_m_var"], epochs)
         writer.close()
-    with validation.writing(out_dir / "results.json", f"the TensorBoard events in {out_dir} hold the curves"):
+    kept = f"the TensorBoard events in {out_dir} hold the curves" if writer is not None else "the run is not saved"
+    with validation.writing(out_dir / "results.json", kept):
         atomic_write_json(results, out_dir / "results.json")
     return results
 

@@ -50,9 +50,11 @@ def _atomic_write(path: Path, write: Any) -> None:
             os.fsync(file.fileno())
         os.replace(temporary, path)
         _fsync_directory(path.parent)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(temporary):
             os.unlink(temporary)
+        if isinstance(error, OSError) and error.filename is None:
+            error.filename = str(path)   # name the file it was for (a full disk fails a write, not the open)
         raise
 
 
