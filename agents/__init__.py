@@ -1,9 +1,9 @@
 """Multi-task SAC with per-task heads, whose per-task losses go through a gradient aggregator.
 
 ``MultiTaskSAC`` (the agent), ``SACConfig`` (its hyperparameters), ``ReplayBuffer`` and ``Batch``
-(stratified per-task sampling on the training device); the networks are in :mod:`agents.networks`,
-and how ``SACConfig.compile`` runs the update (eager, ``torch.compile``, CUDA graphs) in
-:mod:`agents.compiled`.
+(stratified per-task sampling on the training device). The SAC maths is :mod:`agents.sac`, the
+networks :mod:`agents.networks`, and how ``SACConfig.compile`` executes the update (eagerly or as
+CUDA-graph replays) :mod:`agents.execution`.
 """
 
 from agents.networks import Actor, MultiHeadLinear, MultiHeadMLP, TwinCritic

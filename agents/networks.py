@@ -1,15 +1,15 @@
 """Multi-head networks for multi-task SAC: a shared MLP trunk and one head per task.
 
-The heads of all tasks live in stacked tensors (``weight [k, in, out]``, ``bias [k, out]``), so that
-
-* the whole multi-task batch ``[k, b, ...]`` goes through every head at once (one batched matmul), and
-* the heads can be handed to :func:`mtrl.aggregation.task_partitioned_jacobian` as task inputs: under
-  ``vmap`` over the task dimension, task ``i`` sees only its own head ``weight[i]``, ``bias[i]`` and
-  its own rows, while the trunk is shared.
+The heads of all tasks live in stacked tensors (``weight [k, in, out]``, ``bias [k, out]``), so that the
+whole multi-task batch ``[k, b, ...]`` goes through every head at once (one batched matmul) and the
+gradient of ``Σ_i L_i`` on a stacked head holds, in slice ``i``, task ``i``'s own gradient.
 
 Every forward pass is written as a pure function of explicit parameter lists (:func:`mlp_apply`,
-:func:`policy_apply`, :func:`twin_q_apply`), which works both on the batched tensors (leading ``k``)
-and on one task's slices inside ``vmap``. The modules only own the parameters.
+:func:`policy_apply`, :func:`twin_q_apply`); the modules only own the parameters. The trunk's parameters
+are either the parameters themselves (acting, targets) or their per-task replicas from
+:func:`mtrl.aggregation.replicate_for_tasks` (the update: the trunk's layers then run through
+:func:`mtrl.aggregation.task_linear`, and one backward gives every task's gradient on the trunk — the
+Jacobian the aggregator needs).
 
 Initialisation follows the mtrl codebase (Yarats' pytorch_sac): Xavier-uniform weights, zero biases,
 each task's head initialised on its own.
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mtrl.aggregation import scale_shared_gradient
+from mtrl.aggregation import task_linear
 
 __all__ = ["MultiHeadLinear", "MultiHeadMLP", "Actor", "TwinCritic", "mlp_apply", "policy_apply", "twin_q_apply"]
 
@@ -52,27 +52,23 @@ class MultiHeadLinear(nn.Module):
 
 
 def multi_head_linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-    """``x @ weight + bias``; batched (``x [k, b, in]``, ``weight [k, in, out]``, ``bias [k, out]``) or
-    for one task inside ``vmap`` (``x [b, in]``, ``weight [in, out]``, ``bias [out]``)."""
-    return torch.matmul(x, weight) + bias.unsqueeze(-2)
+    """``x[i] @ weight[i] + bias[i]`` for every task ``i`` (``x [k, b, in]``, ``weight [k, in, out]``, ``bias [k, out]``)."""
+    return torch.baddbmm(bias.unsqueeze(-2), x, weight)
 
 
-def mlp_apply(trunk: Sequence[Tensor], heads: Sequence[Tensor], x: Tensor,
-              trunk_gradient_scale: Tensor | None = None) -> Tensor:
+def mlp_apply(trunk: Sequence[Tensor], heads: Sequence[Tensor], x: Tensor) -> Tensor:
     """The multi-head MLP as a pure function.
 
     Args:
-        trunk: ``[W_0, b_0, W_1, b_1, ...]`` of the shared ``nn.Linear`` layers (``W`` is ``[out, in]``);
+        trunk: ``[W_0, b_0, W_1, b_1, ...]`` of the shared ``nn.Linear`` layers (``W`` is ``[out, in]``), or
+            their per-task replicas (``[k, out, in]``, ``[k, out]``; :func:`mtrl.aggregation.replicate_for_tasks`);
             every trunk layer is followed by a ReLU.
-        heads: ``[W_0, b_0, ...]`` of the head layers, stacked over tasks (``W`` is ``[k, in, out]``) or
-            one task's slices; ReLU between head layers, none after the last.
-        x: ``[k, b, in]`` (or ``[b, in]`` for one task).
-        trunk_gradient_scale: ``[k]``, multiplies task ``i``'s gradient into the trunk
-            (:func:`mtrl.aggregation.scale_shared_gradient`; filled by ``mtl_backward``).
+        heads: ``[W_0, b_0, ...]`` of the head layers, stacked over tasks (``W`` is ``[k, in, out]``);
+            ReLU between head layers, none after the last.
+        x: ``[k, b, in]``, row block ``i`` task ``i``'s.
     """
     for weight, bias in zip(trunk[0::2], trunk[1::2]):
-        x = F.relu(F.linear(x, weight, bias))
-    x = scale_shared_gradient(x, trunk_gradient_scale)
+        x = F.relu(task_linear(x, weight, bias) if weight.ndim == 3 else F.linear(x, weight, bias))
     last = len(heads) // 2 - 1
     for layer, (weight, bias) in enumerate(zip(heads[0::2], heads[1::2])):
         x = multi_head_linear(x, weight, bias)
@@ -120,14 +116,13 @@ class MultiHeadMLP(nn.Module):
 
 # ----------------------------------------------------------------------------------------- policy
 def policy_apply(trunk: Sequence[Tensor], heads: Sequence[Tensor], obs: Tensor, noise: Tensor,
-                 log_std_bounds: tuple[float, float],
-                 trunk_gradient_scale: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                 log_std_bounds: tuple[float, float]) -> tuple[Tensor, Tensor, Tensor]:
     """Tanh-squashed Gaussian policy as a pure function (reparameterised with the given ``noise``).
 
     Returns ``(action, log_prob, mean_action)``: ``action = tanh(mu + std * noise)`` ``[..., b, A]``,
     its log-probability ``[..., b]`` (with the tanh change of variables), and ``tanh(mu)``.
     """
-    mu, log_std = mlp_apply(trunk, heads, obs, trunk_gradient_scale).chunk(2, dim=-1)
+    mu, log_std = mlp_apply(trunk, heads, obs).chunk(2, dim=-1)
     # mtrl codebase: squash log σ smoothly into [log_std_min, log_std_max] instead of clamping.
     low, high = log_std_bounds
     log_std = low + 0.5 * (high - low) * (torch.tanh(log_std) + 1.0)
@@ -165,17 +160,15 @@ class Actor(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------- critic
-def twin_q_apply(trunk: Sequence[Tensor], heads: Sequence[Tensor], obs: Tensor, action: Tensor,
-                 trunk_gradient_scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """Both Q-values as a pure function: ``trunk`` and ``heads`` hold Q1's parameters, then Q2's
-    (``trunk_gradient_scale`` as in :func:`mlp_apply`, for both).
+def twin_q_apply(trunk: Sequence[Tensor], heads: Sequence[Tensor], obs: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
+    """Both Q-values as a pure function: ``trunk`` and ``heads`` hold Q1's parameters, then Q2's.
 
     Returns ``(q1, q2)``, each ``[..., b]``.
     """
     x = torch.cat([obs, action], dim=-1)
     half_trunk, half_heads = len(trunk) // 2, len(heads) // 2
-    q1 = mlp_apply(trunk[:half_trunk], heads[:half_heads], x, trunk_gradient_scale).squeeze(-1)
-    q2 = mlp_apply(trunk[half_trunk:], heads[half_heads:], x, trunk_gradient_scale).squeeze(-1)
+    q1 = mlp_apply(trunk[:half_trunk], heads[:half_heads], x).squeeze(-1)
+    q2 = mlp_apply(trunk[half_trunk:], heads[half_heads:], x).squeeze(-1)
     return q1, q2
 
 

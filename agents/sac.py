@@ -10,22 +10,19 @@ One :meth:`MultiTaskSAC.update` reads like SAC's pseudo-code, once per network:
    each task's temperature follows its own loss (no aggregation).
 4. **Targets.** Polyak averaging of the critic, ``θ' ← (1 − τ) θ' + τ θ``.
 
-The ``k`` critic losses and the ``k`` actor losses each go through their own aggregator instance: the
-per-task Jacobian on that network's trunk comes from
-:func:`mtrl.aggregation.task_partitioned_gradients` (``vmap`` over tasks, about one backward's cost;
-the stacked heads are task inputs, and the same pass gives each head its own task's gradient), then
-:func:`mtrl.aggregation.mtl_backward` writes ``weights @ J`` into the trunk's ``.grad`` and each task's
-**unweighted** gradient into its own head (``scale_task_gradients=False``). Aggregators that only weight
-losses (``needs_jacobian`` False, e.g. ``ls``) skip the Jacobian: one backward of ``Σ_i L_i`` in which
-:func:`mtrl.aggregation.scale_shared_gradient`, between trunk and heads, scales task ``i``'s share of
-the trunk's gradient by ``w_i``. The actor loss also returns its samples' entropy estimate, which the
-temperature loss uses (no second actor forward). A loss left out of
-``SACConfig.aggregate`` is minimised as the plain mean over tasks, ``(1/k) Σ_i L_i``.
+The ``k`` critic losses and the ``k`` actor losses each go through their own aggregator instance, in
+one aggregated step per network (:meth:`MultiTaskSAC._optimize`): the losses are computed with the
+trunk applied through per-task replicas of its parameters, so one backward of ``Σ_i L_i``
+(:func:`mtrl.aggregation.task_partitioned_gradients`) gives the ``[k, n]`` Jacobian on the trunk and
+each head its own task's gradient; :func:`mtrl.aggregation.mtl_backward` then writes ``weights @ J``
+into the trunk's ``.grad`` and each task's **unweighted** gradient into its own head
+(``scale_task_gradients=False``). The actor loss also returns its samples' entropy estimate, which the
+temperature loss uses (no second actor forward). A loss left out of ``SACConfig.aggregate`` is minimised
+as the plain mean over tasks, ``(1/k) Σ_i L_i``.
 
 The update never moves data to the host: it returns detached ``[k]`` device tensors. It runs in
 phases (sample, critic, actor and temperatures, targets), each a plain function of tensors that
-``SACConfig.compile`` runs eagerly, through ``torch.compile`` or as a CUDA-graph replay
-(:mod:`agents.compiled`).
+:class:`agents.execution.PhaseRunner` runs eagerly or as a CUDA-graph replay (``SACConfig.compile``).
 """
 
 from __future__ import annotations
@@ -40,17 +37,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from agents.compiled import (GraphedPhase, OutsideCompile, capture_blocker, check_compile_toolchain,
-                             resolve_compile_mode)
+from agents.execution import HostTransfer, PhaseRunner, capture_blocker, resolve_compile_mode
 from agents.networks import Actor, TwinCritic, policy_apply, twin_q_apply
 from agents.replay import Batch, ReplayBuffer
-from mtrl.aggregation import Aggregator, TaskStats, mtl_backward, task_partitioned_gradients
+from mtrl.aggregation import (Aggregator, TaskStats, mtl_backward, replicate_for_tasks,
+                              task_partitioned_gradients)
 
-__all__ = ["SACConfig", "MultiTaskSAC", "soft_q_target", "COMPILE_MODES"]
+__all__ = ["SACConfig", "MultiTaskSAC", "soft_q_target", "critic_losses", "actor_losses", "temperature_losses",
+           "COMPILE_MODES"]
 
 _AGGREGATABLE = ("critic", "actor")
 #: Values of ``SACConfig.compile``.
-COMPILE_MODES = ("auto", "none", "compile", "cudagraphs")
+COMPILE_MODES = ("auto", "none", "cudagraphs")
 
 
 @dataclass
@@ -78,7 +76,7 @@ class SACConfig:
     # 1.0 reproduces the MT10 code of Nash-MTL / FAMO / FairGrad (`max_norm` of their aggregators).
     max_grad_norm: float | None = None
     # How the update runs (LeanRL's pattern: the same update function, wrapped from outside).
-    # auto: CUDA graphs on CUDA, eager on the CPU; none: eager; compile: torch.compile (inductor);
+    # auto: CUDA graphs on CUDA, eager on the CPU; none: eager;
     # cudagraphs: each update phase captured once in a CUDA graph and replayed (CUDA only).
     compile: str = "auto"
 
@@ -127,6 +125,25 @@ def soft_q_target(reward: Tensor, done: Tensor, next_q1: Tensor, next_q2: Tensor
     return reward + gamma * (1.0 - done) * next_value
 
 
+def critic_losses(q1: Tensor, q2: Tensor, target_q: Tensor) -> Tensor:
+    """Per-task critic losses ``L_i = MSE(Q1_i, y_i) + MSE(Q2_i, y_i)`` (``[k, b]`` inputs, ``[k]`` out)."""
+    return (q1 - target_q).pow(2).mean(-1) + (q2 - target_q).pow(2).mean(-1)
+
+
+def actor_losses(log_prob: Tensor, q1: Tensor, q2: Tensor, alpha: Tensor) -> Tensor:
+    """Per-task actor losses ``L_i = mean(α_i log π(a|s) − min(Q1, Q2)(s, a))`` (``alpha [k]``)."""
+    return (alpha.unsqueeze(-1) * log_prob - torch.min(q1, q2)).mean(-1)
+
+
+def temperature_losses(log_alpha: Tensor, entropy: Tensor, target_entropy: float, form: str) -> Tensor:
+    """Per-task temperature losses ``α_i (H_i − H̄)`` (``form="alpha"``: the mtrl codebase, CleanRL) or
+    ``log α_i (H_i − H̄)`` (``"log_alpha"``: SB3, Meta-World+), ``H_i`` the detached entropy estimate
+    −mean log π of task ``i``'s samples. Both have their fixed point where ``H_i = H̄``; with ``log α`` the
+    gradient on ``log α_i`` is the gap itself rather than ``α_i`` times it."""
+    temperature = log_alpha.exp() if form == "alpha" else log_alpha
+    return temperature * (entropy - target_entropy)
+
+
 class MultiTaskSAC:
     """Multi-head SAC for ``k`` tasks with per-task temperatures and aggregated trunk updates.
 
@@ -141,38 +158,18 @@ class MultiTaskSAC:
         device: the training device (CPU or CUDA); the networks are float32.
         seed: seeds the agent's own random generators (policy noise in updates and in :meth:`act`);
             the networks' initialisation uses torch's global generator, so seed that too.
-        compile_backend: the ``torch.compile`` backend of ``config.compile = "compile"`` (``inductor``;
-            ``aot_eager`` traces without generating code, which the tests use to stay fast).
     """
 
     def __init__(self, obs_dim: int, action_dim: int, num_tasks: int, config: SACConfig | None = None,
                  critic_aggregator: Aggregator | None = None, actor_aggregator: Aggregator | None = None,
-                 device: torch.device | str = "cpu", seed: int | None = None,
-                 compile_backend: str = "inductor") -> None:
+                 device: torch.device | str = "cpu", seed: int | None = None) -> None:
         config = SACConfig() if config is None else config
-        for name, value in (("obs_dim", obs_dim), ("action_dim", action_dim), ("num_tasks", num_tasks)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"MultiTaskSAC: `{name}` should be a positive integer. Found `{name} = {value!r}`.")
-        if config.batch_size % num_tasks != 0:
-            raise ValueError(
-                f"batch_size = {config.batch_size} is not divisible by the number of tasks k = {num_tasks}: "
-                f"the replay buffer samples batch_size / k rows per task. Use a multiple of {num_tasks} "
-                f"(the paper uses 128 per task, i.e. batch_size = {128 * num_tasks})."
-            )
-        for name, aggregator in (("critic", critic_aggregator), ("actor", actor_aggregator)):
-            if name in config.aggregate and not isinstance(aggregator, Aggregator):
-                raise ValueError(f"MultiTaskSAC: config.aggregate includes '{name}' but {name}_aggregator is "
-                                 f"{aggregator!r}; pass an instance from mtrl.aggregation.make(...).")
-        if critic_aggregator is not None and critic_aggregator is actor_aggregator:
-            raise ValueError("MultiTaskSAC: critic_aggregator and actor_aggregator are the same object; "
-                             "each network needs its own instance (stateful aggregators keep per-network state).")
-
+        _check_agent_arguments(obs_dim, action_dim, num_tasks, config, critic_aggregator, actor_aggregator)
         self.obs_dim, self.action_dim, self.num_tasks, self.config = obs_dim, action_dim, num_tasks, config
         self.device = torch.device(device)
         self.compile_mode = resolve_compile_mode(config.compile, self.device)
-        self.compile_backend = compile_backend
-        if self.compile_mode == "compile":
-            check_compile_toolchain(self.device, compile_backend)
+        self.runner = PhaseRunner(self.compile_mode)
+        self.transfer = HostTransfer(self.device)
         self.critic_aggregator, self.actor_aggregator = critic_aggregator, actor_aggregator
         for aggregator in (critic_aggregator, actor_aggregator):
             if self.compile_mode != "none" and hasattr(aggregator, "deferred_checks"):
@@ -189,12 +186,9 @@ class MultiTaskSAC:
         self.log_alpha = torch.nn.Parameter(
             torch.full((num_tasks,), math.log(config.init_temperature), dtype=torch.float32, device=self.device))
 
-        # capturable: Adam's step counter lives on the device, so that a step neither syncs nor freezes in a graph.
-        # fused (CUDA, eager or captured): one kernel per parameter group instead of a dozen multi-tensor ones;
-        # it is graph-safe (device-side step). Under torch.compile the traced foreach form is left to inductor.
-        cuda = self.device.type == "cuda"
-        adam = dict(lr=config.lr, capturable=cuda and self.compile_mode != "none",
-                    fused=cuda and self.compile_mode in ("none", "cudagraphs"))
+        # capturable (CUDA graphs): Adam's step counter lives on the device, so that a step neither syncs nor
+        # freezes in a graph. fused: one kernel per parameter group, on the CPU and on CUDA.
+        adam = dict(lr=config.lr, capturable=self.compile_mode == "cudagraphs", fused=True)
         self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), **adam)
         self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), **adam)
         self.alpha_optimizer = torch.optim.Adam([self.log_alpha], **adam)
@@ -211,9 +205,13 @@ class MultiTaskSAC:
 
         self.updates = 0  # gradient updates done; the aggregators' TaskStats.step
         self._last_actor: dict[str, Tensor] = {}
-        self._compiled: dict[str, Callable[..., Any]] = {}     # compile: phase -> torch.compile'd phase
-        self._graphs: dict[tuple[Any, ...], GraphedPhase] = {}  # cudagraphs: (phase, inputs) -> its graph
-        self._pinned: dict[tuple[str, tuple[int, ...]], Tensor] = {}  # act's page-locked host buffers (CUDA)
+        # Built once: the parameter lists, the trunks' per-task replicas and the critic as the actor's loss
+        # sees it (no gradient) are views of the parameters' storage, which every step updates in place.
+        self._parts = {name: _NetworkParts.of(net, optimizer, aggregator, num_tasks) for name, net, optimizer, aggregator
+                       in (("critic", self.critic, self.critic_optimizer, critic_aggregator),
+                           ("actor", self.actor, self.actor_optimizer, actor_aggregator))}
+        self._frozen_critic = ([p.detach() for p in self.critic.trunk_parameters()],
+                               [p.detach() for p in self.critic.head_parameters()])
 
     # ---------------------------------------------------------------------------------- properties
     @property
@@ -234,11 +232,7 @@ class MultiTaskSAC:
         ``deterministic`` returns ``tanh(mu)`` (evaluation) and draws no noise. On CUDA, host
         observations go up and actions come back through page-locked buffers, one copy each way.
         """
-        if self.device.type == "cuda" and not (isinstance(obs, Tensor) and obs.is_cuda):
-            host = self._pinned_buffer("obs", tuple(np.shape(obs)))
-            host.copy_(torch.as_tensor(obs))                          # casts to float32
-            obs = host.to(self.device, non_blocking=True)
-        obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
+        obs = self.transfer.to_device(obs)
         if obs.ndim not in (2, 3) or obs.shape[0] != self.num_tasks or obs.shape[-1] != self.obs_dim:
             raise ValueError(f"MultiTaskSAC.act: obs should be [k={self.num_tasks}, {self.obs_dim}] (row i is task i) "
                              f"or [k, n, {self.obs_dim}]; got {tuple(obs.shape)}.")
@@ -250,19 +244,7 @@ class MultiTaskSAC:
             noise = torch.randn(noise_shape, generator=self.act_generator, device=self.device)
         action, _, mean_action = self.actor(rows, noise)
         chosen = (mean_action if deterministic else action).reshape(*obs.shape[:-1], self.action_dim)
-        if self.device.type != "cuda":
-            return chosen.numpy()
-        host = self._pinned_buffer("action", tuple(chosen.shape))
-        host.copy_(chosen, non_blocking=True)
-        torch.cuda.current_stream(self.device).synchronize()   # the one wait per step: the action must be on the host
-        return host.numpy().copy()   # the pinned buffer is reused by the next call
-
-    def _pinned_buffer(self, name: str, shape: tuple[int, ...]) -> Tensor:
-        """A page-locked float32 host tensor per (name, shape), reused across calls."""
-        key = (name, shape)
-        if key not in self._pinned:
-            self._pinned[key] = torch.empty(shape, dtype=torch.float32, pin_memory=True)
-        return self._pinned[key]
+        return self.transfer.to_host(chosen)
 
     # ---------------------------------------------------------------------------------- the update
     def update(self, batch: Batch | ReplayBuffer, performance: Tensor | None = None) -> dict[str, Tensor]:
@@ -283,7 +265,9 @@ class MultiTaskSAC:
             (``−mean log π``). On steps that skip the actor, the actor entries repeat the last ones.
         """
         if isinstance(batch, ReplayBuffer):
-            batch = self._run("sample", self._sample_phase, batch)
+            # Its CUDA graph bakes in the buffer's storage, so each buffer gets its own.
+            batch = self.runner("sample", self._sample_phase, batch, variant=id(batch),
+                                generators=(self.update_generator, batch.generator))
         k, _ = self._check_batch(batch)
         if performance is not None:
             performance = torch.as_tensor(performance, dtype=torch.float32, device=self.device)
@@ -292,44 +276,28 @@ class MultiTaskSAC:
                                  f"got shape {tuple(performance.shape)}.")
         self.updates += 1
         step = self.updates
-        critic = self._run("critic", self._critic_phase, batch.obs, batch.action, batch.reward, batch.next_obs,
-                           batch.done, performance)
+        critic = self.runner.own(self._phase("critic", self._critic_phase, batch.obs, batch.action, batch.reward,
+                                             batch.next_obs, batch.done, performance))
         if step % self.config.actor_update_every == 0 or not self._last_actor:
-            self._last_actor = self._own(self._run("actor", self._actor_phase, batch.obs, critic["alpha"], performance))
+            self._last_actor = self.runner.own(self._phase("actor", self._actor_phase, batch.obs, critic["alpha"],
+                                                           performance))
         if step % self.config.target_update_every == 0:
-            self._run("target", self._target_phase)
-        critic = self._own(critic)
+            self.runner("target", self._target_phase, generators=(self.update_generator,))
         return {"loss/critic": critic["loss/critic"], "weights/critic": critic["weights/critic"], **self._last_actor,
                 "alpha": self.alpha}
 
-    def _own(self, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Copies of a CUDA graph's static outputs, which its next replay overwrites (other modes: as is)."""
-        if self.compile_mode != "cudagraphs":
-            return outputs
-        return {name: value.clone() for name, value in outputs.items()}
-
-    def _run(self, name: str, phase: Callable[..., Any], *args: Any) -> Any:
-        """Run one phase of the update in the agent's ``compile_mode``."""
-        if self.compile_mode == "none" or (self.compile_mode == "compile" and name == "sample"):
-            # The sample is one rand and a gather; compiling it would recompile as the buffer grows.
-            return phase(*args)
-        if self.compile_mode == "compile":
-            if name not in self._compiled:
-                self._compiled[name] = torch.compile(phase, backend=self.compile_backend)
-            return self._compiled[name](*args)
-        # One graph per input layout (Δm given or not) and, for the sample, per buffer (its storage is baked in).
-        key = (name, id(args[0]) if name == "sample" else tuple(arg is None for arg in args))
-        if key not in self._graphs:
-            generators = [self.update_generator] + ([args[0].generator] if name == "sample" else [])
-            blocker = None
-            if name in self.config.aggregate:
-                blocker = capture_blocker(self.critic_aggregator if name == "critic" else self.actor_aggregator)
-            self._graphs[key] = GraphedPhase(phase, name, generators, blocker)
-        return self._graphs[key](*args)
+    def _phase(self, name: str, phase: Callable[..., Any], *args: Any) -> Any:
+        """An aggregated phase through the runner: one CUDA graph per input layout (Δm given or not), kept
+        eager when its aggregator cannot be captured."""
+        blocker = None
+        if name in self.config.aggregate:
+            blocker = capture_blocker(self.critic_aggregator if name == "critic" else self.actor_aggregator)
+        return self.runner(name, phase, *args, variant=tuple(arg is None for arg in args),
+                           generators=(self.update_generator,), blocker=blocker)
 
     # ------------------------------------------------------------------ the phases of one update
-    # Each is a function of tensors that reads like the pseudo-code above; `_run` executes it eagerly,
-    # compiled or as a CUDA-graph replay (agents.compiled). Outputs may be a graph's static buffers.
+    # Each is a function of tensors that reads like the pseudo-code above; the runner executes it eagerly,
+    # or as a CUDA-graph replay (agents.execution). Outputs may be a graph's static buffers.
     def _sample_phase(self, buffer: ReplayBuffer) -> Batch:
         return buffer.sample(self.batch_per_task)
 
@@ -340,29 +308,16 @@ class MultiTaskSAC:
         alpha = self.alpha  # [k], the temperatures before this step's temperature update
         target_q = self.compute_target_q(batch, alpha)                            # [k, b]
         losses, weights, _ = self._optimize(
-            "critic", self._critic_task_loss, self.critic.named_trunk_parameters(), self.critic.head_parameters(),
-            (obs, action, target_q), performance)
+            "critic", lambda trunk: (self.critic_losses(obs, action, target_q, trunk), None), performance)
         return {"loss/critic": losses, "weights/critic": weights, "alpha": alpha}
 
     def _actor_phase(self, obs: Tensor, alpha: Tensor, performance: Tensor | None) -> dict[str, Tensor]:
         """2. The actor's aggregated step against the updated critic, then the temperatures."""
         k, b = obs.shape[:2]
         noise = torch.randn((k, b, self.action_dim), generator=self.update_generator, device=self.device)
-        critic_trunk = [p.detach() for p in self.critic.trunk_parameters()]
-        critic_heads = [p.detach() for p in self.critic.head_parameters()]
-
-        def actor_task_loss(trunk: Mapping[str, Tensor], *inputs: Tensor,
-                            gradient_scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
-            return self._actor_task_loss(critic_trunk, trunk, *inputs, gradient_scale=gradient_scale)
-
-        # The entropy estimate −mean log π of the same samples comes out of the actor loss's own forward.
         losses, weights, entropy = self._optimize(
-            "actor", actor_task_loss, self.actor.named_trunk_parameters(), self.actor.head_parameters(),
-            (*critic_heads, alpha, obs, noise), performance, has_aux=True)
-
-        # α_i (mtrl codebase) or log α_i (SB3) times the detached entropy gap (SACConfig.temperature_loss).
-        temperature = self.log_alpha.exp() if self.config.temperature_loss == "alpha" else self.log_alpha
-        alpha_losses = temperature * (entropy - self.target_entropy)  # [k], = mean over the samples of α(−log π − H̄)
+            "actor", lambda trunk: self.actor_losses(obs, noise, alpha, trunk), performance)
+        alpha_losses = temperature_losses(self.log_alpha, entropy, self.target_entropy, self.config.temperature_loss)
         self.alpha_optimizer.zero_grad(set_to_none=True)
         alpha_losses.sum().backward()  # each log α_i gets its own task's gradient
         self.alpha_optimizer.step()
@@ -388,77 +343,62 @@ class MultiTaskSAC:
         next_q1, next_q2 = self.critic_target(batch.next_obs, next_action)
         return soft_q_target(batch.reward, batch.done, next_q1, next_q2, next_log_prob, alpha, self.config.gamma)
 
-    # ------------------------------------------------------------------------ per-task loss functions
-    # Written for both shapes: the whole batch ([k, b, ...], stacked heads -> losses [k]) and one task
-    # inside vmap ([b, ...], that task's head slices -> a scalar).
-    # ``gradient_scale`` ([k], whole batch only): filled by mtl_backward, it scales each task's gradient
-    # into the trunk, so that one backward serves the trunk and the heads (no Jacobian needed).
-    def _critic_task_loss(self, trunk: Mapping[str, Tensor], *inputs: Tensor,
-                          gradient_scale: Tensor | None = None) -> Tensor:
-        heads, (obs, action, target_q) = inputs[:-3], inputs[-3:]
-        q1, q2 = twin_q_apply(list(trunk.values()), heads, obs, action, gradient_scale)
-        return (q1 - target_q).pow(2).mean(-1) + (q2 - target_q).pow(2).mean(-1)
+    # --------------------------------------------------------------------------- per-task losses
+    def critic_losses(self, obs: Tensor, action: Tensor, target_q: Tensor,
+                      trunk: Sequence[Tensor] | None = None) -> Tensor:
+        """The ``[k]`` critic losses (:func:`critic_losses`) on ``[k, b, ...]`` rows; ``trunk``: the critic's
+        trunk parameters (default) or their per-task replicas (:func:`~mtrl.aggregation.replicate_for_tasks`)."""
+        parts = self._parts["critic"]
+        q1, q2 = twin_q_apply(parts.trunk if trunk is None else trunk, parts.heads, obs, action)
+        return critic_losses(q1, q2, target_q)
 
-    def _actor_task_loss(self, critic_trunk: Sequence[Tensor], trunk: Mapping[str, Tensor], *inputs: Tensor,
-                         gradient_scale: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """The actor loss and, as an auxiliary output, its samples' entropy estimate −mean log π (detached)."""
-        heads_end = len(self.actor.head_parameters())
-        actor_heads, critic_heads = inputs[:heads_end], inputs[heads_end:-3]
-        alpha, obs, noise = inputs[-3:]
-        action, log_prob, _ = policy_apply(list(trunk.values()), actor_heads, obs, noise, self.actor.log_std_bounds,
-                                           gradient_scale)
-        q1, q2 = twin_q_apply(critic_trunk, critic_heads, obs, action)
-        return (alpha.unsqueeze(-1) * log_prob - torch.min(q1, q2)).mean(-1), -log_prob.detach().mean(-1)
+    def actor_losses(self, obs: Tensor, noise: Tensor, alpha: Tensor,
+                     trunk: Sequence[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """The ``[k]`` actor losses (:func:`actor_losses`) with ``a = tanh(μ + σ · noise)`` against the critic
+        (no gradient into it), and the samples' entropy estimate −mean log π ``[k]`` (detached).
+        ``trunk`` as in :meth:`critic_losses`, for the actor."""
+        parts = self._parts["actor"]
+        action, log_prob, _ = policy_apply(parts.trunk if trunk is None else trunk, parts.heads, obs, noise,
+                                           self.actor.log_std_bounds)
+        q1, q2 = twin_q_apply(*self._frozen_critic, obs, action)
+        return actor_losses(log_prob, q1, q2, alpha), -log_prob.detach().mean(-1)
 
-    def _optimize(self, network: str, task_loss: Callable[..., Any], trunk: dict[str, Tensor],
-                  heads: list[Tensor], data: tuple[Tensor, ...], performance: Tensor | None,
-                  step: int | None = None, has_aux: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+    # -------------------------------------------------------------------------- the aggregated step
+    def _optimize(self, network: str, losses_of: Callable[[Sequence[Tensor]], tuple[Tensor, Tensor | None]],
+                  performance: Tensor | None, step: int | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         """One optimizer step of ``network`` on its ``k`` losses; returns (losses, weights, aux), detached.
 
-        ``step`` (the aggregators' ``TaskStats.step``) defaults to :attr:`updates`. ``has_aux``: ``task_loss``
-        returns ``(losses, aux)``, ``aux`` a ``[k]`` statistic of the same forward (else ``aux`` is ``None``)."""
-        k = self.num_tasks
+        ``losses_of(trunk) -> (losses [k], aux)`` computes the network's losses with the given trunk
+        parameters (``aux``: a statistic of the same forward, or ``None``). ``step`` (the aggregators'
+        ``TaskStats.step``) defaults to :attr:`updates`.
 
-        def split(result: Any) -> tuple[Tensor, Tensor | None]:
-            return result if has_aux else (result, None)
-
-        optimizer = self.critic_optimizer if network == "critic" else self.actor_optimizer
+        The aggregated step: the trunk runs through per-task replicas, one backward gives the Jacobian
+        ``J`` on the trunk and each head its task's gradient, the aggregator turns ``J`` into weights, and
+        the trunk gets ``weights @ J`` (clipped to ``max_grad_norm``).
+        """
+        parts = self._parts[network]
+        trunk, heads, optimizer, aggregator = parts.trunk, parts.heads, parts.optimizer, parts.aggregator
         optimizer.zero_grad(set_to_none=True)
         if network not in self.config.aggregate:
-            losses, aux = split(task_loss(trunk, *heads, *data))                          # [k]
+            losses, aux = losses_of(trunk)                                               # [k]
             losses.mean().backward()
             optimizer.step()
-            return losses.detach(), torch.full((k,), 1.0 / k, device=self.device), aux
+            return losses.detach(), torch.full((self.num_tasks,), 1.0 / self.num_tasks, device=self.device), aux
 
-        aggregator = self.critic_aggregator if network == "critic" else self.actor_aggregator
-        if self.compile_mode == "compile" and not getattr(aggregator, "capturable", False):
-            aggregator = OutsideCompile(aggregator)
-        scale = head_grads = jacobian = None
-        if aggregator.needs_jacobian:
-            # One vmap'd pass: the trunk's [k, n] Jacobian and each head's own gradient.
-            losses, jacobian, head_grads, aux = task_partitioned_gradients(
-                task_loss, trunk, *heads, *data, task_grads=len(heads), has_aux=has_aux)
-        else:   # one backward, the trunk's share of each task's gradient scaled by its weight
-            scale = torch.empty(k, device=self.device)
-            losses, aux = split(task_loss(trunk, *heads, *data, gradient_scale=scale))
-        weights = mtl_backward(losses, list(trunk.values()), aggregator, self._task_stats(losses, performance, step),
-                               jacobian=jacobian, task_params=heads, task_gradients=head_grads,
-                               shared_gradient_scale=scale, scale_task_gradients=False)
-        if self.config.max_grad_norm is not None:
-            # No host sync: clip_grad_norm_ scales by a device-side clamp.
-            torch.nn.utils.clip_grad_norm_(list(trunk.values()), self.config.max_grad_norm)
+        losses, aux = losses_of(parts.replicas)
+        jacobian, head_gradients = task_partitioned_gradients(losses, parts.replicas, heads)
+        weights = mtl_backward(losses, trunk, aggregator, self._task_stats(losses, performance, step),
+                               jacobian=jacobian, task_params=heads, task_gradients=head_gradients,
+                               scale_task_gradients=False, max_norm=self.config.max_grad_norm)
         optimizer.step()
         if aggregator.learns_from_steps:
             # Methods that learn from the step's effect (FAMO) get the same batch's losses after it.
             with torch.no_grad():
-                after, _ = split(task_loss(trunk, *heads, *data))
-                aggregator.after_step(self._task_stats(after, performance, step))
+                aggregator.after_step(self._task_stats(losses_of(trunk)[0], performance, step))
         return losses.detach(), weights, aux
 
-    @torch.compiler.disable
     def _task_stats(self, losses: Tensor, performance: Tensor | None, step: int | None) -> TaskStats:
-        # Outside torch.compile: reading the changing step counter in a traced frame would recompile.
-        # Under a CUDA graph the step is read once, at capture (agents.compiled).
+        # Under a CUDA graph the step is read once, at capture (agents.execution).
         return TaskStats(losses.detach(), performance, self.updates if step is None else step)
 
     # --------------------------------------------------------------------------------------- checks
@@ -520,5 +460,43 @@ class MultiTaskSAC:
         self.updates = int(state["updates"])
         self._last_actor = {name: value.to(self.device).clone() for name, value in state["last_actor"].items()}
         # The optimizers hold new state tensors now: graphs captured before would update the old ones.
-        self._graphs.clear()
-        self._compiled.clear()
+        self.runner.reset()
+
+
+@dataclass
+class _NetworkParts:
+    """What one aggregated step of a network uses, looked up once: its trunk and head parameters, the trunk's
+    per-task replicas (:func:`~mtrl.aggregation.replicate_for_tasks`), its optimizer and its aggregator."""
+
+    trunk: list[Tensor]
+    heads: list[Tensor]
+    replicas: list[Tensor]
+    optimizer: torch.optim.Optimizer
+    aggregator: Aggregator | None
+
+    @classmethod
+    def of(cls, network: Actor | TwinCritic, optimizer: torch.optim.Optimizer, aggregator: Aggregator | None,
+           num_tasks: int) -> _NetworkParts:
+        trunk = network.trunk_parameters()
+        return cls(trunk, network.head_parameters(), replicate_for_tasks(trunk, num_tasks), optimizer, aggregator)
+
+
+def _check_agent_arguments(obs_dim: int, action_dim: int, num_tasks: int, config: SACConfig,
+                           critic_aggregator: Aggregator | None, actor_aggregator: Aggregator | None) -> None:
+    """What :class:`MultiTaskSAC` needs of its arguments beyond :class:`SACConfig`'s own checks."""
+    for name, value in (("obs_dim", obs_dim), ("action_dim", action_dim), ("num_tasks", num_tasks)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"MultiTaskSAC: `{name}` should be a positive integer. Found `{name} = {value!r}`.")
+    if config.batch_size % num_tasks != 0:
+        raise ValueError(
+            f"batch_size = {config.batch_size} is not divisible by the number of tasks k = {num_tasks}: "
+            f"the replay buffer samples batch_size / k rows per task. Use a multiple of {num_tasks} "
+            f"(the paper uses 128 per task, i.e. batch_size = {128 * num_tasks})."
+        )
+    for name, aggregator in (("critic", critic_aggregator), ("actor", actor_aggregator)):
+        if name in config.aggregate and not isinstance(aggregator, Aggregator):
+            raise ValueError(f"MultiTaskSAC: config.aggregate includes '{name}' but {name}_aggregator is "
+                             f"{aggregator!r}; pass an instance from mtrl.aggregation.make(...).")
+    if critic_aggregator is not None and critic_aggregator is actor_aggregator:
+        raise ValueError("MultiTaskSAC: critic_aggregator and actor_aggregator are the same object; "
+                         "each network needs its own instance (stateful aggregators keep per-network state).")

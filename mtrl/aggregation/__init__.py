@@ -7,8 +7,8 @@ equation it solves and every knowing deviation.
 """
 
 from mtrl.aggregation._base import Aggregator, TaskStats, available, make, options, register
-from mtrl.aggregation._backward import (PartitionedGradients, mtl_backward, scale_shared_gradient, task_jacobian,
-                                       task_partitioned_gradients, task_partitioned_jacobian)
+from mtrl.aggregation._backward import (mtl_backward, replicate_for_tasks, task_jacobian, task_linear,
+                                       task_partitioned_gradients)
 
 # Each import registers the method under its `make` name.
 from mtrl.aggregation._ls import LS
@@ -32,8 +32,7 @@ from mtrl.aggregation._performance import performance_weights
 
 __all__ = [
     "Aggregator", "TaskStats", "available", "make", "options", "register",
-    "mtl_backward", "task_jacobian", "task_partitioned_jacobian", "task_partitioned_gradients", "PartitionedGradients",
-    "scale_shared_gradient",
+    "mtl_backward", "task_jacobian", "replicate_for_tasks", "task_linear", "task_partitioned_gradients",
     "LS", "RLW",
     "RGW", "PCGrad", "CAGrad", "MGDA", "IMTLG", "UW", "DWA", "FAMO",
     "NashMTL", "FairGrad", "PIVRG", "ExcessMTL", "PILS", "PIRLW", "PINashMTL", "performance_weights",

@@ -132,7 +132,7 @@ def _run_logged(command: list[str], log: Any, timeout: float) -> None:
 def cuda_tests(log: Any, timeout: float) -> dict[str, Any]:
     """``pytest -k test_cuda_`` on the agent's tests; the summary line (a failure raises, with the log)."""
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "test_cuda_", "-rs",
-               "tests/agents/test_compile.py", "tests/aggregation/test_gauss_jordan.py", "tests/bench/test_update.py"]
+               "tests/agents/test_execution.py", "tests/aggregation/test_gauss_jordan.py", "tests/bench/test_update.py"]
     log.write(f"$ {shlex.join(command)}\n")
     log.flush()
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
@@ -145,8 +145,8 @@ def cuda_tests(log: Any, timeout: float) -> dict[str, Any]:
 
 def update(args: argparse.Namespace, aggs: list[str], work: Path, log: Any, timeout: float) -> dict[str, Any]:
     """``bench update`` once per compile mode (a slow compilation must not lose the other modes' numbers)."""
-    modes = args.modes.split(",") if args.modes else (["none", "cudagraphs", "compile"] if args.device.startswith("cuda")
-                                                     else ["none"] if args.quick else ["none", "compile"])
+    modes = args.modes.split(",") if args.modes else (["none", "cudagraphs"] if args.device.startswith("cuda")
+                                                     else ["none"])
     started, results = time.monotonic(), {}
     for index, mode in enumerate(modes):
         budget = (timeout - (time.monotonic() - started)) / (len(modes) - index)

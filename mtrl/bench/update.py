@@ -1,14 +1,13 @@
 """Wall time of one full multi-task SAC update per aggregator and per ``agent.compile`` mode.
 
-    python -m mtrl.bench update [--aggregators ls,pivrg] [--modes none,compile] [--device cuda]
+    python -m mtrl.bench update [--aggregators ls,pivrg] [--hidden-dim 128 --trunk-layers 2] [--device cuda]
 
 One update is what training does per vector step: the replay sample (device-side indices), the
 critic's aggregated step, the actor's aggregated step, the temperatures and the target critics
-(:meth:`agents.MultiTaskSAC.update` with the buffer as its source). ``jacobian`` is not a method:
-equal weights through the task-partitioned Jacobian, which tells the Jacobian's cost apart from an
-aggregator's own solve. Per mode, ``ratio_to_ls`` is an aggregator's time over ``ls``'s; per
-aggregator, ``ratio_to_eager`` is a mode's time over ``none``'s (its speed-up is the inverse).
-``warmup_s`` covers the first calls: compilation (``compile``) or warm-up and capture (``cudagraphs``).
+(:meth:`agents.MultiTaskSAC.update` with the buffer as its source). Per mode, ``ratio_to_ls`` is an
+aggregator's time over ``ls``'s; per aggregator, ``ratio_to_eager`` is a mode's time over ``none``'s
+(its speed-up is the inverse). ``warmup_s`` covers the first calls (on CUDA, warm-up and capture).
+``cpu_ms`` is the process's CPU time per update, which a busy machine inflates less than wall time.
 Times are medians over ``--repeats`` rounds that time every (mode, aggregator) once, interleaved so that
 all rows see the same load, on random replay contents (the cost does not depend on them). On CUDA,
 ``kernels`` counts the kernels one update launches (the profiler's CUDA activity): what ``bench launches``
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 
 from agents import COMPILE_MODES, MultiTaskSAC, ReplayBuffer, SACConfig
-from mtrl.aggregation import Aggregator, TaskStats, available, make
+from mtrl.aggregation import available, make
 from mtrl.bench._common import names, positive_int, print_table, synchronize, timed_median, usage_error
 
 HELP = "one full SAC update (sample, critic, actor, temperatures, targets) per aggregator and compile mode"
@@ -38,47 +37,29 @@ HELP = "one full SAC update (sample, critic, actor, temperatures, targets) per a
 MIN_WARMUP = 5
 
 
-class EqualWeightsThroughJacobian(Aggregator):
-    """Equal weights, but declared as needing the Jacobian: times the Jacobian path alone."""
-
-    name = "jacobian"
-    needs_jacobian = True
-
-    def _weights(self, jacobian: torch.Tensor | None, stats: TaskStats) -> torch.Tensor:
-        return torch.full((stats.num_tasks,), 1.0 / stats.num_tasks, dtype=stats.losses.dtype,
-                          device=stats.losses.device)
-
-    def __repr__(self) -> str:
-        return "EqualWeightsThroughJacobian()"
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aggregators", type=names, default=None,
-                        help="comma-separated registered names, or 'jacobian' (default: ls, jacobian and every method)")
+                        help="comma-separated registered names (default: ls and every method)")
     parser.add_argument("--modes", type=names, default=None,
-                        help="comma-separated agent.compile modes (default: none,compile; none,cudagraphs,compile on CUDA)")
-    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend of mode 'compile'")
+                        help="comma-separated agent.compile modes (default: none; none,cudagraphs on CUDA)")
     parser.add_argument("--tasks", type=positive_int, default=10)
     parser.add_argument("--obs-dim", type=positive_int, default=49, help="Meta-World 39 + one-hot")
     parser.add_argument("--action-dim", type=positive_int, default=4)
     parser.add_argument("--batch-size", type=positive_int, default=1280)
     parser.add_argument("--hidden-dim", type=positive_int, default=400)
+    parser.add_argument("--trunk-layers", type=positive_int, default=3)
     parser.add_argument("--warmup", type=positive_int, default=MIN_WARMUP)
     parser.add_argument("--repeats", type=positive_int, default=20)
 
 
-def _aggregator(name: str) -> Aggregator:
-    return EqualWeightsThroughJacobian() if name == "jacobian" else make(name)
-
-
-def build(aggregator: str, mode: str, args: argparse.Namespace,
-          compile_backend: str = "inductor") -> tuple[MultiTaskSAC, ReplayBuffer, torch.Tensor]:
+def build(aggregator: str, mode: str, args: argparse.Namespace) -> tuple[MultiTaskSAC, ReplayBuffer, torch.Tensor]:
     """An agent (``aggregator`` for both networks), a buffer filled with random transitions, and Δm."""
     device, k = torch.device(args.device), args.tasks
     torch.manual_seed(0)
-    config = SACConfig(hidden_dim=args.hidden_dim, batch_size=args.batch_size, compile=mode)
-    agent = MultiTaskSAC(args.obs_dim, args.action_dim, k, config, _aggregator(aggregator), _aggregator(aggregator),
-                         device=device, seed=0, compile_backend=compile_backend)
+    config = SACConfig(hidden_dim=args.hidden_dim, trunk_layers=args.trunk_layers, batch_size=args.batch_size,
+                       compile=mode)
+    agent = MultiTaskSAC(args.obs_dim, args.action_dim, k, config, make(aggregator), make(aggregator),
+                         device=device, seed=0)
     steps = 500
     buffer = ReplayBuffer(k, args.obs_dim, args.action_dim, capacity=k * steps, device=device, seed=0)
     rng = np.random.default_rng(0)
@@ -91,7 +72,7 @@ def build(aggregator: str, mode: str, args: argparse.Namespace,
 def prepare(aggregator: str, mode: str, args: argparse.Namespace) -> tuple[Callable[[], Any], dict[str, Any]]:
     """An agent and a filled buffer, warmed up (compiled or captured); returns one update as a call."""
     device = torch.device(args.device)
-    agent, buffer, performance = build(aggregator, mode, args, args.compile_backend)
+    agent, buffer, performance = build(aggregator, mode, args)
 
     def update() -> None:
         agent.update(buffer, performance)
@@ -102,8 +83,7 @@ def prepare(aggregator: str, mode: str, args: argparse.Namespace) -> tuple[Calla
         update()
     synchronize(device)
     warmup_s = time.perf_counter() - started
-    captured = sorted(phase.name for phase in agent._graphs.values() if phase.captured)
-    return update, {"warmup_s": warmup_s, "captured": ",".join(captured) if mode == "cudagraphs" else None}
+    return update, {"warmup_s": warmup_s, "captured": ",".join(agent.runner.captured()) if mode == "cudagraphs" else None}
 
 
 def profile_kernels(update: Callable[[], Any], top: int = 12) -> dict[str, Any]:
@@ -143,11 +123,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.tasks, args.batch_size, args.hidden_dim, args.repeats, args.warmup = 3, 24, 16, 2, MIN_WARMUP
         args.aggregators = args.aggregators or ["ls", "pivrg"]
         args.modes = args.modes or ["none"]
-    aggregators = args.aggregators or ["ls", "jacobian", *[name for name in available() if name != "ls"]]
-    modes = args.modes or (["none", "cudagraphs", "compile"] if cuda else ["none", "compile"])
-    unknown = [name for name in aggregators if name != "jacobian" and name not in available()]
+    aggregators = args.aggregators or ["ls", *[name for name in available() if name != "ls"]]
+    modes = args.modes or (["none", "cudagraphs"] if cuda else ["none"])
+    unknown = [name for name in aggregators if name not in available()]
     if unknown:
-        usage_error(f"update: unknown aggregator(s) {unknown}; choose from jacobian, {', '.join(available())}.")
+        usage_error(f"update: unknown aggregator(s) {unknown}; choose from {', '.join(available())}.")
     if "ls" not in aggregators:
         usage_error("update: --aggregators should include ls, the reference of ratio_to_ls.")
     bad_modes = [mode for mode in modes if mode not in COMPILE_MODES]
@@ -172,11 +152,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"{mode:>10} {name:>10}: ready {results[mode][name]}", flush=True)
     # Interleaved rounds: every row sees the same load on a shared machine, so the ratios hold.
     samples: dict[tuple[str, str], list[float]] = {key: [] for key in updates}
+    cpu_samples: dict[tuple[str, str], list[float]] = {key: [] for key in updates}
     for _ in range(args.repeats):
         for key, update in updates.items():
+            started = time.process_time()
             samples[key].append(timed_median(update, 1, warmup=0, device=args.device))
+            cpu_samples[key].append(time.process_time() - started)
     for (mode, name), times in samples.items():
         results[mode][name]["ms"] = 1e3 * statistics.median(times)
+        results[mode][name]["cpu_ms"] = 1e3 * statistics.median(cpu_samples[mode, name])
         if cuda:   # what `bench launches` models on the CPU, measured, and where the GPU time goes
             profile = profile_kernels(updates[mode, name])
             results[mode][name].update(kernels=profile.get("kernels", profile.get("error")),
@@ -194,13 +178,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row["ratio_to_ls"] = row["ms"] / ls_ms if ls_ms else None
             row["ratio_to_eager"] = row["ms"] / eager_ms if eager_ms else None
             rows.append({"mode": mode, "aggregator": name, **row})
-    print_table(rows, ["mode", "aggregator", "ms", "ratio_to_ls", "ratio_to_eager", "kernels", "kernel_ms", "warmup_s",
-                       "captured"],
-                title=f"One SAC update, k={args.tasks}, batch {args.batch_size}, 3x{args.hidden_dim} trunks, {args.device}")
+    print_table(rows, ["mode", "aggregator", "ms", "cpu_ms", "ratio_to_ls", "ratio_to_eager", "kernels", "kernel_ms",
+                       "warmup_s", "captured"],
+                title=f"One SAC update, k={args.tasks}, batch {args.batch_size}, {args.trunk_layers}x{args.hidden_dim} "
+                      f"trunks, {args.device}")
     for row in rows:
         if row.get("top_kernels"):
             print_table(row["top_kernels"], ["kernel", "calls", "us", "share"],
                         title=f"{row['mode']} {row['aggregator']}: the kernels with the most GPU time in one update")
     return {"tasks": args.tasks, "batch_size": args.batch_size, "hidden_dim": args.hidden_dim,
-            "device": args.device, "repeats": args.repeats, "compile_backend": args.compile_backend,
-            "results": results}
+            "trunk_layers": args.trunk_layers, "device": args.device, "repeats": args.repeats, "results": results}

@@ -116,7 +116,7 @@ def prepare(cfg: DictConfig, overrides: Sequence[str] | None = None) -> TrainSet
 
     # Import here: the envs and agents packages pull in metaworld / mujoco.
     import agents
-    from agents.compiled import resolve_compile_mode
+    from agents.execution import resolve_compile_mode
     import envs
 
     env_cfg = _section(plain, "env")

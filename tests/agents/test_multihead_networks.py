@@ -1,12 +1,12 @@
-"""Multi-head networks: row block i goes through head i only; the per-task functional form under
-vmap equals the batched forward."""
+"""Multi-head networks: row block i goes through head i only; the batched forward equals each task through
+its own layers, with the trunk's parameters or their per-task replicas."""
 
 import pytest
 import torch
-from torch.func import vmap
 
 from agents import Actor, MultiHeadMLP, TwinCritic
 from agents.networks import mlp_apply
+from mtrl.aggregation import replicate_for_tasks
 
 K, B, IN, OUT = 3, 5, 4, 2
 
@@ -32,14 +32,15 @@ def test_structure_trunk_3_layers_and_stacked_heads() -> None:
     assert [tuple(p.shape) for p in net.head_parameters()] == [(K, 16, 16), (K, 16), (K, 16, OUT), (K, OUT)]
 
 
-def test_per_task_functional_form_under_vmap_equals_batched_forward() -> None:
+def test_batched_forward_equals_each_task_through_its_own_layers_and_the_replicated_trunk_too() -> None:
     net = MultiHeadMLP(K, IN, OUT, hidden_dim=16, head_layers=2)
     x = torch.randn(K, B, IN)
-    trunk = net.trunk_parameters()
-    per_task = vmap(lambda x_i, *heads_i: mlp_apply(trunk, heads_i, x_i))(x, *net.head_parameters())
-    torch.testing.assert_close(per_task, net(x))
-    # task i alone, with its own slices, is the same too
-    torch.testing.assert_close(mlp_apply(trunk, [p[1] for p in net.head_parameters()], x[1]), net(x)[1])
+    (w0, b0, w1, b1, w2, b2), (h0, c0, h1, c1) = net.trunk_parameters(), net.head_parameters()
+    for i in range(K):   # plain torch, one task at a time
+        z = torch.relu(torch.relu(torch.relu(x[i] @ w0.T + b0) @ w1.T + b1) @ w2.T + b2)
+        torch.testing.assert_close(torch.relu(z @ h0[i] + c0[i]) @ h1[i] + c1[i], net(x)[i])
+    replicated = mlp_apply(replicate_for_tasks(net.trunk_parameters(), K), net.head_parameters(), x)
+    torch.testing.assert_close(replicated, net(x))
 
 
 def test_actor_outputs_are_squashed_and_log_prob_matches_torch_distributions() -> None:

@@ -1,5 +1,6 @@
-"""Multi-task SAC: head routing through the aggregated step, the task-partitioned Jacobian, the soft
-Bellman target, updates with LS / PIVRG / no aggregation, exact resume, and the error messages."""
+"""Multi-task SAC: the aggregated step (trunk direction, head routing, clipping), the Jacobian through the
+replicated trunk, the soft Bellman target, updates with LS / PIVRG / no aggregation, exact resume, and the
+error messages."""
 
 import copy
 import io
@@ -10,7 +11,8 @@ import torch
 
 from agents import Batch, MultiTaskSAC, ReplayBuffer, SACConfig, soft_q_target
 from agent_helpers import ACT, B, HIDDEN, K, OBS, filled_buffer
-from mtrl.aggregation import Aggregator, TaskStats, available, make, task_jacobian, task_partitioned_jacobian
+from mtrl.aggregation import (Aggregator, TaskStats, available, make, replicate_for_tasks, task_jacobian,
+                              task_partitioned_gradients)
 
 
 
@@ -36,44 +38,17 @@ def make_agent(critic="ls", actor="ls", seed=0, **config) -> MultiTaskSAC:
 
 
 
-def critic_inputs(agent: MultiTaskSAC, batch: Batch):
-    target = agent.compute_target_q(batch)
-    return agent.critic.named_trunk_parameters(), agent.critic.head_parameters(), (batch.obs, batch.action, target)
+def losses_of(agent: MultiTaskSAC, network: str, batch: Batch):
+    """The network's ``losses_of(trunk)`` as the update builds it (fixed noise for the actor)."""
+    if network == "critic":
+        target = agent.compute_target_q(batch)
+        return lambda trunk: (agent.critic_losses(batch.obs, batch.action, target, trunk), None)
+    noise = torch.randn(K, B, ACT, generator=torch.Generator().manual_seed(3))
+    return lambda trunk: agent.actor_losses(batch.obs, noise, agent.alpha, trunk)
 
 
 def all_tensors(agent: MultiTaskSAC) -> list[torch.Tensor]:
     return [*agent.actor.parameters(), *agent.critic.parameters(), *agent.critic_target.parameters(), agent.log_alpha]
-
-
-# --------------------------------------------------------------------------------- head routing
-@pytest.mark.parametrize("aggregator", ["ls", "jacobian"])
-def test_aggregated_critic_step_gives_head_i_only_task_i_gradient(aggregator, monkeypatch) -> None:
-    agent = make_agent(critic=PerformanceSoftmax() if aggregator == "jacobian" else "ls")
-    batch = filled_buffer().sample(B)
-    trunk, heads, data = critic_inputs(agent, batch)
-    losses = agent._critic_task_loss(trunk, *heads, *data)
-    expected_heads = [torch.zeros_like(p) for p in heads]
-    for i in range(K):
-        grads = torch.autograd.grad(losses[i], heads, retain_graph=True)
-        for grad, expected in zip(grads, expected_heads):
-            others = [j for j in range(K) if j != i]
-            assert grad[others].abs().max() == 0, "task i's loss reached another task's head"
-            assert grad[i].abs().max() > 0
-            expected[i] = grad[i]
-    jacobian = task_jacobian(losses, list(trunk.values()))
-    performance = torch.tensor([0.0, 50.0, 100.0])
-
-    monkeypatch.setattr(agent.critic_optimizer, "step", lambda: None)  # keep .grad to inspect it
-    _, weights, _ = agent._optimize("critic", agent._critic_task_loss, trunk, heads, data, performance, 1)
-
-    for p, expected in zip(heads, expected_heads):  # unweighted: each head follows its own task
-        torch.testing.assert_close(p.grad, expected)
-    if aggregator == "jacobian":
-        torch.testing.assert_close(weights, torch.softmax(performance / 10, 0))
-    else:
-        torch.testing.assert_close(weights, torch.full((K,), 1 / K))
-    shared_grad = torch.cat([p.grad.flatten() for p in trunk.values()])
-    torch.testing.assert_close(shared_grad, weights @ jacobian, rtol=1e-4, atol=1e-5)
 
 
 class FixedLossWeights(Aggregator):
@@ -90,70 +65,60 @@ class FixedLossWeights(Aggregator):
         return "FixedLossWeights()"
 
 
+# --------------------------------------------------------------------------- the aggregated step
 @pytest.mark.parametrize("network", ["critic", "actor"])
 @pytest.mark.parametrize("aggregator", ["unequal", "jacobian"])
-def test_each_route_gives_the_trunk_the_weighted_sum_and_each_head_its_own_gradient(network, aggregator,
-                                                                                   monkeypatch) -> None:
-    """One backward with the trunk's gradient scaled per task (methods without a Jacobian), or the vmap'd pass
-    that also yields the heads' gradients (Jacobian methods), against autograd task by task: the trunk gets
-    Σ_i w_i ∇L_i, head i gets the unweighted ∇L_i, and nothing else gets a gradient."""
+@pytest.mark.parametrize("head_layers", [1, 2])
+def test_the_step_gives_the_trunk_the_weighted_sum_and_each_head_its_own_gradient(network, aggregator, head_layers,
+                                                                                 monkeypatch) -> None:
+    """Against autograd task by task: the trunk gets Σ_i w_i ∇L_i, head i gets the unweighted ∇L_i (and no
+    other task's gradient), and no other parameter gets a gradient."""
     method = FixedLossWeights() if aggregator == "unequal" else PerformanceSoftmax()
-    agent = make_agent(critic=method, actor=copy.deepcopy(method), head_layers=2)
-    batch = filled_buffer().sample(B)
-    if network == "critic":
-        trunk, heads, data = critic_inputs(agent, batch)
-        loss = agent._critic_task_loss
-    else:
-        critic_trunk = [p.detach() for p in agent.critic.trunk_parameters()]
-        critic_heads = [p.detach() for p in agent.critic.head_parameters()]
-        loss = lambda shared, *inputs, gradient_scale=None: agent._actor_task_loss(  # noqa: E731
-            critic_trunk, shared, *inputs, gradient_scale=gradient_scale)
-        trunk, heads = agent.actor.named_trunk_parameters(), agent.actor.head_parameters()
-        data = (*critic_heads, agent.alpha.detach(), batch.obs, torch.randn(K, B, ACT))
-    has_aux = network == "actor"   # the actor's loss also returns its samples' entropy
-    losses = loss(trunk, *heads, *data)[0] if has_aux else loss(trunk, *heads, *data)
-    shared = list(trunk.values())
-    jacobian = task_jacobian(losses, shared)
+    agent = make_agent(critic=method, actor=copy.deepcopy(method), head_layers=head_layers)
+    net = agent.critic if network == "critic" else agent.actor
+    trunk, heads = net.trunk_parameters(), net.head_parameters()
+    compute = losses_of(agent, network, filled_buffer().sample(B))
+    losses, aux = compute(trunk)
+    jacobian = task_jacobian(losses, trunk)
     expected_heads = [torch.zeros_like(p) for p in heads]
     for i in range(K):
         for grad, expected in zip(torch.autograd.grad(losses[i], heads, retain_graph=True), expected_heads):
+            assert grad[[j for j in range(K) if j != i]].abs().max() == 0, "task i's loss reached another task's head"
             expected[i] = grad[i]
     performance = torch.tensor([0.0, 50.0, 100.0])
 
     optimizer = agent.critic_optimizer if network == "critic" else agent.actor_optimizer
     monkeypatch.setattr(optimizer, "step", lambda: None)  # keep .grad to inspect it
-    _, weights, aux = agent._optimize(network, loss, trunk, heads, data, performance, 1, has_aux=has_aux)
-    if has_aux:
-        torch.testing.assert_close(aux, loss(trunk, *heads, *data)[1])
+    step_losses, weights, step_aux = agent._optimize(network, compute, performance, 1)
 
+    torch.testing.assert_close(step_losses, losses.detach())
+    if aux is not None:
+        torch.testing.assert_close(step_aux, aux)
     assert not torch.allclose(weights, weights.mean())
-    torch.testing.assert_close(torch.cat([p.grad.flatten() for p in shared]), weights @ jacobian, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.cat([p.grad.flatten() for p in trunk]), weights @ jacobian, rtol=1e-4, atol=1e-6)
     for p, expected in zip(heads, expected_heads):
         torch.testing.assert_close(p.grad, expected, rtol=1e-4, atol=1e-7)
     others = agent.critic.parameters() if network == "actor" else agent.actor.parameters()
     assert all(p.grad is None for p in [*others, agent.log_alpha])
 
 
-# ------------------------------------------------------------------------------------- Jacobian
-def test_task_partitioned_jacobian_of_critic_and_actor_losses_equals_generic() -> None:
+@pytest.mark.parametrize("network", ["critic", "actor"])
+def test_the_replicated_trunk_gives_the_task_jacobian(network) -> None:
+    """One backward through per-task replicas of the trunk equals the generic Jacobian and the heads' gradient
+    of Σ_i L_i."""
     agent = make_agent(head_layers=2)
-    batch = filled_buffer().sample(B)
-    trunk, heads, data = critic_inputs(agent, batch)
-    losses, jacobian = task_partitioned_jacobian(agent._critic_task_loss, trunk, *heads, *data)
-    batched = agent._critic_task_loss(trunk, *heads, *data)
-    torch.testing.assert_close(losses, batched)
-    assert jacobian.shape == (K, sum(p.numel() for p in trunk.values()))
-    torch.testing.assert_close(jacobian, task_jacobian(batched, list(trunk.values())), rtol=1e-4, atol=1e-6)
-
-    critic_trunk = [p.detach() for p in agent.critic.trunk_parameters()]
-    critic_heads = [p.detach() for p in agent.critic.head_parameters()]
-    actor_loss = lambda shared, *inputs: agent._actor_task_loss(critic_trunk, shared, *inputs)[0]  # noqa: E731
-    trunk = agent.actor.named_trunk_parameters()
-    inputs = (*agent.actor.head_parameters(), *critic_heads, agent.alpha, batch.obs, torch.randn(K, B, ACT))
-    losses, jacobian = task_partitioned_jacobian(actor_loss, trunk, *inputs)
-    batched = actor_loss(trunk, *inputs)
-    torch.testing.assert_close(losses, batched)
-    torch.testing.assert_close(jacobian, task_jacobian(batched, list(trunk.values())), rtol=1e-4, atol=1e-6)
+    net = agent.critic if network == "critic" else agent.actor
+    trunk, heads = net.trunk_parameters(), net.head_parameters()
+    compute = losses_of(agent, network, filled_buffer().sample(B))
+    replicas = replicate_for_tasks(trunk, K)
+    losses = compute(replicas)[0]
+    jacobian, head_grads = task_partitioned_gradients(losses, replicas, heads)
+    plain = compute(trunk)[0]
+    torch.testing.assert_close(losses, plain)
+    assert jacobian.shape == (K, sum(p.numel() for p in trunk))
+    torch.testing.assert_close(jacobian, task_jacobian(plain, trunk), rtol=1e-4, atol=1e-6)
+    for grad, expected in zip(head_grads, torch.autograd.grad(plain.sum(), heads)):
+        torch.testing.assert_close(grad, expected, rtol=1e-4, atol=1e-7)
 
 
 # ----------------------------------------------------------------------------------- the target
@@ -237,12 +202,11 @@ def test_no_aggregation_minimises_the_plain_mean(monkeypatch) -> None:
     agent = make_agent(critic=None, actor=None, aggregate=())
     out = agent.update(filled_buffer().sample(B))
     torch.testing.assert_close(out["weights/actor"], torch.full((K,), 1 / K))
-    batch = filled_buffer(seed=1).sample(B)
-    trunk, heads, data = critic_inputs(agent, batch)
-    params = [*trunk.values(), *heads]
-    expected = torch.autograd.grad(agent._critic_task_loss(trunk, *heads, *data).mean(), params)
+    compute = losses_of(agent, "critic", filled_buffer(seed=1).sample(B))
+    params = list(agent.critic.parameters())
+    expected = torch.autograd.grad(compute(agent.critic.trunk_parameters())[0].mean(), params)
     monkeypatch.setattr(agent.critic_optimizer, "step", lambda: None)
-    agent._optimize("critic", agent._critic_task_loss, trunk, heads, data, None, 2)
+    agent._optimize("critic", compute, None, 2)
     for p, grad in zip(params, expected):
         torch.testing.assert_close(p.grad, grad)
 

@@ -1,14 +1,15 @@
-"""`mtl_backward` and the two Jacobian routes on a small shared-trunk / per-task-head model."""
+"""`mtl_backward` and the two ways to the Jacobian (generic, task-partitioned) on a small shared-trunk /
+per-task-head model, against autograd task by task."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call
 
 import mtrl.aggregation as agg
-from mtrl.aggregation import TaskStats, mtl_backward, task_jacobian, task_partitioned_gradients, task_partitioned_jacobian
+from mtrl.aggregation import (TaskStats, mtl_backward, replicate_for_tasks, task_jacobian, task_linear,
+                              task_partitioned_gradients)
 
 K, ROWS, IN, HIDDEN = 3, 5, 4, 6
 
@@ -23,17 +24,18 @@ class SharedTrunkModel(nn.Module):
         self.head_bias = nn.Parameter(torch.randn(K, dtype=torch.float64))
         self.double()
 
-    def task_loss(self, trunk_params: dict, weight: torch.Tensor, bias: torch.Tensor,
-                  x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Loss of one task on its own rows: ``x`` [rows, IN], ``y`` [rows]."""
-        features = functional_call(self.trunk, trunk_params, (x,))
-        return ((features @ weight + bias - y) ** 2).mean()
-
-    def losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """All tasks at once through the ordinary autograd graph: ``x`` [k, rows, IN]."""
-        params = dict(self.trunk.named_parameters())
-        return torch.stack([self.task_loss(params, self.head_weight[i], self.head_bias[i], x[i], y[i])
-                            for i in range(K)])
+    def losses(self, x: torch.Tensor, y: torch.Tensor, replicas: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """The ``[k]`` losses of a task-partitioned batch ``x [k, rows, IN]``, ``y [k, rows]``, with the trunk's
+        parameters or their per-task replicas."""
+        features = x
+        for layer in range(2):
+            if replicas is None:
+                features = self.trunk[2 * layer](features)
+            else:
+                features = task_linear(features, replicas[2 * layer], replicas[2 * layer + 1])
+            features = torch.tanh(features)
+        predictions = (features * self.head_weight[:, None, :]).sum(-1) + self.head_bias[:, None]
+        return ((predictions - y) ** 2).mean(-1)
 
 
 @pytest.fixture
@@ -69,29 +71,34 @@ def test_generic_jacobian_matches_one_backward_per_task(model_and_data) -> None:
     torch.testing.assert_close(task_jacobian(losses, shared), loop_jacobian(losses, shared))
 
 
-def test_partitioned_jacobian_equals_generic_jacobian(model_and_data) -> None:
+def test_partitioned_gradients_are_the_jacobian_and_the_heads_gradient_of_the_sum(model_and_data) -> None:
+    """One backward through per-task replicas of the trunk: the replicas' gradients are the rows of the Jacobian,
+    and task i's slice of each head's gradient is ∇L_i on its own head."""
     model, x, y = model_and_data
-    shared = dict(model.trunk.named_parameters())
-    losses, jacobian = task_partitioned_jacobian(model.task_loss, shared, model.head_weight, model.head_bias, x, y)
-    reference_losses = model.losses(x, y)
-    torch.testing.assert_close(losses, reference_losses)
-    torch.testing.assert_close(jacobian, task_jacobian(reference_losses, list(shared.values())))
+    shared, heads = list(model.trunk.parameters()), [model.head_weight, model.head_bias]
+    replicas = replicate_for_tasks(shared, K)
+    losses = model.losses(x, y, replicas)
+    reference = model.losses(x, y)
+    torch.testing.assert_close(losses, reference)
+    jacobian, (weight_grad, bias_grad) = task_partitioned_gradients(losses, replicas, heads)
+    torch.testing.assert_close(jacobian, loop_jacobian(reference, shared))
+    torch.testing.assert_close(weight_grad, per_task_head_grads(model, x, y))
+    reference_weight, reference_bias = torch.autograd.grad(reference.sum(), heads)
+    torch.testing.assert_close(weight_grad, reference_weight)
+    torch.testing.assert_close(bias_grad, reference_bias)
+    assert all(p.grad is None for p in model.parameters())   # gradients are returned, not accumulated
 
 
-def test_partitioned_losses_reach_the_heads_but_not_the_trunk(model_and_data) -> None:
+def test_replicas_follow_their_parameters_and_task_linear_checks_shapes(model_and_data) -> None:
+    """Replicas are views: an in-place step on the parameter (what optimizers do) is seen by them."""
     model, x, y = model_and_data
-    losses, _ = task_partitioned_jacobian(model.task_loss, dict(model.trunk.named_parameters()),
-                                          model.head_weight, model.head_bias, x, y)
-    losses.sum().backward()
-    assert all(p.grad is None for p in model.trunk.parameters())
-    torch.testing.assert_close(model.head_weight.grad, per_task_head_grads(model, x, y))
-
-
-def test_partitioned_jacobian_rejects_mismatched_task_dimension(model_and_data) -> None:
-    model, x, y = model_and_data
-    with pytest.raises(ValueError, match=r"task_inputs\[3\].*k=3"):
-        task_partitioned_jacobian(model.task_loss, dict(model.trunk.named_parameters()),
-                                  model.head_weight, model.head_bias, x, y[:2])
+    shared = list(model.trunk.parameters())
+    replicas = replicate_for_tasks(shared, K)
+    with torch.no_grad():
+        shared[0].add_(1.0)
+    torch.testing.assert_close(model.losses(x, y, replicas), model.losses(x, y))
+    with pytest.raises(ValueError, match=r"task_linear needs x \[k, b, in\]"):
+        task_linear(x[0], replicas[0], replicas[1])
 
 
 @pytest.mark.parametrize("name", ["ls", "rlw", "pcgrad", "nashmtl", "pivrg", "mgda"])
@@ -122,139 +129,74 @@ def test_task_params_route_equals_the_discovery_route(model_and_data) -> None:
         torch.testing.assert_close(p.grad, before)
 
 
-def test_precomputed_partitioned_jacobian_gives_the_same_step(model_and_data) -> None:
-    model, x, y = model_and_data
-    shared = dict(model.trunk.named_parameters())
-    mtl_backward(model.losses(x, y), list(shared.values()), agg.make("nashmtl"))
-    expected = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad(set_to_none=True)
-    losses, jacobian = task_partitioned_jacobian(model.task_loss, shared, model.head_weight, model.head_bias, x, y)
-    mtl_backward(losses, list(shared.values()), agg.make("nashmtl"), jacobian=jacobian,
-                 task_params=[model.head_weight, model.head_bias])
-    for before, p in zip(expected, model.parameters()):
-        torch.testing.assert_close(p.grad, before)
-
-
-def test_partitioned_head_gradients_are_each_task_own_gradient(model_and_data) -> None:
-    """``task_grads``: the heads' gradients come out of the same vmap'd pass, task i's slice ∇L_i on head i."""
-    model, x, y = model_and_data
-    shared = dict(model.trunk.named_parameters())
-    losses, jacobian, (weight_grad, bias_grad), aux = task_partitioned_gradients(
-        model.task_loss, shared, model.head_weight, model.head_bias, x, y, task_grads=2)
-    assert aux is None
-    reference_losses = model.losses(x, y)
-    torch.testing.assert_close(losses, reference_losses.detach())
-    torch.testing.assert_close(jacobian, loop_jacobian(reference_losses, list(shared.values())))
-    torch.testing.assert_close(weight_grad, per_task_head_grads(model, x, y))
-    # Σ_i L_i reads head i only through task i: its gradient on the stacked heads is the stacked per-task one.
-    reference_weight, reference_bias = torch.autograd.grad(reference_losses.sum(), [model.head_weight, model.head_bias])
-    torch.testing.assert_close(weight_grad, reference_weight)
-    torch.testing.assert_close(bias_grad, reference_bias)
-    assert not losses.requires_grad   # nothing left to differentiate: the heads were the only inputs with grad
-
-
-def test_partitioned_auxiliary_output_comes_back_stacked_over_tasks(model_and_data) -> None:
-    """``has_aux``: a statistic of each task's forward (here its mean prediction) comes back ``[k]`` beside the
-    losses and the Jacobian, which are those of the loss alone."""
-    model, x, y = model_and_data
-    shared = dict(model.trunk.named_parameters())
-
-    def loss_and_mean_prediction(trunk: dict, weight: torch.Tensor, bias: torch.Tensor, rows: torch.Tensor,
-                                 target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        prediction = functional_call(model.trunk, trunk, (rows,)) @ weight + bias
-        return ((prediction - target) ** 2).mean(), prediction.mean()
-
-    result = task_partitioned_gradients(loss_and_mean_prediction, shared, model.head_weight, model.head_bias, x, y,
-                                        has_aux=True)
-    plain = task_partitioned_jacobian(model.task_loss, shared, model.head_weight, model.head_bias, x, y)
-    torch.testing.assert_close(result.losses, plain[0])
-    torch.testing.assert_close(result.jacobian, plain[1])
-    expected = torch.stack([(model.trunk(x[i]) @ model.head_weight[i] + model.head_bias[i]).mean() for i in range(K)])
-    torch.testing.assert_close(result.aux, expected.detach())
-    assert result.task_gradients == []
-
-
+@pytest.mark.parametrize("name", ["ls", "pivrg"])
 @pytest.mark.parametrize("scale", [False, True])
-def test_precomputed_head_gradients_give_the_same_step(model_and_data, scale: bool) -> None:
+def test_partitioned_gradients_give_the_generic_step(model_and_data, name: str, scale: bool) -> None:
     model, x, y = model_and_data
-    shared = dict(model.trunk.named_parameters())
-    heads = [model.head_weight, model.head_bias]
-    losses, jacobian = task_partitioned_jacobian(model.task_loss, shared, *heads, x, y)
-    reference = mtl_backward(losses, list(shared.values()), agg.make("pivrg"), jacobian=jacobian, task_params=heads,
-                             scale_task_gradients=scale)
+    shared, heads = list(model.trunk.parameters()), [model.head_weight, model.head_bias]
+    reference = mtl_backward(model.losses(x, y), shared, agg.make(name), task_params=heads, scale_task_gradients=scale)
     expected = [p.grad.clone() for p in model.parameters()]
     model.zero_grad(set_to_none=True)
-    losses, jacobian, head_grads, _ = task_partitioned_gradients(model.task_loss, shared, *heads, x, y, task_grads=2)
-    weights = mtl_backward(losses, list(shared.values()), agg.make("pivrg"), jacobian=jacobian, task_params=heads,
+    replicas = replicate_for_tasks(shared, K)
+    losses = model.losses(x, y, replicas)
+    jacobian, head_grads = task_partitioned_gradients(losses, replicas, heads)
+    weights = mtl_backward(losses, shared, agg.make(name), jacobian=jacobian, task_params=heads,
                            task_gradients=head_grads, scale_task_gradients=scale)
     torch.testing.assert_close(weights, reference)
-    assert not torch.allclose(weights, torch.full_like(weights, 1 / K))   # the scaled case scales by unequal weights
+    assert name == "ls" or not torch.allclose(weights, torch.full_like(weights, 1 / K))
     for before, p in zip(expected, model.parameters()):
         torch.testing.assert_close(p.grad, before)
-
-
-def test_precomputed_head_gradients_need_their_parameters(model_and_data) -> None:
-    model, x, y = model_and_data
-    shared = dict(model.trunk.named_parameters())
-    heads = [model.head_weight, model.head_bias]
-    losses, jacobian, head_grads, _ = task_partitioned_gradients(model.task_loss, shared, *heads, x, y, task_grads=2)
-    with pytest.raises(ValueError, match="task_gradients needs task_params of the same length"):
-        mtl_backward(losses, list(shared.values()), agg.make("ls"), jacobian=jacobian, task_gradients=head_grads)
-    with pytest.raises(ValueError, match=r"shape \(3,\) for a parameter of shape \(3, 6\)"):
-        mtl_backward(losses, list(shared.values()), agg.make("ls"), jacobian=jacobian, task_params=heads,
-                     task_gradients=head_grads[::-1])
-    with pytest.raises(ValueError, match="task_grads = 5 should be between 0 and the 4 task inputs"):
-        task_partitioned_gradients(model.task_loss, shared, *heads, x, y, task_grads=5)
-
-
-def batched_losses(model: SharedTrunkModel, x: torch.Tensor, y: torch.Tensor,
-                   scale: torch.Tensor | None = None) -> torch.Tensor:
-    """:meth:`SharedTrunkModel.losses` in one pass over ``[k, rows, ...]``, the trunk's gradient scaled per task."""
-    features = agg.scale_shared_gradient(model.trunk(x), scale)                       # [k, rows, HIDDEN]
-    predictions = (features * model.head_weight[:, None, :]).sum(-1) + model.head_bias[:, None]
-    return ((predictions - y) ** 2).mean(-1)
 
 
 @pytest.mark.parametrize("name", ["ls", "rlw", "uw", "dwa", "pi_rlw"])
-@pytest.mark.parametrize("scale_heads", [False, True])
-def test_one_backward_with_a_scaled_trunk_gradient_gives_the_two_pass_step(model_and_data, name: str,
-                                                                           scale_heads: bool) -> None:
-    """``shared_gradient_scale``: the graph scales each task's gradient into the trunk by its weight, so one
-    backward of Σ L_i (Σ w_i L_i when the heads are scaled too) gives the step of the generic route."""
+def test_loss_weighting_without_a_jacobian_takes_the_jacobian_step(model_and_data, name: str) -> None:
+    """Methods that only weight losses take one backward of Σ w_i L_i: the step the Jacobian route gives."""
     model, x, y = model_and_data
-    shared, heads = list(model.trunk.parameters()), [model.head_weight, model.head_bias]
+    shared = list(model.trunk.parameters())
     options = {"seed": 3} if "seed" in agg.options(name) else {"window": 1} if name == "dwa" else {}
-    losses = batched_losses(model, x, y).detach()
+    losses = model.losses(x, y).detach()
 
-    def step(method: agg.Aggregator, one_backward: bool, call: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def step(method: agg.Aggregator, with_jacobian: bool, call: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         # The losses the method sees change from call to call (DWA weights by their rate of change).
         stats = TaskStats(losses * torch.tensor([1.0, 1.5, 0.7], dtype=torch.float64) ** call,
                           performance=torch.tensor([10.0, 40.0, 90.0]), step=call)
         model.zero_grad(set_to_none=True)
-        scale = torch.full((K,), float("nan"), dtype=torch.float64) if one_backward else None   # filled by the call
-        weights = mtl_backward(batched_losses(model, x, y, scale), shared, method, stats, task_params=heads,
-                               shared_gradient_scale=scale, scale_task_gradients=scale_heads)
+        current = model.losses(x, y)
+        jacobian = task_jacobian(current, shared) if with_jacobian else None
+        weights = mtl_backward(current, shared, method, stats, jacobian=jacobian)
         return weights, [p.grad.clone() for p in model.parameters()]
 
-    two_pass, one_pass = agg.make(name, **options), agg.make(name, **options)
+    by_jacobian, by_backward = agg.make(name, **options), agg.make(name, **options)
     for call in range(3):   # stateful methods (DWA's history) move their weights after the first calls
-        reference, expected = step(two_pass, False, call)
-        weights, grads = step(one_pass, True, call)
+        reference, expected = step(by_jacobian, True, call)
+        weights, grads = step(by_backward, False, call)
         torch.testing.assert_close(weights, reference)
         for ours, before in zip(grads, expected):
             torch.testing.assert_close(ours, before)
     assert name == "ls" or not torch.allclose(weights, weights.mean())
 
 
-def test_a_scaled_trunk_gradient_needs_one_scale_per_task(model_and_data) -> None:
+def test_max_norm_clips_the_shared_direction_only(model_and_data) -> None:
     model, x, y = model_and_data
-    scale = torch.ones(K + 1, dtype=torch.float64)
-    with pytest.raises(ValueError, match=r"shared_gradient_scale must be \[k\] = \(3,\), got \(4,\)"):
-        mtl_backward(batched_losses(model, x, y, scale), list(model.trunk.parameters()), agg.make("ls"),
-                     task_params=[model.head_weight, model.head_bias], shared_gradient_scale=scale)
-    with pytest.raises(ValueError, match="the losses do not depend on any parameter that requires grad"):
-        mtl_backward(batched_losses(model, x, y).detach(), list(model.trunk.parameters()), agg.make("ls"),
-                     shared_gradient_scale=torch.ones(K, dtype=torch.float64))
+    shared = list(model.trunk.parameters())
+    weights = mtl_backward(model.losses(x, y), shared, agg.make("pcgrad", seed=0), max_norm=1e-3)
+    direction = weights @ loop_jacobian(model.losses(x, y), shared)
+    assert direction.norm() > 1e-3
+    torch.testing.assert_close(flat_grad(shared), direction * 1e-3 / (direction.norm() + 1e-6))
+    torch.testing.assert_close(model.head_weight.grad, per_task_head_grads(model, x, y))   # heads unclipped
+
+
+def test_precomputed_head_gradients_need_their_parameters(model_and_data) -> None:
+    model, x, y = model_and_data
+    shared, heads = list(model.trunk.parameters()), [model.head_weight, model.head_bias]
+    replicas = replicate_for_tasks(shared, K)
+    losses = model.losses(x, y, replicas)
+    jacobian, head_grads = task_partitioned_gradients(losses, replicas, heads)
+    with pytest.raises(ValueError, match="task_gradients needs task_params of the same length"):
+        mtl_backward(losses, shared, agg.make("ls"), jacobian=jacobian, task_gradients=head_grads)
+    with pytest.raises(ValueError, match=r"shape \(3,\) for a parameter of shape \(3, 6\)"):
+        mtl_backward(losses, shared, agg.make("ls"), jacobian=jacobian, task_params=heads,
+                     task_gradients=head_grads[::-1])
 
 
 def test_loss_weighting_methods_scale_heads_by_default(model_and_data) -> None:

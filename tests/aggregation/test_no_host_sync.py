@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import mtrl.aggregation as agg
-from mtrl.aggregation import TaskStats, _linalg, mtl_backward, task_partitioned_jacobian
+from mtrl.aggregation import TaskStats, _linalg, mtl_backward
 
 #: Methods whose solver still reads back to the host (none since the α-fair solver and ω moved to the device);
 #: a method listed here is expected to fail the checks below.
@@ -183,23 +183,27 @@ def test_fallback_counter_stays_on_the_device_and_reads_as_an_int() -> None:
 @pytest.mark.parametrize("name", params(["ls", "rlw", "dwa", "famo", "mgda", "cagrad", "imtlg", "pcgrad",
                                          "excessmtl", "pivrg"]))
 def test_mtl_backward_with_task_partitioned_jacobian_does_not_read_back(name: str) -> None:
-    """The agent's route: vmap'd per-task Jacobian of a trunk, heads by autograd, ``mtl_backward``."""
+    """The agent's route: the trunk through per-task replicas, one backward for the Jacobian and the heads'
+    gradients, ``mtl_backward``."""
     torch.manual_seed(0)
     k, batch = 3, 5
     trunk = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 8))
     heads = nn.Parameter(torch.randn(k, 8) * 0.3)
     x, y = torch.randn(k, batch, 4), torch.randn(k, batch)
+    shared = list(trunk.parameters())
+    replicas = agg.replicate_for_tasks(shared, k)
 
-    def task_loss(shared: dict, rows: torch.Tensor, target: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
-        return ((torch.func.functional_call(trunk, shared, (rows,)) @ head - target) ** 2).mean()
+    def losses_of(w0: torch.Tensor, b0: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
+        features = agg.task_linear(torch.relu(agg.task_linear(x, w0, b0)), w1, b1)        # [k, batch, 8]
+        return (((features * heads[:, None, :]).sum(-1) - y) ** 2).mean(-1)
 
     method = build(name)
-    shared = dict(trunk.named_parameters())
     for _ in range(5):
         with no_host_reads():
-            losses, jacobian = task_partitioned_jacobian(task_loss, shared, x, y, heads)
-            mtl_backward(losses, shared.values(), method, TaskStats(losses.detach()), jacobian=jacobian,
-                         task_params=[heads], scale_task_gradients=False)
+            losses = losses_of(*replicas)
+            jacobian, head_grads = agg.task_partitioned_gradients(losses, replicas, [heads])
+            mtl_backward(losses, shared, method, TaskStats(losses.detach()), jacobian=jacobian,
+                         task_params=[heads], task_gradients=head_grads, scale_task_gradients=False)
     assert all(torch.isfinite(p.grad).all() for p in [*trunk.parameters(), heads])
     method.check()
 

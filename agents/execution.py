@@ -1,14 +1,12 @@
-"""How the SAC update runs: eagerly, through ``torch.compile``, or captured in CUDA graphs.
+"""How the SAC update is executed: eagerly, or captured in CUDA graphs.
 
-LeanRL's pattern: the update stays one readable Python function per phase (critic, actor and
-temperatures, targets, and the replay sample), and the speed comes from wrapping it from outside:
+:mod:`agents.sac` holds the maths: one readable Python function per phase of the update (the replay
+sample, the critic, the actor and temperatures, the targets). :class:`PhaseRunner` runs each phase in the
+configured mode, LeanRL's pattern of wrapping the same function from outside:
 
-* ``none``: the phases run as written (debugging, and the reference of the other modes).
-* ``compile``: each phase goes through :func:`torch.compile` (inductor by default). Host syncs in an
-  aggregator become graph breaks: slower, never wrong.
+* ``none``: the phases run as written (the CPU, debugging, and the reference of the other mode).
 * ``cudagraphs``: each phase is captured once in a :class:`torch.cuda.CUDAGraph` and replayed, which
-  removes the launch overhead that dominates the update on a GPU (issue 11: ~0.1 ms of arithmetic in a
-  7 ms update). We capture the eager phases with ``torch.cuda.graph`` (PyTorch's documented
+  removes the kernel-launch overhead that dominates a small network's update on a GPU. We capture the eager phases with ``torch.cuda.graph`` (PyTorch's documented
   whole-network capture: warm-up on a side stream, capture, replay with static input buffers) rather
   than ``torch.compile(mode="reduce-overhead")``, whose graph trees re-record at every graph break and
   would re-record at every host sync of an aggregator. A phase whose function syncs with the host,
@@ -21,13 +19,15 @@ storage) at the same addresses on every call, tensor inputs copied into static b
 ``capturable=True``, random numbers from generators registered with the graph, and no Python branch on a
 tensor value. Python values (the step counter) are frozen at capture, so aggregators that read
 ``TaskStats.step`` must not be captured.
+
+``torch.compile`` is not offered: on the CPU it did not make the update faster at any size measured
+(``python -m mtrl.bench update`` before its removal; the README's benchmark section), and no GPU
+measurement has shown what it adds to the CUDA graphs.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,7 +38,7 @@ from torch.utils._pytree import tree_map
 
 from mtrl.aggregation import Aggregator
 
-__all__ = ["resolve_compile_mode", "check_compile_toolchain", "capture_blocker", "GraphedPhase", "OutsideCompile"]
+__all__ = ["PhaseRunner", "HostTransfer", "resolve_compile_mode", "capture_blocker", "GraphedPhase"]
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +55,6 @@ def resolve_compile_mode(mode: str, device: torch.device) -> str:
         raise ValueError(f"agent.compile=cudagraphs needs a CUDA device, the agent is on {device}; "
                          f"use agent.compile=auto, none or compile.")
     return mode
-
-
-def check_compile_toolchain(device: torch.device, backend: str) -> None:
-    """Inductor on the CPU writes C++ and needs a compiler; say so before the first update, not deep inside it."""
-    if backend != "inductor" or device.type != "cpu":
-        return
-    compiler = os.environ.get("CXX", "g++")
-    if shutil.which(compiler) is None and shutil.which("c++") is None and shutil.which("clang++") is None:
-        raise ValueError(f"agent.compile=compile on the CPU needs a C++ compiler for inductor (tried {compiler}, c++, "
-                         f"clang++); install one (apt-get install g++) or use agent.compile=none.")
 
 
 def capture_blocker(aggregator: Aggregator | None) -> str | None:
@@ -170,24 +160,71 @@ class GraphedPhase:
         log.warning("agent.compile=cudagraphs: the %s phase runs eagerly from now on: %s.", self.name, reason)
 
 
-class OutsideCompile:
-    """An aggregator whose calls ``torch.compile`` leaves out of its graphs (run eagerly in between).
+class PhaseRunner:
+    """Runs the phases of an update in one (resolved) ``agent.compile`` mode: ``none`` or ``cudagraphs``.
+    A phase is a function of tensors (or ``None``) returning a pytree of tensors."""
 
-    For aggregators that do not declare ``capturable = True`` (a trace would freeze Python state kept
-    across calls, and tracing them is not checked); one that declares it (device state updated in place,
-    no host reads) is traced instead and needs no wrapper. Every other attribute is the wrapped one's.
-    """
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self._graphs: dict[tuple[Any, ...], GraphedPhase] = {}
 
-    def __init__(self, aggregator: Aggregator) -> None:
-        self.aggregator = aggregator
+    def __call__(self, name: str, phase: Callable[..., Any], *args: Any, variant: Any = None,
+                 generators: Sequence[torch.Generator] = (), blocker: str | None = None) -> Any:
+        """``phase(*args)`` in this runner's mode.
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.aggregator, name)
+        ``variant`` tells apart inputs that need their own CUDA graph (e.g. an optional input given or
+        not); ``generators`` are the non-default generators the phase draws from, ``blocker`` a reason
+        known in advance why it cannot be captured (both for ``cudagraphs``).
+        """
+        if self.mode == "none":
+            return phase(*args)
+        key = (name, variant)
+        if key not in self._graphs:
+            self._graphs[key] = GraphedPhase(phase, name, generators, blocker)
+        return self._graphs[key](*args)
 
-    @torch.compiler.disable
-    def __call__(self, jacobian: Tensor | None, stats: Any) -> Tensor:
-        return self.aggregator(jacobian, stats)
+    def own(self, outputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Copies of a CUDA graph's static outputs, which its next replay overwrites (other modes: as is)."""
+        if self.mode != "cudagraphs":
+            return outputs
+        return {name: value.clone() for name, value in outputs.items()}
 
-    @torch.compiler.disable
-    def after_step(self, stats: Any) -> None:
-        self.aggregator.after_step(stats)
+    def captured(self) -> list[str]:
+        """The names of the phases running as CUDA-graph replays."""
+        return sorted(graph.name for graph in self._graphs.values() if graph.captured)
+
+    def reset(self) -> None:
+        """Forget the graphs (after the state they hold was replaced, e.g. a resume)."""
+        self._graphs.clear()
+
+
+class HostTransfer:
+    """Host <-> device copies of the acting path through page-locked buffers on CUDA (one copy each way,
+    reused across calls); plain tensors elsewhere."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._pinned: dict[tuple[str, tuple[int, ...]], Tensor] = {}
+
+    def to_device(self, array: Any) -> Tensor:
+        """``array`` (NumPy or a tensor) as float32 on the device."""
+        if self.device.type == "cuda" and not (isinstance(array, Tensor) and array.is_cuda):
+            host = self._buffer("in", tuple(array.shape))
+            host.copy_(torch.as_tensor(array))                           # casts to float32
+            return host.to(self.device, non_blocking=True)
+        return torch.as_tensor(array, dtype=torch.float32, device=self.device)
+
+    def to_host(self, tensor: Tensor) -> Any:
+        """``tensor`` as a NumPy array (waits for the device on CUDA: the one wait per step)."""
+        if self.device.type != "cuda":
+            return tensor.numpy()
+        host = self._buffer("out", tuple(tensor.shape))
+        host.copy_(tensor, non_blocking=True)
+        torch.cuda.current_stream(self.device).synchronize()
+        return host.numpy().copy()   # the pinned buffer is reused by the next call
+
+    def _buffer(self, direction: str, shape: tuple[int, ...]) -> Tensor:
+        key = (direction, shape)
+        if key not in self._pinned:
+            self._pinned[key] = torch.empty(shape, dtype=torch.float32, pin_memory=True)
+        return self._pinned[key]
