@@ -687,9 +687,10 @@ def _undo() -> None:
 
 
 def _quote(value: str) -> str:
-    """A Hydra override value for an arbitrary path (quoted, ``'``, ``\\`` and ``${`` escaped)."""
+    """A Hydra override value for an arbitrary path: quoted, ``'`` and ``${`` escaped (in Hydra's quoted
+    strings a backslash needs escaping only before a quote, so a trailing one is doubled)."""
     if re.fullmatch(r"[\w/.:+~@-]+", value):
         return value
-    escaped = value.replace("\\", "\\\\").replace("'", "\\'").replace("${", "\\${")
-    return f"'{escaped}'"
+    escaped = value.replace("'", "\\'").replace("${", "\\${")
+    return f"'{escaped}\\'" if escaped.endswith("\\") else f"'{escaped}'"
 
