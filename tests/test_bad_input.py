@@ -291,6 +291,7 @@ def malformed_bench(count: int, fixtures: dict[str, Path], seed: int = 0) -> lis
         lambda: ["update", "--modes", _word(rng)],
         lambda: ["aggregators", rng.choice(["--ks", "--methods"]), rng.choice(["0", _word(rng), "10,-5"])],
         lambda: ["train", rng.choice(["--env", "--backend", "--orders", "--aggs"]), _word(rng)],
+        lambda: ["train", "--quick", "--override", rng.choice([f"{_word(rng)}=1", "agent.lr=-1", "agg.options.x=1"])],
         lambda: ["learn", rng.choice(["--tasks", "--multitask --aggs", "--protocol", "--agents"]), _word(rng)],
         lambda: ["learn", "--run-dir", f"{file}/{_word(rng)}"],
         lambda: ["gpu-check", "--phases", _word(rng)],

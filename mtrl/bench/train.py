@@ -201,6 +201,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     valid = sorted(path.stem for path in configs.glob("*.yaml"))
     if unknown := sorted(set(aggs) - set(valid)):
         _usage_error(f"unknown aggregator(s) {unknown}; valid: {', '.join(valid)}.")
+    from mtrl.train import check_command_line
+
+    for agg in aggs:   # every run's overrides (--override too) through mtrl.train's own checks, before any run
+        try:
+            check_command_line(_overrides(args, agg))
+        except ConfigError as error:
+            _usage_error(str(error))
     rows: list[dict[str, Any]] = []
     for agg in aggs:
         try:
