@@ -27,16 +27,17 @@ from __future__ import annotations
 import glob
 import json
 import logging
-import os
-import re
-import sys
-import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+
+from mtrl import validation
+from mtrl.training.checkpoint import atomic_write_json
+from mtrl.validation import ConfigError, boolean, choice, integer, number
 
 log = logging.getLogger("mtrl.stl")
 
@@ -45,112 +46,79 @@ STL_SUMMARY_NAME = "stl_summary.json"
 _REPORTS = ("best", "final")
 
 
-class STLConfigError(ValueError):
+class STLConfigError(ConfigError):
     """A value in the STL config that cannot work; raised before any environment is built."""
-
-
-def _positive_int(cfg: dict, key: str, minimum: int = 1) -> int:
-    value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise STLConfigError(f"`{key}` should be {kind}. Found `{key}={value!r}`.")
-    return value
-
-
-def _positive_float(cfg: dict, key: str) -> float:
-    value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise STLConfigError(f"`sac.{key}` should be a positive number. Found `{value!r}`.")
-    return float(value)
 
 
 def validate(cfg: dict) -> dict[str, Any]:
     """Checks the whole config and returns the settings of the run (raises :class:`STLConfigError`)."""
-    import envs
+    try:
+        return _settings(cfg)
+    except STLConfigError:
+        raise
+    except ConfigError as error:
+        raise STLConfigError(str(error)) from error
+
+
+def _settings(cfg: dict) -> dict[str, Any]:
+    from mtrl.training.config import benchmark_and_tasks, make_protocol
+    from mtrl.validation import resolve_device
 
     env_cfg = cfg.get("env") or {}
-    try:
-        subset = env_cfg.get("tasks")   # env.tasks (a subset of mt10/mt50) or env.task (mt1)
-        benchmark_tasks = envs.benchmark_tasks(str(env_cfg.get("name")), env_cfg.get("task") if subset is None else subset)
-    except ValueError as error:
-        raise STLConfigError(f"env: {error}") from error
-    protocol_cfg = dict(cfg.get("protocol") or {})
-    try:
-        protocol = envs.make_protocol(str(protocol_cfg.pop("name", None)), **protocol_cfg)
-    except (ValueError, TypeError) as error:
-        raise STLConfigError(f"protocol: {error}") from error
+    _, _, benchmark_tasks = benchmark_and_tasks(env_cfg)
+    protocol = make_protocol(cfg.get("protocol") or {})
 
     tasks = cfg.get("tasks")
     if tasks is None:
         tasks = benchmark_tasks
     else:
-        tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+        tasks = [tasks] if isinstance(tasks, str) else list(tasks) if isinstance(tasks, (list, tuple)) else [tasks]
         unknown = [task for task in tasks if task not in benchmark_tasks]
+        repeated = sorted({str(task) for task in tasks if tasks.count(task) > 1})
         if unknown or not tasks:
-            raise STLConfigError(
-                f"tasks: {unknown or 'an empty list'} not in {env_cfg.get('name')}. "
-                f"Valid tasks: {', '.join(benchmark_tasks)}."
-            )
+            problem = f"{unknown} not in {env_cfg.get('name')}" if unknown else "an empty list"
+            raise STLConfigError(f"tasks: {problem}. Valid tasks: {', '.join(benchmark_tasks)}.")
+        if repeated:
+            raise STLConfigError(f"tasks: {', '.join(repeated)} appear(s) more than once; list each task once.")
     eval_episodes = cfg.get("eval_episodes")
-    eval_episodes = protocol.eval_episodes_per_task if eval_episodes is None else _positive_int(cfg, "eval_episodes")
-    report = cfg.get("report")
-    if report not in _REPORTS:
-        raise STLConfigError(f"`report` should be one of {', '.join(_REPORTS)}. Found `report={report!r}`.")
-    device = str(cfg.get("device"))
-    if not re.fullmatch(r"cpu|auto|cuda(:\d+)?", device):
-        raise STLConfigError(f"`device` should be cpu, auto, cuda or cuda:N. Found `device={device!r}`.")
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise STLConfigError(f"device={device} but CUDA is not available; use device=cpu.")
-
+    eval_episodes = protocol.eval_episodes_per_task if eval_episodes is None else integer(eval_episodes, "eval_episodes", 1)
+    device = cfg.get("device")
+    resolve_device(device)   # cpu, auto, cuda or cuda:N that exists here
     threads = cfg.get("torch_threads")
     if threads is not None:
-        threads = _positive_int(cfg, "torch_threads")
+        threads = integer(threads, "torch_threads", 1)
 
-    sac = dict(cfg.get("sac") or {})
+    sac = cfg.get("sac")
+    if not isinstance(sac, dict):
+        raise STLConfigError(f"sac should hold SAC's hyperparameters (configs/stl.yaml). Found `sac={sac!r}`.")
     settings = dict(
         env_name=str(env_cfg.get("name")),
         tasks=tasks,
         protocol=protocol,
-        seed=_positive_int(cfg, "seed", minimum=0),
-        device=device,
+        seed=integer(cfg.get("seed"), "seed", 0),
+        device=str(device),
         torch_threads=threads,
-        steps=_positive_int(cfg, "steps"),
-        warmup_steps=_positive_int(cfg, "warmup_steps", minimum=0),
-        eval_every=_positive_int(cfg, "eval_every", minimum=0),
+        steps=integer(cfg.get("steps"), "steps", 1),
+        warmup_steps=integer(cfg.get("warmup_steps"), "warmup_steps", 0),
+        eval_every=integer(cfg.get("eval_every"), "eval_every", 0),
         eval_episodes=eval_episodes,
-        report=report,
-        tensorboard=bool(cfg.get("tensorboard")),
-        hidden_dim=_positive_int(sac, "hidden_dim"),
-        hidden_layers=_positive_int(sac, "hidden_layers"),
-        lr=_positive_float(sac, "lr"),
-        batch_size=_positive_int(sac, "batch_size"),
-        gamma=_positive_float(sac, "gamma"),
-        tau=_positive_float(sac, "tau"),
-        buffer_size=_positive_int(sac, "buffer_size"),
-        init_temperature=_positive_float(sac, "init_temperature"),
-        train_freq=_positive_int(sac, "train_freq"),
-        gradient_steps=_positive_int(sac, "gradient_steps"),
+        report=choice(cfg.get("report"), "report", _REPORTS),
+        tensorboard=boolean(cfg.get("tensorboard"), "tensorboard"),
+        hidden_dim=integer(sac.get("hidden_dim"), "sac.hidden_dim", 1),
+        hidden_layers=integer(sac.get("hidden_layers"), "sac.hidden_layers", 1),
+        lr=number(sac.get("lr"), "sac.lr", 0, low_open=True),
+        batch_size=integer(sac.get("batch_size"), "sac.batch_size", 1),
+        gamma=number(sac.get("gamma"), "sac.gamma", 0, 1, low_open=True),
+        tau=number(sac.get("tau"), "sac.tau", 0, 1, low_open=True),
+        buffer_size=integer(sac.get("buffer_size"), "sac.buffer_size", 1),
+        init_temperature=number(sac.get("init_temperature"), "sac.init_temperature", 0, low_open=True),
+        train_freq=integer(sac.get("train_freq"), "sac.train_freq", 1),
+        gradient_steps=integer(sac.get("gradient_steps"), "sac.gradient_steps", 1),
     )
-    if settings["gamma"] > 1 or settings["tau"] > 1:
-        raise STLConfigError("`sac.gamma` and `sac.tau` should be in (0, 1].")
+    if settings["warmup_steps"] >= settings["steps"]:
+        log.warning("warmup_steps=%d >= steps=%d: SB3 takes random actions only and never learns.",
+                    settings["warmup_steps"], settings["steps"])
     return settings
-
-
-def _write_json(obj: Any, path: Path) -> None:
-    """Writes ``obj`` as JSON to ``path`` atomically (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(obj, file, indent=2)
-            file.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def train_task(task: str, s: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -219,35 +187,79 @@ def train_task(task: str, s: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     }
 
 
-def merge(patterns: list[str] | str, run_dir: Path) -> dict[str, float]:
-    """Joins the ``stl_success.json`` of several STL runs (directories or glob patterns) into ``run_dir``.
+def merge_inputs(patterns: Sequence[str] | str) -> tuple[dict[str, float], list[Path]]:
+    """The ``stl_success.json`` of several STL runs (directories or glob patterns), checked and joined.
 
-    For tasks trained in parallel processes (``tasks=[reach-v3]`` in one, ``tasks=[push-v3]`` in another).
-    A task found in several runs is an error.
+    Each file must be ``{task: success rate}`` with Meta-World task names and rates in [0, 1]; a task
+    found in several runs is an error (:class:`STLConfigError`). Reads only: :func:`merge` writes.
     """
-    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
-    directories = sorted({Path(p) for pattern in patterns for p in (glob.glob(str(pattern)) or [pattern])})
+    import envs
+
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    if not isinstance(patterns, (list, tuple)) or not patterns or not all(isinstance(p, str) and p for p in patterns):
+        raise STLConfigError(f"merge should list run directories or glob patterns, e.g. merge='runs/stl/mt10/*/*/*'. "
+                             f"Found `merge={patterns!r}`.")
+    directories = sorted({Path(p) for pattern in patterns for p in (glob.glob(str(Path(pattern).expanduser()))
+                                                                      or [pattern])})
     success: dict[str, float] = {}
+    sources: dict[str, Path] = {}
     for directory in directories:
         path = directory / STL_SUCCESS_NAME if directory.is_dir() else directory
         try:
             part = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise STLConfigError(f"merge: cannot read {path} ({error}).") from error
-        twice = sorted(set(part) & set(success))
-        if twice:
-            raise STLConfigError(f"merge: task(s) {', '.join(twice)} appear in more than one run ({path}).")
-        success.update(part)
-    if not success:
-        raise STLConfigError(f"merge: no {STL_SUCCESS_NAME} found in {patterns}.")
-    _write_json(success, run_dir / STL_SUCCESS_NAME)
-    log.info("Merged %d task(s) from %d run(s) into %s", len(success), len(directories), run_dir / STL_SUCCESS_NAME)
+        except OSError as error:
+            raise STLConfigError(f"merge: cannot read {path} ({error.strerror or error}).") from error
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise STLConfigError(f"merge: {path} is not valid JSON ({validation.one_line(error)}).") from error
+        if not isinstance(part, dict) or not part:
+            raise STLConfigError(f"merge: {path} should hold {{task: success rate}} (what `python -m mtrl.stl` writes).")
+        for task, rate in part.items():
+            if task not in envs.BENCHMARKS["mt1"]:
+                raise STLConfigError(f"merge: {path} names `{task}`, not a Meta-World v3 task.")
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+                raise STLConfigError(f"merge: {path} gives {task} the success rate {rate!r}; a rate is a number in [0, 1].")
+            if task in success:
+                raise STLConfigError(f"merge: task {task} appears in more than one run ({sources[task]} and {path}).")
+            success[task], sources[task] = float(rate), path
+    return success, directories
+
+
+def merge(patterns: list[str] | str, run_dir: Path) -> dict[str, float]:
+    """Joins the ``stl_success.json`` of several STL runs (directories or glob patterns) into ``run_dir``.
+
+    For tasks trained in parallel processes (``tasks=[reach-v3]`` in one, ``tasks=[push-v3]`` in another);
+    the inputs are checked by :func:`merge_inputs`.
+    """
+    success, directories = merge_inputs(patterns)
+    path = Path(run_dir) / STL_SUCCESS_NAME
+    with validation.writing(path, "the merged runs' files are unchanged"):
+        atomic_write_json(success, path)
+    log.info("Merged %d task(s) from %d run(s) into %s", len(success), len(directories), path)
     return success
+
+
+def _check(job: DictConfig, overrides: Sequence[str]) -> Any:
+    """``python -m mtrl.stl``'s values: the merge inputs, or every training setting."""
+    plain = OmegaConf.to_container(job, resolve=True)
+    assert isinstance(plain, dict)
+    if plain.get("merge") is not None:
+        return merge_inputs(plain["merge"])
+    return validate(plain)
+
+
+#: ``python -m mtrl.stl`` for the validation layer.
+COMMAND = validation.HydraCommand(prog="mtrl.stl", config_name="stl", check=_check)
 
 
 def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, float]:
     """Trains every task of the config in turn and writes the JSON files into ``run_dir``
-    (or, with ``merge`` set, only joins earlier runs' files)."""
+    (or, with ``merge`` set, only joins earlier runs' files).
+
+    Raises:
+        STLConfigError: a bad value (before anything is built).
+        OutputError: a file could not be written (full disk); the files of the tasks done before are intact.
+    """
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
     plain.pop("hydra", None)
     if plain.get("merge") is not None:
@@ -265,28 +277,32 @@ def run(cfg: DictConfig | dict, run_dir: str | Path) -> dict[str, float]:
     success: dict[str, float] = {}
     details: dict[str, Any] = {}
     for task in s["tasks"]:
-        details[task] = train_task(task, s, run_dir)
+        saved = (f"the tasks done before ({', '.join(success)}) are in {run_dir / STL_SUCCESS_NAME}" if success
+                 else "no task was saved yet")
+        with validation.writing(run_dir, f"{saved}; {task} stopped"):
+            details[task] = train_task(task, s, run_dir)   # SB3 writes its TensorBoard files as it trains
         success[task] = details[task][s["report"]]
-        _write_json(success, run_dir / STL_SUCCESS_NAME)
-        _write_json({"report": s["report"], "per_task": details, "config": plain}, run_dir / STL_SUMMARY_NAME)
+        summary = {"report": s["report"], "per_task": details, "config": plain}
+        for path, payload in ((run_dir / STL_SUCCESS_NAME, success), (run_dir / STL_SUMMARY_NAME, summary)):
+            with validation.writing(path, f"{saved}; {task} finished (success {success[task]:.2f}) but is not saved"):
+                atomic_write_json(payload, path)
         log.info("%s: final success %.2f, best %.2f", task, details[task]["final"], details[task]["best"])
     mean = sum(success.values()) / len(success)
     log.info("STL mean success (%s): %.3f; written to %s", s["report"], mean, run_dir / STL_SUCCESS_NAME)
     return success
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="stl")
-def main(cfg: DictConfig) -> float:
+@hydra.main(version_base="1.3", config_path=str(validation.CONFIGS), config_name="stl")
+def _app(cfg: DictConfig) -> float:
     """Hydra entry; returns the mean STL success (for sweepers)."""
-    from hydra.core.hydra_config import HydraConfig
+    with validation.job() as run_dir:
+        success = run(cfg, run_dir)
+        return sum(success.values()) / len(success)
 
-    try:
-        success = run(cfg, HydraConfig.get().runtime.output_dir)
-    except STLConfigError as error:
-        log.error("%s", error)
-        print(f"mtrl.stl: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    return sum(success.values()) / len(success)
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m mtrl.stl``: bad input exits 2 with one line, before anything is written; then Hydra runs."""
+    validation.run_hydra(COMMAND, _app, argv)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,22 @@
-"""``python -m mtrl.bench <what> [options]``: see :mod:`mtrl.bench`."""
+"""``python -m mtrl.bench <what> [options]``: see :mod:`mtrl.bench`.
+
+Bad options exit 2 with one line (:class:`mtrl.validation.ArgumentParser`), before any measurement; so does
+an ``--out`` that cannot be created. A full disk when the result is written exits 2 too, after printing the
+result's JSON on stdout so that the measurement is not lost.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import sys
+import json
 from typing import Any
 
 import torch
 
+from mtrl import validation
 from mtrl.bench import BENCHMARKS
-from mtrl.bench._common import machine_info, write_json
+from mtrl.bench._common import machine_info, positive_int, write_json
 
 
 def _module(name: str) -> Any:
@@ -18,8 +24,8 @@ def _module(name: str) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mtrl.bench",
-                                     description="Benchmarks of mtrl (numbers, not tests). See README, 'Benchmarks'.")
+    parser = validation.ArgumentParser(prog="python -m mtrl.bench",
+                                       description="Benchmarks of mtrl (numbers, not tests). See README, 'Benchmarks'.")
     commands = parser.add_subparsers(dest="what", required=True, metavar="what")
     for name in BENCHMARKS:
         try:
@@ -33,29 +39,39 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--quick", action="store_true", help="a CI-sized run (seconds); its numbers mean nothing")
         sub.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (default: cpu)")
         sub.add_argument("--out", default=None, help="write the result as JSON to this path")
-        sub.add_argument("--torch-threads", type=int, default=None,
+        sub.add_argument("--torch-threads", type=positive_int, default=None,
                          help="torch CPU threads (1 is much faster on a shared machine)")
         module.add_arguments(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def check_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed options, with the ones every benchmark shares checked (``--device``, ``--out``); exits 2
+    with one line on bad input."""
     args = build_parser().parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print(f"mtrl.bench: error: --device {args.device} but CUDA is not available here; use --device cpu.",
-              file=sys.stderr)
-        sys.exit(2)
+    prog = f"mtrl.bench {args.what}"
+    try:
+        args.device = str(validation.resolve_device(args.device, "--device"))
+        if args.out:
+            validation.check_output_file(args.out, "--out", "Pass --out <a writable file path>.")
+    except validation.ConfigError as error:
+        validation.fail(prog, error)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = check_arguments(argv)
     if args.torch_threads is not None:
-        if args.torch_threads < 1:
-            print("mtrl.bench: error: --torch-threads should be a positive integer.", file=sys.stderr)
-            sys.exit(2)
         torch.set_num_threads(args.torch_threads)
     result = _module(args.what).run(args)
     result = {"benchmark": args.what, "quick": args.quick, **result, "machine": machine_info(args.device)}
     if args.out:
-        print(f"wrote {write_json(result, args.out)}")
+        try:
+            print(f"wrote {write_json(result, args.out)}")
+        except OSError as error:
+            print(json.dumps(result, indent=2, default=str))   # the measurement is not lost
+            validation.fail(f"mtrl.bench {args.what}", validation.write_failure(
+                args.out, error, "the result is printed above as JSON; an earlier file there is unchanged"))
     return result
 
 

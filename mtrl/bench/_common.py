@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
+
+from mtrl.training.checkpoint import atomic_write_json
+from mtrl.validation import fail, non_negative_int_type, positive_int_type as positive_int
+
+__all__ = ["machine_info", "synchronize", "timed_median", "print_table", "write_json", "names", "positive_int",
+           "non_negative_int_type", "usage_error"]
 
 
 def machine_info(device: str | torch.device | None = None) -> dict[str, Any]:
@@ -86,13 +89,10 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = 
 
 
 def write_json(result: dict[str, Any], path: str | Path) -> Path:
-    """Write ``result`` to ``path`` (parents created), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Write ``result`` to ``path`` (parents created), atomically
+    (:func:`mtrl.training.checkpoint.atomic_write_json`)."""
+    atomic_write_json(result, path)
+    return Path(path)
 
 
 def names(text: str) -> list[str]:
@@ -100,18 +100,6 @@ def names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-def positive_int(text: str) -> int:
-    """An argparse ``type``: a bad value ends in argparse's one-line error and exit code 2."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"should be a positive integer, got {text!r}")
-    return value
-
-
 def usage_error(message: str) -> NoReturn:
     """Bad options found after parsing: one line on stderr that says what to change, exit code 2."""
-    print(f"mtrl.bench: error: {message}", file=sys.stderr)
-    sys.exit(2)
+    fail("mtrl.bench", message)

@@ -39,7 +39,7 @@ from torch import Tensor
 import mtrl.aggregation as agg
 from mtrl.aggregation import TaskStats
 from mtrl.aggregation._performance import performance_weights
-from mtrl.bench._common import names, print_table, timed_median
+from mtrl.bench._common import names, positive_int, print_table, timed_median
 
 HELP = "per-call time of every aggregator at k = 10 and 50, beside torchjd / cvxpy / scipy references"
 
@@ -51,10 +51,10 @@ SEED = 0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ks", default="10,50", help="numbers of tasks, comma-separated (default 10,50)")
-    parser.add_argument("--n", type=int, default=CRITIC_TRUNK_PARAMETERS,
+    parser.add_argument("--n", type=positive_int, default=CRITIC_TRUNK_PARAMETERS,
                         help=f"Jacobian columns at k = 10 (default {CRITIC_TRUNK_PARAMETERS}); n·10/k at other k")
     parser.add_argument("--methods", default="all", help="aggregators, comma-separated (default: all registered)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per method (median; default 5)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed calls per method (median; default 5)")
 
 
 def _fail(message: str) -> None:

@@ -16,23 +16,38 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from mtrl.bench._common import names, print_table
+from mtrl.bench._common import names, positive_int, print_table
 
 HELP = "env-only vector steps/s per backend and vector strategy, and EnvPool / gymnasium"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--benchmark", default=None, help="mt10 (default) | mt50 | mt1 (with --task; --quick: mt1 reach-v3)")
-    parser.add_argument("--task", default=None, help="the task of mt1")
-    parser.add_argument("--protocol", default="metaworld", help="metaworld | mtrl")
+    parser.add_argument("--benchmark", default=None, type=_one_of("BENCHMARKS", "benchmark"),
+                        help="mt10 (default) | mt50 | mt1 (with --task; --quick: mt1 reach-v3)")
+    parser.add_argument("--task", default=None, type=_one_of("BENCHMARKS", "task", "mt1"), help="the task of mt1")
+    parser.add_argument("--protocol", default="metaworld", type=_one_of("PROTOCOLS", "protocol"), help="metaworld | mtrl")
     parser.add_argument("--strategies", default="sync,async", help="gymnasium vector strategies to measure")
     parser.add_argument("--backends", default="gymnasium,envpool", help="backends to measure")
-    parser.add_argument("--steps", type=int, default=1000, help="vector steps per measurement")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=positive_int, default=1000, help="vector steps per measurement")
+    parser.add_argument("--repeats", type=positive_int, default=3)
+
+
+def _one_of(table: str, what: str, key: str | None = None) -> Callable[[str], str]:
+    """An argparse ``type``: a name of ``envs.<table>`` (or of ``envs.<table>[key]``), read when parsing."""
+    def check(text: str) -> str:
+        import envs
+
+        valid = list(getattr(envs, table) if key is None else getattr(envs, table)[key])
+        if text not in valid:
+            raise argparse.ArgumentTypeError(f"unknown {what} {text!r}; choose from {', '.join(valid)}")
+        return text
+
+    return check
 
 
 def _usage_error(message: str) -> None:
@@ -76,10 +91,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.benchmark is None:
             args.benchmark, args.task = "mt1", args.task or "reach-v3"
     args.benchmark = args.benchmark or "mt10"
-    if args.steps < 1 or args.repeats < 1:
-        _usage_error("--steps and --repeats should be positive integers.")
     protocol = envs.make_protocol(args.protocol)
-    task_names = envs.benchmark_tasks(args.benchmark, args.task)
+    try:
+        task_names = envs.benchmark_tasks(args.benchmark, args.task)
+    except ValueError as error:
+        _usage_error(f"--benchmark {args.benchmark} --task {args.task}: {error}")
     built: dict[tuple[str, str], Any] = {}
     try:
         for backend, strategy in configurations(args):

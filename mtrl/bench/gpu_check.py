@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from mtrl.bench._common import names, positive_int, print_table, usage_error, write_json
+from mtrl.validation import writable_dir_type
 
 HELP = "the prepared GPU-machine check: install, bench update, bench train, MT10 learning runs (one output dir)"
 
@@ -54,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out-dir", default=os.environ.get("OUT") or "runs/gpu-check",
+    parser.add_argument("--out-dir", type=writable_dir_type, default=os.environ.get("OUT") or "runs/gpu-check",
                         help="where gpu_check.json and gpu_check.log go (default: $OUT, else runs/gpu-check)")
     parser.add_argument("--budget-s", type=positive_int, default=420, help="wall time for all phases together")
     parser.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")

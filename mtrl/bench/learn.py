@@ -46,7 +46,8 @@ from typing import Any
 
 import numpy as np
 
-from mtrl.bench._common import print_table, write_json
+from mtrl.bench._common import non_negative_int_type, positive_int, print_table, write_json
+from mtrl.validation import writable_dir_type
 
 HELP = "our SAC beside SB3 on MT1 tasks (seeds in parallel, gap with 95% CI); --multitask: mtrl.train on a task subset"
 
@@ -73,26 +74,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", nargs="+", default=None,
                         help="Meta-World v3 tasks (parity: each alone, default reach-v3; --multitask: the subset, "
                              f"default {' '.join(EASY_MT10)}, or mt10 / mt50 for the whole benchmark)")
-    parser.add_argument("--seeds", type=int, default=6, help="seeds 0 .. N-1 (default 6)")
-    parser.add_argument("--steps", type=int, default=20_000, help="environment (vector) steps per run")
+    parser.add_argument("--seeds", type=positive_int, default=6, help="seeds 0 .. N-1 (default 6)")
+    parser.add_argument("--steps", type=positive_int, default=20_000, help="environment (vector) steps per run")
     parser.add_argument("--agent", default=None, choices=["sac", "sac_small"],
                         help="--multitask: the agent preset (configs/agent/; default sac_small)")
-    parser.add_argument("--hidden", type=int, default=None,
+    parser.add_argument("--hidden", type=positive_int, default=None,
                         help="layer width (default: 400 parity; --multitask: the preset's)")
-    parser.add_argument("--layers", type=int, default=None, help="hidden layers (default: 3 parity; --multitask: the preset's)")
-    parser.add_argument("--batch-size", type=int, default=None,
+    parser.add_argument("--layers", type=positive_int, default=None,
+                        help="hidden layers (default: 3 parity; --multitask: the preset's)")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
                         help="batch per task (default: 128 parity, the paper's; --multitask: the preset's)")
-    parser.add_argument("--warmup-steps", type=int, default=1500, help="uniformly random actions first")
-    parser.add_argument("--eval-every", type=int, default=None, help="default: steps / 10")
-    parser.add_argument("--eval-episodes", type=int, default=None, help="per task and evaluation; default: the protocol's")
+    parser.add_argument("--warmup-steps", type=non_negative_int_type, default=1500, help="uniformly random actions first")
+    parser.add_argument("--eval-every", type=positive_int, default=None, help="default: steps / 10")
+    parser.add_argument("--eval-episodes", type=positive_int, default=None,
+                        help="per task and evaluation; default: the protocol's")
     parser.add_argument("--protocol", default="metaworld", choices=["metaworld", "mtrl"])
     parser.add_argument("--agents", nargs="+", default=list(AGENTS), choices=AGENTS, help="parity: who trains")
     parser.add_argument("--aggs", nargs="+", default=["ls", "pivrg"],
                         help="--multitask: the aggregators; name:n runs only seeds 0 .. n-1 of it (e.g. nashmtl:1)")
     parser.add_argument("--temperature-loss", default="alpha", choices=["alpha", "log_alpha"],
                         help="our SAC's temperature loss (agent.temperature_loss; parity A/B against SB3's log_alpha)")
-    parser.add_argument("--workers", type=int, default=2, help="parallel processes, one torch thread each")
-    parser.add_argument("--run-dir", default=None, help="per-run JSON files (default: runs/bench/learn/<settings>)")
+    parser.add_argument("--workers", type=positive_int, default=2, help="parallel processes, one torch thread each")
+    parser.add_argument("--run-dir", type=writable_dir_type, default=None,
+                        help="per-run JSON files (default: runs/bench/learn/<settings>)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the finished runs found in --run-dir (and continue interrupted --multitask ones)")
     parser.add_argument("--summarize", action="store_true",
@@ -266,12 +270,13 @@ def train_multitask(spec: dict[str, Any]) -> dict[str, Any]:
             overrides.append(f"{override}={spec[key]}")
     if spec.get("max_episode_steps"):
         overrides.append(f"protocol.max_episode_steps={spec['max_episode_steps']}")
-    if (Path(spec["train_dir"]) / "checkpoint.pt").is_file():   # an interrupted run: continue it (--resume)
+    resume = (Path(spec["train_dir"]) / "checkpoint.pt").is_file()
+    if resume:   # an interrupted run: continue it (--resume)
         overrides.append(f"resume={spec['train_dir']}")
     with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[2] / "configs"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
-    # The overrides are what a resume may change in the saved config (the steps of a continued run).
-    summary = run(cfg, run_dir=spec["train_dir"], overrides=overrides)
+    # A continued run changes only its steps in the saved config; the rest stays as it started.
+    summary = run(cfg, run_dir=spec["train_dir"], overrides=[f"steps={spec['steps']}"] if resume else overrides)
     return _multitask_result(summary, spec)
 
 

@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from mtrl.bench._common import names, print_table, synchronize
+from mtrl.bench._common import names, positive_int, print_table, synchronize
+from mtrl.validation import config_groups
 
 HELP = "training-loop vector steps/s per aggregator, time shares (env/act/update/eval), ratio to env-only"
 
@@ -42,12 +43,13 @@ PHASES = ("env", "act", "update", "store", "evaluation")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aggs", default="ls,pivrg", help="comma-separated aggregators (configs/agg/)")
     parser.add_argument("--orders", default="overlap", help="overlap and/or sequential (see above)")
-    parser.add_argument("--env", default="mt10", help="mt10 | mt50 | mt1 (configs/env/)")
-    parser.add_argument("--backend", default="auto", help="env.backend: auto | envpool | gymnasium")
-    parser.add_argument("--warmup", type=int, default=300, help="untimed steps first (replay warm-up included)")
-    parser.add_argument("--window", type=int, default=300, help="timed vector steps (all orders together)")
-    parser.add_argument("--chunk", type=int, default=10, help="the orders take turns every this many steps")
-    parser.add_argument("--eval-every", type=int, default=None,
+    parser.add_argument("--env", default="mt10", choices=config_groups()["env"], help="mt10 | mt50 | mt1 (configs/env/)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "envpool", "gymnasium"),
+                        help="env.backend: auto | envpool | gymnasium")
+    parser.add_argument("--warmup", type=positive_int, default=300, help="untimed steps first (replay warm-up included)")
+    parser.add_argument("--window", type=positive_int, default=300, help="timed vector steps (all orders together)")
+    parser.add_argument("--chunk", type=positive_int, default=10, help="the orders take turns every this many steps")
+    parser.add_argument("--eval-every", type=positive_int, default=None,
                         help="evaluate every this many steps inside the window (default: never)")
     parser.add_argument("--sync-phases", action="store_true",
                         help="synchronise the device after every update, so that the update's share holds its GPU "
@@ -201,6 +203,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     valid = sorted(path.stem for path in configs.glob("*.yaml"))
     if unknown := sorted(set(aggs) - set(valid)):
         _usage_error(f"unknown aggregator(s) {unknown}; valid: {', '.join(valid)}.")
+    from mtrl.train import check_command_line
+
+    for agg in aggs:   # every run's overrides (--override too) through mtrl.train's own checks, before any run
+        try:
+            check_command_line(_overrides(args, agg))
+        except ConfigError as error:
+            _usage_error(str(error))
     rows: list[dict[str, Any]] = []
     for agg in aggs:
         try:

@@ -28,25 +28,53 @@ Modules: :mod:`.runs` (finding, reading, grouping), :mod:`.tables` (statistics a
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mtrl import validation
 from mtrl.report.runs import Group, ReportError, Run, group_runs, load_runs
 from mtrl.report.tables import (GroupRow, aggregate_definition, aggregate_markdown, csv_text, improvement_markdown,
                                 improvement_matrix, latex_tables, markdown_table, metric_definition, notes,
                                 per_task_markdown, summarize_group)
+from mtrl.training.checkpoint import atomic_write_text
 
 __all__ = ["ReportError", "Run", "Group", "GroupRow", "load_runs", "group_runs", "rl_report", "main"]
 
 log = logging.getLogger("mtrl.report")
 
 
+class _Files:
+    """The report's files, written one by one (each atomically); a failure names what is complete."""
+
+    def __init__(self) -> None:
+        self.written: list[Path] = []
+
+    def write(self, path: Path, write: Callable[[Path], Any]) -> Any:
+        done = (f"complete: {', '.join(p.name for p in self.written)}" if self.written else "nothing was written")
+        with validation.writing(path, f"{done}; files not rewritten keep their previous version"):
+            result = write(path)
+        if result is not None:
+            self.written.append(path)
+        return result
+
+    @staticmethod
+    def text(text: str) -> Callable[[Path], Path]:
+        def write(path: Path) -> Path:
+            atomic_write_text(text, path)
+            return path
+
+        return write
+
+
 def rl_report(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> dict[str, Any]:
-    """Writes the RL report of ``runs`` into ``out_dir``; returns the rows, the Markdown and the files."""
+    """Writes the RL report of ``runs`` into ``out_dir``; returns the rows, the Markdown and the files.
+
+    Raises:
+        OutputError: a file could not be written (full disk); the message names it and the complete ones.
+    """
     from mtrl.report import plots as figures
 
     groups = group_runs(runs)
@@ -55,8 +83,13 @@ def rl_report(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> dict[st
     table, definition, caveats = markdown_table(rows), metric_definition(runs), notes(rows, groups)
     aggregate = ["## Aggregate metrics over runs × tasks", "", aggregate_markdown(rows), "",
                  improvement_markdown(rows, matrix), "", aggregate_definition()]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = figures.plot_report(groups, rows, matrix, out_dir) if plots else {}
+    output = _Files()
+    files: dict[str, Path] = {}
+    if plots:
+        for name, plot in figures.report_figures(groups, rows, matrix).items():
+            written = output.write(out_dir / f"{name}.png", plot)
+            if written is not None:
+                files[name] = written
     sections = ["# Report", "", table, "", definition, ""]
     sections += [f"- {note}" for note in caveats] + ([""] if caveats else [])
     sections += aggregate + [""]
@@ -67,19 +100,18 @@ def rl_report(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> dict[st
     sections += ["", "## Runs", ""] + [f"- {group.name}: " + ", ".join(f"seed {run.seed} `{run.path}`"
                                                                         for run in group.runs) for group in groups]
     markdown = "\n".join(sections).rstrip() + "\n"
-    files["md"] = out_dir / "report.md"
-    files["md"].write_text(markdown)
-    files["csv"] = out_dir / "report.csv"
-    files["csv"].write_text(csv_text(rows, matrix))
-    files["tex"] = out_dir / "report.tex"
-    files["tex"].write_text(latex_tables(rows, matrix, "Mean success over tasks; mean ± standard error over seeds. "
-                                         + definition.split(". ")[0] + ".") + "\n")
-    console = "\n".join([table, "", definition] + [f"- {note}" for note in caveats] + [""] + aggregate)
+    latex = latex_tables(rows, matrix, "Mean success over tasks; mean ± standard error over seeds. "
+                         + definition.split(". ")[0] + ".") + "
+"
+    for name, text in (("md", markdown), ("csv", csv_text(rows, matrix)), ("tex", latex)):
+        files[name] = output.write(out_dir / f"report.{name}", output.text(text))
+    console = "
+".join([table, "", definition] + [f"- {note}" for note in caveats] + [""] + aggregate)
     return {"rows": rows, "groups": groups, "markdown": markdown, "console": console, "files": files}
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser() -> validation.ArgumentParser:
+    parser = validation.ArgumentParser(
         prog="python -m mtrl.report",
         description="Tables (report.md/.csv/.tex) and figures (curves.png, per_task.png, aggregates.png, weights.png, "
                     "omega.png) of the runs below the given directories, grouped by everything but the seed.")
@@ -97,33 +129,63 @@ def _default_out(paths: Sequence[str]) -> Path:
     return path if path.is_dir() else path.parent
 
 
+class _Skipped(logging.Handler):
+    """Holds the readers' warnings (skipped files) until the report knows whether it has runs at all."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mtrl.report``: 0 done; 2 bad input (nothing written) or a file that could not be written,
+    each with one line on stderr."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
+    skipped = _Skipped()
+    loggers = [logging.getLogger(name) for name in ("mtrl.report", "mtrl.supervised")]
+    propagate = [logger.propagate for logger in loggers]
+    for logger in loggers:
+        logger.addHandler(skipped)
+        logger.propagate = False
     try:
         out_dir = Path(args.out) if args.out else _default_out(args.paths)
-        return _report(args.paths, out_dir, args.plots)
-    except ReportError as error:
-        print(f"mtrl.report: error: {error}", file=sys.stderr)
+        validation.check_writable_dir(out_dir, "the report's folder", "Pass --out <a writable folder>.")
+        return _report(args.paths, out_dir, args.plots, skipped)
+    except (validation.ConfigError, validation.OutputError) as error:
+        print(f"mtrl.report: error: {validation.one_line(error)}", file=sys.stderr)
         return 2
+    finally:
+        for logger, value in zip(loggers, propagate):
+            logger.removeHandler(skipped)
+            logger.propagate = value
 
 
-def _report(paths: Sequence[str], out_dir: Path, plots: bool) -> int:
+def _report(paths: Sequence[str], out_dir: Path, plots: bool, skipped: _Skipped) -> int:
     from mtrl.supervised.bench import load_results, summarize
 
     from mtrl.report.supervised import load_paper_results, paper_report
 
-    runs = load_runs(paths, required=False)
     supervised = [result for path in paths for match in _directories(path) for result in load_results(match)]
+    runs = load_runs(paths, required=False)
     paper = load_paper_results(paths)
     if not runs and not supervised and not paper:
+        if skipped.messages:   # files were there but none could be read: say why, in the one line
+            raise ReportError(f"no usable run under {', '.join(paths)}: {' '.join(skipped.messages)}")
         load_runs(paths)   # raises the error that says what is missing
+    for message in skipped.messages:   # some runs are usable: the skipped files are warnings
+        print(f"mtrl.report: warning: {message}", file=sys.stderr)
     if paper:
-        report = paper_report(paper, out_dir)
+        with validation.writing(out_dir, "no paper table was written"):
+            report = paper_report(paper, out_dir)
         print(report["markdown"])
         print(f"Paper tables: {report['files']['md']}")
     if supervised:
-        summarize(supervised, out_dir, plot=plots)
+        with validation.writing(out_dir, "no report file was written"):
+            summarize(supervised, out_dir, plot=plots)
         print(f"\nSupervised summary: {out_dir / 'summary.md'}")
     if runs:
         report = rl_report(runs, out_dir, plots)

@@ -14,18 +14,20 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from mtrl.report.bootstrap import Interval
 from mtrl.report.runs import Group
+from mtrl.training.checkpoint import atomic_savefig
 from mtrl.report.tables import GroupRow
 
 log = logging.getLogger("mtrl.report")
 
-__all__ = ["curve", "plot_report", "plot_curves", "plot_heatmap", "plot_aggregates", "read_scalars",
+__all__ = ["curve", "report_figures", "plot_curves", "plot_heatmap", "plot_aggregates", "read_scalars",
            "read_signals", "plot_weights", "plot_omega", "WEIGHT_TAGS", "OMEGA_TAG", "VAR_DM_TAG"]
 
 #: TensorBoard tag prefixes of the weight figure, in column order, with their axis labels.
@@ -47,8 +49,7 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, facecolor="white", bbox_inches="tight")
+    atomic_savefig(fig, path, dpi=110, facecolor="white", bbox_inches="tight")
     _pyplot().close(fig)
     return path
 
@@ -78,21 +79,22 @@ def curve(series: Sequence[Sequence[tuple[int, float]]]) -> tuple[np.ndarray, np
     return steps, mean, se, np.asarray([len(at[s]) for s in steps], dtype=np.int64)
 
 
-def plot_report(groups: Sequence[Group], rows: Sequence[GroupRow], matrix: dict[tuple[int, int], Interval],
-                out_dir: Path) -> dict[str, Path]:
-    """Every figure of the RL report that has something to show, ``{name: path}``: ``curves``,
-    ``per_task``, ``aggregates``, ``weights`` and ``omega``."""
-    files = {"curves": plot_curves(groups, out_dir / "curves.png"),
-             "per_task": plot_heatmap(rows, out_dir / "per_task.png")}
-    figures = {"aggregates": lambda path: plot_aggregates(rows, matrix, path)}
-    signals = read_signals(groups)
-    figures["weights"] = lambda path: plot_weights(signals, path)
-    figures["omega"] = lambda path: plot_omega(signals, path)
-    for name, plot in figures.items():
-        written = plot(out_dir / f"{name}.png")
-        if written is not None:
-            files[name] = written
-    return files
+def report_figures(groups: Sequence[Group], rows: Sequence[GroupRow],
+                   matrix: dict[tuple[int, int], Interval]) -> dict[str, Callable[[Path], Path | None]]:
+    """The RL report's figures, ``{name: plot}``: ``curves``, ``per_task``, ``aggregates``, ``weights`` and
+    ``omega``; each ``plot(path)`` writes its PNG and returns the path, or ``None`` when it has nothing to show."""
+    signals: list[Any] = []
+
+    def logged() -> Any:   # the TensorBoard signals, read once and only when a figure needs them
+        if not signals:
+            signals.append(read_signals(groups))
+        return signals[0]
+
+    return {"curves": lambda path: plot_curves(groups, path),
+            "per_task": lambda path: plot_heatmap(rows, path),
+            "aggregates": lambda path: plot_aggregates(rows, matrix, path),
+            "weights": lambda path: plot_weights(logged(), path),
+            "omega": lambda path: plot_omega(logged(), path)}
 
 
 # ----------------------------------------------------------------------------------------- success

@@ -22,6 +22,7 @@ from typing import Any
 from mtrl.stl import STL_SUMMARY_NAME
 from mtrl.training.checkpoint import SUMMARY_NAME
 from mtrl.training.tracking import EvalHistory
+from mtrl.validation import ConfigError
 
 log = logging.getLogger("mtrl.report")
 
@@ -34,7 +35,7 @@ NOT_EXPERIMENT_KEYS = ("seed", "resume", "progress", "device", "torch_threads", 
                        "checkpoint_every", "checkpoint_buffer", "merge", "tensorboard", "hydra")
 
 
-class ReportError(ValueError):
+class ReportError(ConfigError):
     """Input the report cannot use; the message says what to change."""
 
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from mtrl.training.checkpoint import atomic_write_text
+
 __all__ = ["KIND", "load_paper_results", "paper_rows", "mean_ranks", "paper_table", "paper_report"]
 
 KIND = "paper_benchmark"
@@ -151,9 +153,9 @@ def paper_report(results: Sequence[Mapping[str, Any]], out_dir: str | Path | Non
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         files["md"] = out / "paper_tables.md"
-        files["md"].write_text(markdown)
+        atomic_write_text(markdown, files["md"])
         files["json"] = out / "paper_tables.json"
         serialisable = {bench: [{**row, "mean_rank": rank} for row, rank in zip(rows, mean_ranks(rows))]
                         for bench, rows in tables.items()}
-        files["json"].write_text(json.dumps(serialisable, indent=2, default=float))
+        atomic_write_text(json.dumps(serialisable, indent=2, default=float), files["json"])
     return {"tables": tables, "markdown": markdown, "files": files}

@@ -1,35 +1,36 @@
 """``python -m mtrl.supervised bench=<name> agg=<aggregator> [noise=<level>] [seed=<n>] [device=auto|cpu|cuda]``.
 
 The config is ``configs/supervised.yaml`` with the groups ``bench`` and ``agg``; see that file for every
-option. The work is :func:`mtrl.supervised.bench.run`.
+option. Every value is checked before anything is written (:mod:`mtrl.supervised.config`); the work is
+:func:`mtrl.supervised.bench.run`.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
+from collections.abc import Sequence
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from mtrl.supervised.bench import BenchError, run
+from mtrl import validation
+from mtrl.supervised.bench import run
+from mtrl.supervised.config import COMMAND
 
 log = logging.getLogger("mtrl.supervised")
 
 
-@hydra.main(version_base="1.3", config_path="../../configs", config_name="supervised")
-def main(cfg: DictConfig) -> float | None:
-    out_dir = HydraConfig.get().runtime.output_dir
-    try:
+@hydra.main(version_base="1.3", config_path=str(validation.CONFIGS), config_name="supervised")
+def _app(cfg: DictConfig) -> float | None:
+    with validation.job() as out_dir:
         results = run(cfg, out_dir)
-    except (BenchError, FileNotFoundError) as error:
-        log.error("%s", error)
-        print(f"mtrl.supervised: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    log.info("Results in %s", out_dir)
-    value = results.get("clean_metric") if isinstance(results, dict) else None
-    return value
+        log.info("Results in %s", out_dir)
+        return results.get("clean_metric") if isinstance(results, dict) else None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m mtrl.supervised``: bad input exits 2 with one line, before anything is written; then Hydra runs."""
+    validation.run_hydra(COMMAND, _app, argv)
 
 
 if __name__ == "__main__":

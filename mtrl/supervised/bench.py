@@ -34,9 +34,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mtrl import validation
 from mtrl.aggregation import Aggregator, make, options
 from mtrl.metrics import performance_drop
 from mtrl.supervised.adapter import MultiTaskTrainer
+from mtrl.training.checkpoint import atomic_savefig, atomic_write_json, atomic_write_text
+from mtrl.validation import ConfigError, resolve_device
 
 log = logging.getLogger("mtrl.supervised")
 
@@ -50,7 +53,7 @@ DEFAULT_NOISES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 DATA_BENCHES = ("multidigits", "noisyregression", "multimnist")
 
 
-class BenchError(ValueError):
+class BenchError(ConfigError):
     """A configuration the benchmarks cannot run; the message says what to change."""
 
 
@@ -71,16 +74,6 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
     if isinstance(cfg, Mapping):
         return cfg.get(key, default)
     return getattr(cfg, key, default) if cfg is not None else default
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else as ``torch.device`` reads it."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise BenchError(f"device={device} was asked for, but CUDA is not available here; use device=cpu or auto.")
-    return resolved
 
 
 def aggregator_spec(name: str, base_options: Mapping[str, Any] | None = None,
@@ -137,11 +130,6 @@ def _writer(out_dir: Path, enabled: bool):
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(log_dir=str(out_dir))
-
-
-def _json_dump(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=float))
 
 
 # ------------------------------------------------------------------------------------------------- data set
@@ -266,7 +254,11 @@ def _get_reference(dataset, bench: Mapping[str, Any], noise: float, seed: int, d
     payload = single_task_reference(dataset, bench, seed, device)
     payload.update({"bench": bench["name"], "noise": float(noise), "seed": int(seed), "budget": _budget(bench),
                     "seconds": time.perf_counter() - started})
-    _json_dump(path, payload)
+    try:
+        atomic_write_json(payload, path)
+    except OSError as error:   # a cache: the run goes on with the references in memory
+        log.warning("Could not cache the single-task references in %s (%s); the run goes on.", path,
+                    error.strerror or error)
     return {**payload, "source": str(path)}
 
 
@@ -375,7 +367,9 @@ def train_multitask(dataset, bench: Mapping[str, Any], agg_name: str, agg_option
             writer.add_scalar("test/delta_m_mean", results["delta_m_mean"], epochs)
             writer.add_scalar("test/delta_m_var", results["delta_m_var"], epochs)
         writer.close()
-    _json_dump(out_dir / "results.json", results)
+    kept = f"the TensorBoard events in {out_dir} hold the curves" if writer is not None else "the run is not saved"
+    with validation.writing(out_dir / "results.json", kept):
+        atomic_write_json(results, out_dir / "results.json")
     return results
 
 
@@ -414,19 +408,21 @@ def run_toy_bench(cfg: Any, out_dir: Path, specs: Sequence[tuple[str, dict[str, 
                     writer.add_scalar(f"start{s}/{tag}", float(value), step)
 
         log.info("toy: %s %s, %d steps from %d starts", name, opts, int(bench["steps"]), 5)
-        run = run_toy(_make_factory(name, opts), name=name, steps=int(bench["steps"]), lr=float(bench["lr"]),
-                      scale=float(bench["scale"]), record_every=int(bench.get("record_every", 10)),
-                      max_grad_norm=(bench.get("max_grad_norm") or {}).get(name), on_record=on_record)
-        if writer is not None:
-            writer.close()
+        with validation.writing(out_dir, "no result was written (TensorBoard events only)"):
+            run = run_toy(_make_factory(name, opts), name=name, steps=int(bench["steps"]), lr=float(bench["lr"]),
+                          scale=float(bench["scale"]), record_every=int(bench.get("record_every", 10)),
+                          max_grad_norm=(bench.get("max_grad_norm") or {}).get(name), on_record=on_record)
+            if writer is not None:
+                writer.close()
         runs.append(run)
         log.info("toy: %s done in %.1f s", name, run.seconds)
     tolerance = float(bench.get("tolerance", 0.05))
-    results = save_toy_results(runs, out_dir, tolerance)
-    plot = plot_toy(runs, out_dir / "toy.png", tolerance=tolerance)
     table = toy_table(runs, tolerance)
-    (out_dir / "final_losses.md").write_text(table + "\n")
-    print(table)
+    print(table)   # first: the numbers survive a full disk below
+    with validation.writing(out_dir, "the table above holds the final losses"):
+        results = save_toy_results(runs, out_dir, tolerance)
+        plot = plot_toy(runs, out_dir / "toy.png", tolerance=tolerance)
+        atomic_write_text(table + "\n", out_dir / "final_losses.md")
     print(f"\nPlot: {plot}\nResults: {out_dir / 'results.json'}")
     return results
 
@@ -445,7 +441,13 @@ def _specs(cfg: Any) -> list[tuple[str, dict[str, Any]]]:
 
 
 def run(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
-    """Run what the config asks for; returns the results (what ``results.json`` holds)."""
+    """Run what the config asks for; returns the results (what ``results.json`` holds).
+
+    Raises:
+        BenchError: input found bad only here (a data file, an ``stl_file`` of another size), before this
+            run writes anything of its own.
+        OutputError: a result could not be written (full disk); the message says which and what is intact.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     bench = _plain(cfg["bench"])
@@ -470,7 +472,7 @@ def run(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
     all_results = []
     for noise in noises:
         for seed in seeds:
-            dataset = load_dataset(bench, float(noise), int(seed), cfg.get("data_dir"))
+            dataset = _dataset(bench, float(noise), int(seed), cfg.get("data_dir"))
             reference = get_reference(dataset, bench, float(noise), int(seed), device, baseline=cfg.get("baseline", "stl"),
                                       stl_file=cfg.get("stl_file"), cache_dir=cfg.get("cache_dir", "runs/supervised/stl_cache"))
             for name, opts in specs:
@@ -479,14 +481,39 @@ def run(cfg: Any, out_dir: str | Path) -> dict[str, Any]:
                                 "it sees Δm = 0 throughout.", name)
                 run_dir = out_dir if single else out_dir / name / f"noise{float(noise):g}" / f"seed{int(seed)}"
                 log.info("%s: %s noise=%g seed=%d -> %s", bench["name"], name, float(noise), int(seed), run_dir)
-                result = train_multitask(dataset, bench, name, opts, int(seed), device, run_dir, reference=reference,
-                                         wrt=str(cfg.get("wrt", "parameters")), tensorboard=bool(cfg.get("tensorboard", True)))
+                done = (f"the {len(all_results)} run(s) before have their results.json under {out_dir}" if all_results
+                        else "no result was written")
+                with validation.writing(run_dir, done):
+                    result = train_multitask(dataset, bench, name, opts, int(seed), device, run_dir, reference=reference,
+                                             wrt=str(cfg.get("wrt", "parameters")),
+                                             tensorboard=bool(cfg.get("tensorboard", True)))
                 all_results.append(result)
                 _print_result(result)
     if single:
         return all_results[0]
-    summary = summarize(all_results, out_dir)
+    with validation.writing(out_dir, "every run's results.json is complete"):
+        summary = summarize(all_results, out_dir)
     return {"runs": len(all_results), "summary": summary}
+
+
+def _dataset(bench: Mapping[str, Any], noise: float, seed: int, data_dir: str | None):
+    """:func:`load_dataset`, its input errors (``bench.data``'s extra arguments, missing data files) and
+    ``bench.model``'s as :class:`BenchError`: the benchmark's own code is what judges them."""
+    from mtrl.supervised.models import make_model
+
+    try:
+        dataset = load_dataset(bench, noise, seed, data_dir)
+    except (FileNotFoundError, NotADirectoryError) as error:
+        raise BenchError(f"data_dir={data_dir}: {validation.one_line(error)}") from error
+    except (TypeError, ValueError) as error:
+        if isinstance(error, BenchError):
+            raise
+        raise BenchError(f"bench.data: {validation.one_line(error)}") from error
+    try:
+        make_model(dataset, **dict(bench.get("model") or {}))
+    except (TypeError, ValueError) as error:
+        raise BenchError(f"bench.model: {validation.one_line(error)}") from error
+    return dataset
 
 
 def _print_result(r: Mapping[str, Any]) -> None:
@@ -507,8 +534,12 @@ def load_results(root: str | Path) -> list[dict[str, Any]]:
     """Every data-benchmark ``results.json`` under ``root`` (toy results are skipped)."""
     found = []
     for path in sorted(Path(root).rglob("results.json")):
-        payload = json.loads(path.read_text())
-        if "aggregator" in payload and "test_metrics" in payload:
+        try:
+            payload = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            log.warning("%s: unreadable (%s: %s); skipped.", path, type(error).__name__, error)
+            continue
+        if isinstance(payload, dict) and "aggregator" in payload and "test_metrics" in payload:
             payload["_path"] = str(path)
             found.append(payload)
     return found
@@ -552,8 +583,8 @@ def summarize(results: Sequence[Mapping[str, Any]] | str | Path, out_dir: str | 
     print(table)
     if out_dir is not None:
         out_dir = Path(out_dir)
-        _json_dump(out_dir / "summary.json", rows)
-        (out_dir / "summary.md").write_text(table + "\n")
+        atomic_write_json(rows, out_dir / "summary.json")
+        atomic_write_text(table + "\n", out_dir / "summary.md")
         if plot and len({r["noise"] for r in rows}) > 1:
             path = plot_noise_sweep(rows, out_dir / "noise_sweep.png")
             print(f"\nPlot: {path}")
@@ -612,7 +643,6 @@ def plot_noise_sweep(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Pat
     axes[1].legend(fontsize=8)
     fig.suptitle(f"{rows[0]['bench']}: clean task vs label noise on the other task")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, facecolor="white")
+    atomic_savefig(fig, path, dpi=110, facecolor="white")
     plt.close(fig)
     return path

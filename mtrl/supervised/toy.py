@@ -33,7 +33,6 @@ by 10×), which the code of Nash-MTL and FAMO runs.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +46,7 @@ from torch import Tensor
 
 from mtrl.aggregation import Aggregator, TaskStats
 from mtrl.metrics import performance_drop
+from mtrl.training.checkpoint import atomic_savefig, atomic_write_json
 
 __all__ = [
     "STARTS", "LOWER", "SCALE", "toy_losses", "toy_losses_and_jacobian", "single_task_optima", "pareto_set", "pareto_front",
@@ -348,8 +348,7 @@ def plot_toy(runs: Sequence[ToyRun], path: str | Path, titles: Mapping[str, str]
         if index == 0:
             top.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, facecolor="white")
+    atomic_savefig(fig, path, dpi=110, facecolor="white")
     plt.close(fig)
     return path
 
@@ -384,7 +383,7 @@ def save_toy_results(runs: Sequence[ToyRun], out_dir: str | Path, tolerance: flo
         "pareto_front_ends": single_task_optima(runs[0].scale).tolist(),
         "aggregators": {run.name: run.summary(tolerance) for run in runs},
     }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write_json(results, out_dir / "results.json")
     np.savez_compressed(out_dir / "trajectories.npz",
                         **{f"{run.name}_theta": run.theta for run in runs},
                         **{f"{run.name}_losses": run.losses for run in runs},

@@ -28,7 +28,8 @@ import torch
 
 __all__ = ["CHECKPOINT_NAME", "SUMMARY_NAME", "CHECKPOINT_VERSION", "BUFFER_DIR", "CheckpointError", "RunWriteError",
            "BufferCheckpoint", "Checkpointer", "atomic_save", "remove_partial_writes", "atomic_write_json",
-           "load_checkpoint", "rng_state", "set_rng_state", "seed_everything", "derive_seed"]
+           "atomic_write_text", "atomic_savefig", "load_checkpoint", "rng_state", "set_rng_state", "seed_everything",
+           "derive_seed"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 SUMMARY_NAME = "summary.json"
@@ -110,9 +111,37 @@ def atomic_save(obj: Any, path: str | Path) -> None:
 
 
 def atomic_write_json(obj: Any, path: str | Path) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n"
-    _atomic_write(Path(path), lambda file: file.write(text.encode()))
+    """Write ``obj`` as indented JSON to ``path`` atomically (NumPy scalars as numbers, other objects as text).
+
+    The one writer of every JSON file the commands produce (``summary.json``, ``stl_success.json``,
+    ``results.json``, ``python -m mtrl.bench --out``): a reader never sees half a file."""
+    text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=True, default=_json_default) + "\n"
+    atomic_write_text(text, path)
+
+
+def atomic_write_text(text: str, path: str | Path) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    data = text.encode()
+    _atomic_write(Path(path), lambda file: file.write(data))
+
+
+def atomic_savefig(figure: Any, path: str | Path, **savefig: Any) -> Path:
+    """``figure.savefig(path, **savefig)`` atomically (a matplotlib figure; the format is ``path``'s suffix)."""
+    import io
+
+    path = Path(path)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=path.suffix.lstrip(".") or "png", **savefig)
+    _atomic_write(path, lambda file: file.write(buffer.getvalue()))
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

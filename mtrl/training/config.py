@@ -9,13 +9,12 @@ builds an environment.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -23,28 +22,26 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import mtrl.aggregation as aggregation
+from mtrl.training.checkpoint import BUFFER_DIR, CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from mtrl.validation import ConfigError, boolean, choice, dataclass_config, integer, number, one_line, resolve_device
 
-from mtrl.training.checkpoint import CHECKPOINT_NAME, CheckpointError, load_checkpoint
-
-__all__ = ["ConfigError", "TrainSettings", "prepare", "resolve_device", "merge_resumed_config",
-           "FIXED_ON_RESUME"]
+__all__ = ["ConfigError", "TrainSettings", "prepare", "resolve_device", "merge_resumed_config", "env_label",
+           "benchmark_and_tasks", "make_protocol", "FIXED_ON_RESUME"]
 
 log = logging.getLogger(__name__)
 
 STL_SUCCESS_NAME = "stl_success.json"   # what `python -m mtrl.stl` writes in its run directory
 
-#: Keys that define the experiment itself: a resume keeps the saved values even when the command line
-#: names them (another aggregator, task set, seed or network shape would not continue the same run; the
-#: saved aggregator and network states could not even be loaded). Every other key typed on the resume
-#: command line changes the saved value, e.g. `resume=<dir> steps=3000000` or `agent.max_grad_norm=1.0`.
-FIXED_ON_RESUME = ("env", "protocol", "agg", "seed", "buffer_size", "agent.name", "agent.hidden_dim",
-                   "agent.trunk_layers", "agent.head_layers", "agent.aggregate")
+#: Keys that define the experiment itself: a resume cannot change them (another aggregator, task set,
+#: protocol, seed or network shape would not continue the same run; the saved aggregator and network
+#: states could not even be loaded). Typing one with another value than the run's is refused; every other
+#: key typed on the resume command line changes the saved value, e.g. `resume=<dir> steps=3000000`.
+FIXED_ON_RESUME = ("env.name", "env.task", "env.tasks", "protocol", "agg", "seed", "buffer_size", "agent.name",
+                   "agent.hidden_dim", "agent.trunk_layers", "agent.head_layers", "agent.aggregate")
 
 ON_NONFINITE = ("stop", "skip")
-
-
-class ConfigError(ValueError):
-    """A bad value in the training config; the message names the override to fix."""
+PERFORMANCE_SOURCES = ("eval", "train")
+VECTOR_STRATEGIES = ("auto", "sync", "async")
 
 
 @dataclass
@@ -123,21 +120,9 @@ def prepare(cfg: DictConfig, overrides: Sequence[str] | None = None) -> TrainSet
     import envs
 
     env_cfg = _section(plain, "env")
-    benchmark = str(env_cfg.get("benchmark", env_cfg.get("name")))
-    # env.tasks (a subset of mt10/mt50, e.g. an MT4 on a laptop) or env.task (the task of mt1)
-    task = env_cfg.get("tasks") if env_cfg.get("tasks") is not None else env_cfg.get("task")
-    try:
-        task_names = list(envs.benchmark_tasks(benchmark, task))
-    except ValueError as error:
-        raise ConfigError(f"env: {error}") from error
+    benchmark, task, task_names = benchmark_and_tasks(env_cfg)
     k = len(task_names)
-
-    protocol_cfg = dict(_section(plain, "protocol"))
-    protocol_name = protocol_cfg.pop("name", None)
-    try:
-        protocol = envs.make_protocol(str(protocol_name), **protocol_cfg)
-    except (ValueError, TypeError) as error:
-        raise ConfigError(f"protocol: {error}") from error
+    protocol = make_protocol(_section(plain, "protocol"))
 
     settings = dict(
         steps=_positive_int(plain, "steps"),
@@ -147,9 +132,11 @@ def prepare(cfg: DictConfig, overrides: Sequence[str] | None = None) -> TrainSet
         log_every=_positive_int(plain, "log_every"),
         checkpoint_every=_positive_int(plain, "checkpoint_every"),
         train_success_window=_positive_int(plain, "train_success_window"),
-        seed=_int(plain, "seed", minimum=0),
+        seed=integer(plain.get("seed"), "seed", minimum=0),
     )
-    if settings["warmup_steps"] >= settings["steps"]:
+    if checkpoint is not None:
+        _check_resumed_steps(resume, int(checkpoint["step"]), settings["steps"])
+    elif settings["warmup_steps"] >= settings["steps"]:
         log.warning("warmup_steps=%d >= steps=%d: this run takes random actions only and never updates.",
                     settings["warmup_steps"], settings["steps"])
     if settings["buffer_size"] < k:
@@ -164,34 +151,26 @@ def prepare(cfg: DictConfig, overrides: Sequence[str] | None = None) -> TrainSet
 
     agg_cfg = _section(plain, "agg")
     agg_name = agg_cfg.get("name")
-    agg_options = dict(agg_cfg.get("options") or {})
+    agg_options = agg_cfg.get("options") or {}
+    if not isinstance(agg_options, dict):
+        raise ConfigError(f"agg.options should hold the aggregator's options, e.g. agg.options.c=0.5. "
+                          f"Found `agg.options={agg_options!r}`.")
+    agg_options = dict(agg_options)
     try:
         aggregation.make(agg_name, **agg_options)   # unknown name / option / bad value
     except (ValueError, TypeError) as error:
         raise ConfigError(f"agg: {error}") from error
 
-    source = plain.get("performance_source")
-    if source not in ("eval", "train"):
-        raise ConfigError(f"performance_source should be `eval` or `train`. Found `performance_source={source!r}`.")
+    source = choice(plain.get("performance_source"), "performance_source", PERFORMANCE_SOURCES)
     reference = load_stl_reference(plain.get("stl_success"), task_names, plain.get("stl_floor"))
-
-    strategy = plain.get("vector_strategy", "auto")
-    if strategy not in ("auto", "sync", "async"):
-        raise ConfigError(f"vector_strategy should be auto, sync or async. Found `vector_strategy={strategy!r}`.")
-
-    backend = env_cfg.get("backend", "auto")
-    if backend not in envs.BACKENDS:
-        raise ConfigError(f"env.backend should be one of {', '.join(envs.BACKENDS)}. Found `env.backend={backend!r}`.")
+    strategy = choice(plain.get("vector_strategy", "auto"), "vector_strategy", VECTOR_STRATEGIES)
+    backend = choice(env_cfg.get("backend", "auto"), "env.backend", envs.BACKENDS)
     try:
         backend = envs.resolve_backend(backend, protocol)   # auto -> what runs here
     except ValueError as error:
         raise ConfigError(f"env.backend: {error}") from error
-    on_nonfinite = plain.get("on_nonfinite", "stop")
-    if on_nonfinite not in ON_NONFINITE:
-        raise ConfigError(f"on_nonfinite should be stop or skip. Found `on_nonfinite={on_nonfinite!r}`.")
-    q_bound = plain.get("q_bound", 1e6)
-    if isinstance(q_bound, bool) or not isinstance(q_bound, (int, float)) or not q_bound > 0:
-        raise ConfigError(f"q_bound should be a positive number. Found `q_bound={q_bound!r}`.")
+    on_nonfinite = choice(plain.get("on_nonfinite", "stop"), "on_nonfinite", ON_NONFINITE)
+    q_bound = number(plain.get("q_bound", 1e6), "q_bound", 0, low_open=True)
     threads = plain.get("torch_threads")
     if threads is not None:
         threads = _positive_int(plain, "torch_threads")
@@ -200,26 +179,68 @@ def prepare(cfg: DictConfig, overrides: Sequence[str] | None = None) -> TrainSet
         resolve_compile_mode(agent_config.compile, device)   # cudagraphs needs CUDA
     except ValueError as error:
         raise ConfigError(str(error)) from error
+    if checkpoint is not None and _bool(plain, "checkpoint_buffer"):
+        _check_buffer_chunks(Path(str(resume)).expanduser(), checkpoint)
 
     return TrainSettings(
         backend=backend, eval_async=_bool(plain, "eval_async") if "eval_async" in plain else True,
-        benchmark=benchmark, env_name=_env_label(env_cfg.get("name", benchmark), task), task=task,
+        benchmark=benchmark, env_name=env_label(env_cfg.get("name", benchmark), task), task=task,
         task_names=task_names,
         protocol=protocol, agent=agent_config, agg_name=str(agg_name), agg_options=agg_options,
         device=device, eval_episodes=int(eval_episodes),
         checkpoint_buffer=_bool(plain, "checkpoint_buffer"), performance_source=source,
         stl_reference=reference, progress=_bool(plain, "progress"), vector_strategy=strategy,
-        on_nonfinite=on_nonfinite, q_bound=float(q_bound), torch_threads=threads,
+        on_nonfinite=on_nonfinite, q_bound=q_bound, torch_threads=threads,
         config=plain, resume=None if resume is None else Path(str(resume)), checkpoint=checkpoint,
         **settings,
     )
 
 
+def benchmark_and_tasks(env_cfg: dict[str, Any]) -> tuple[str, Any, list[str]]:
+    """``(benchmark, task, task names)`` of the ``env`` section: ``env.tasks`` (a subset of mt10/mt50, e.g.
+    an MT4 on a laptop) or ``env.task`` (the task of mt1). Shared by ``mtrl.train`` and ``mtrl.stl``."""
+    import envs
+
+    benchmark = str(env_cfg.get("benchmark", env_cfg.get("name")))
+    task = env_cfg.get("tasks") if env_cfg.get("tasks") is not None else env_cfg.get("task")
+    if isinstance(task, list):
+        repeated = sorted({name for name in task if task.count(name) > 1}, key=str)
+        if repeated:
+            raise ConfigError(f"env.tasks: {', '.join(map(str, repeated))} appear(s) more than once; list each task once.")
+    try:
+        return benchmark, task, list(envs.benchmark_tasks(benchmark, task))
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"env: {error}") from error
+
+
+def make_protocol(protocol_cfg: dict[str, Any]) -> Any:
+    """``envs.ProtocolConfig`` of the ``protocol`` section (unknown fields and bad values are ConfigErrors)."""
+    import envs
+
+    values = dict(protocol_cfg)
+    name = values.pop("name", None)
+    try:
+        return envs.make_protocol(str(name), **values)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"protocol: {one_line(error)}") from error
+
+
+def env_label(name: Any, task: Any) -> str:
+    """The run's environment label (run directories, ``summary.json``): ``mt10``; ``mt1-reach-v3`` for a
+    single task; ``mt10-4tasks`` for a subset (``env.tasks``)."""
+    if isinstance(task, Sequence) and not isinstance(task, str):
+        return f"{name}-{len(task)}tasks"
+    return str(name) if task is None else f"{name}-{task}"
+
+
 # ---------------------------------------------------------------------------------------- resume
 def _load_resume(run_dir: Path) -> dict[str, Any]:
     if not run_dir.is_dir():
-        raise ConfigError(f"resume={run_dir}: not a directory. Pass the run directory that holds {CHECKPOINT_NAME}.")
+        problem = "not a directory" if run_dir.exists() else "no such directory"
+        raise ConfigError(f"resume={run_dir}: {problem}. Pass the run directory that holds {CHECKPOINT_NAME}.")
     path = run_dir / CHECKPOINT_NAME
+    if path.is_dir():
+        raise ConfigError(f"resume={run_dir}: {path} is a directory, not a checkpoint file.")
     if not path.is_file():
         raise ConfigError(f"resume={run_dir}: no {CHECKPOINT_NAME} there (the run stopped before its first checkpoint?).")
     try:
@@ -228,13 +249,42 @@ def _load_resume(run_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"resume: {error}") from error
 
 
+def _check_resumed_steps(resume: Any, done: int, steps: int) -> None:
+    """A resume trains up to ``steps``: fewer than the run has done would change nothing (and contradict its
+    summary), so it is refused."""
+    if steps < done:
+        raise ConfigError(f"resume={resume}: steps={steps} is below the {done} steps this run has done; give "
+                          f"steps > {done} to train it further (its results so far are in its summary.json).")
+
+
+def _check_buffer_chunks(run_dir: Path, checkpoint: dict[str, Any]) -> None:
+    """The replay-buffer chunks the checkpoint names are on disk and readable (their headers: the rows are
+    read by the trainer)."""
+    manifest = checkpoint.get("buffer_chunks") or {}
+    for chunk in manifest.get("chunks", []):
+        path = run_dir / BUFFER_DIR / str(chunk.get("file"))
+        try:
+            if not path.is_file() or path.stat().st_size == 0:
+                raise OSError("missing" if not path.exists() else "not a file" if not path.is_file() else "empty")
+            torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as error:  # noqa: BLE001 - unpickling fails in many ways; all mean a damaged chunk
+            raise ConfigError(f"resume={run_dir}: the replay-buffer chunk {path} is {one_line(error)[:120]}; "
+                              f"resume with checkpoint_buffer=false to refill the buffer instead.") from error
+
+
 def merge_resumed_config(saved: dict[str, Any], cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
     """The run's saved config, changed only where ``overrides`` (the resume command line) name a key.
 
-    Each change is logged; a key of :data:`FIXED_ON_RESUME` keeps its saved value (with a warning).
-    Keys the saved config lacks (added to ``train.yaml`` after the run started) take ``cfg``'s value.
-    ``resume`` itself always follows ``cfg``.
+    Each change is logged, and keys whose value interpolates a changed key (``agent.max_grad_norm`` follows
+    ``env.max_grad_norm``) follow it. Keys the saved config lacks (added to ``train.yaml`` after the run
+    started) take ``cfg``'s value; ``resume`` itself always follows ``cfg``.
+
+    Raises:
+        ConfigError: an override would change a key of :data:`FIXED_ON_RESUME` (for a config group typed
+            as ``agg=<option>``: the option's ``name``).
     """
+    from mtrl.validation import config_groups
+
     merged = OmegaConf.create(saved)
     current = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(current, dict)
@@ -244,24 +294,56 @@ def merge_resumed_config(saved: dict[str, Any], cfg: DictConfig, overrides: Sequ
             merged[key] = value
     merged.resume = current.get("resume")
     current_cfg = OmegaConf.create(current)
-    ignored = []
-    for key in dict.fromkeys(_override_key(override) for override in overrides):
-        if key in ("resume", "") or key.startswith("hydra"):
-            continue
-        if any(key == fixed or key.startswith(fixed + ".") or fixed.startswith(key + ".") for fixed in FIXED_ON_RESUME):
-            ignored.append(key)
-            continue
-        old = OmegaConf.select(merged, key, default=None)
-        new = OmegaConf.select(current_cfg, key, default=None)
-        if OmegaConf.is_config(new):
-            new = OmegaConf.to_container(new)
+    unresolved = OmegaConf.to_container(cfg, resolve=False)
+    groups = config_groups()
+    typed = [key for key in dict.fromkeys(_override_key(override) for override in overrides)
+             if key not in ("resume", "") and not key.startswith("hydra")]
+    for key in typed:
+        _refuse_fixed_change(key, merged, current_cfg, groups, current.get("resume"))
+    for key in typed + [dependent for key in typed for dependent in _interpolating(unresolved, key)
+                        if dependent not in typed]:
+        old = _plain_select(merged, key)
+        new = _plain_select(current_cfg, key)
         if old != new:
             OmegaConf.update(merged, key, new, merge=False, force_add=True)
             log.info("Resuming with %s=%s (the run had %s).", key, new, old)
-    if ignored:
-        log.warning("Resuming: %s keep the run's saved values (they define the experiment; start a new run "
-                    "to change them).", ", ".join(ignored))
     return merged
+
+
+def _plain_select(cfg: DictConfig, key: str) -> Any:
+    value = OmegaConf.select(cfg, key, default=None)
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def _refuse_fixed_change(key: str, saved: DictConfig, current: DictConfig, groups: dict[str, list[str]],
+                         resume: Any) -> None:
+    for fixed in FIXED_ON_RESUME:
+        if key == fixed:
+            path = f"{key}.name" if key in groups else key   # a config group: its option
+        elif key.startswith(fixed + "."):
+            path = key
+        elif fixed.startswith(key + "."):
+            path = fixed
+        else:
+            continue
+        old, new = _plain_select(saved, path), _plain_select(current, path)
+        if old != new:
+            raise ConfigError(f"resume={resume}: {key} would change {path} from the run's {old!r} to {new!r}, "
+                              f"and a resume keeps it (it defines the experiment). Leave {key} out, or start a "
+                              f"new run to change it.")
+
+
+def _interpolating(unresolved: Any, key: str, prefix: str = "") -> list[str]:
+    """Keys of the (unresolved) config whose value is an interpolation that reads ``key``."""
+    found = []
+    if isinstance(unresolved, dict):
+        for name, value in unresolved.items():
+            path = f"{prefix}{name}"
+            if isinstance(value, str) and "${" in value and re.search(rf"[{{:,]\s*{re.escape(key)}\s*[}},]", value):
+                found.append(path)
+            elif isinstance(value, dict):
+                found += _interpolating(value, key, f"{path}.")
+    return found
 
 
 def _override_key(override: str) -> str:
@@ -289,13 +371,15 @@ def load_stl_reference(path: Any, task_names: list[str], floor: Any = None) -> n
     ``floor`` to ``floor``.
     """
     if floor is not None:
-        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 < floor <= 1:
-            raise ConfigError(f"stl_floor should be a number in (0, 1]. Found `stl_floor={floor!r}`.")
+        floor = number(floor, "stl_floor", 0, 1, low_open=True)
     if path is None:
         return np.ones(len(task_names), dtype=np.float64)
     file = Path(str(path)).expanduser()
     if file.is_dir():   # an STL run directory
         file = file / STL_SUCCESS_NAME
+        if not file.is_file():
+            raise ConfigError(f"stl_success={path}: a directory without {STL_SUCCESS_NAME}; give that file or the "
+                              f"run directory of `python -m mtrl.stl`.")
     try:
         data = json.loads(file.read_text())
     except OSError as error:
@@ -331,65 +415,17 @@ def load_stl_reference(path: Any, task_names: list[str], floor: Any = None) -> n
 
 
 # -------------------------------------------------------------------------------------- helpers
-def resolve_device(value: Any) -> torch.device:
-    """``auto`` picks CUDA when present; ``cuda`` on a machine without it is an error."""
-    name = "auto" if value is None else str(value)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ConfigError(f"device should be auto, cpu, cuda or cuda:N. Found `device={name}`.") from error
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device={name}: CUDA is not available on this machine (use device=auto or cpu).")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"device={name}: only {torch.cuda.device_count()} CUDA device(s) here.")
-    elif device.type != "cpu":
-        raise ConfigError(f"device should be auto, cpu, cuda or cuda:N. Found `device={name}`.")
-    return device
-
-
 def _agent_config(config_class: type, section: dict[str, Any], k: int, benchmark: str) -> Any:
-    values = {key: value for key, value in section.items() if key != "name"}
-    valid = [f.name for f in dataclasses.fields(config_class)]
-    unknown = sorted(set(values) - set(valid))
-    if unknown:
-        raise ConfigError(f"agent: unknown key(s) {unknown}. Valid keys: {', '.join(valid)}.")
-    defaults = {f.name: f.default for f in dataclasses.fields(config_class) if f.default is not dataclasses.MISSING}
-    for key, value in list(values.items()):
-        if isinstance(value, list):
-            values[key] = tuple(value)
-        if isinstance(defaults.get(key), (int, float)) and not isinstance(defaults.get(key), bool):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ConfigError(f"agent.{key} should be a number. Found `agent.{key}={value!r}`.")
-    for key in ("hidden_dim", "trunk_layers", "head_layers", "batch_size", "actor_update_every", "target_update_every"):
-        if key in values and (not isinstance(values[key], int) or values[key] < 1):
-            raise ConfigError(f"agent.{key} should be a positive integer. Found `agent.{key}={values[key]!r}`.")
-    for key in ("lr", "actor_lr", "critic_lr", "alpha_lr", "init_temperature"):
-        if key in values and values[key] is not None and not values[key] > 0:
-            raise ConfigError(f"agent.{key} should be positive. Found `agent.{key}={values[key]!r}`.")
-    if "tau" in values and not 0 < values["tau"] <= 1:
-        raise ConfigError(f"agent.tau should be in (0, 1]. Found `agent.tau={values['tau']!r}`.")
-    if "gamma" in values and not 0 <= values["gamma"] < 1:
-        raise ConfigError(f"agent.gamma should be in [0, 1). Found `agent.gamma={values['gamma']!r}`.")
-    batch = values.get("batch_size", defaults.get("batch_size"))
-    if values.get("batch_per_task") is None and batch is not None and batch % k:
+    """The agent section as ``config_class`` (``agents.SACConfig``): its fields, type hints and own checks
+    (:func:`mtrl.validation.dataclass_config`), and a batch that splits evenly over the ``k`` tasks."""
+    agent = dataclass_config(config_class, {key: value for key, value in section.items() if key != "name"}, "agent")
+    if agent.batch_per_task is None and agent.batch_size % k:
         raise ConfigError(
-            f"agent.batch_size={batch} does not split evenly over the {k} tasks of {benchmark}: the batch is "
-            f"stratified, batch_size / k rows per task. Use a multiple of {k}, e.g. agent.batch_size={128 * k} "
-            f"(128 per task, as the paper)."
+            f"agent.batch_size={agent.batch_size} does not split evenly over the {k} tasks of {benchmark}: the "
+            f"batch is stratified, batch_size / k rows per task. Use a multiple of {k}, e.g. "
+            f"agent.batch_size={128 * k} (128 per task, as the paper)."
         )
-    try:
-        return config_class(**values)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"agent: {error}") from error
-
-
-def _env_label(name: Any, task: Any) -> str:
-    if isinstance(task, (list, tuple)):
-        return f"{name}-{len(task)}tasks"   # env.tasks subset, e.g. mt10-4tasks
-    return str(name) if task is None else f"{name}-{task}"
+    return agent
 
 
 def _get(cfg: DictConfig, key: str) -> Any:
@@ -403,22 +439,9 @@ def _section(plain: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
-def _int(plain: dict[str, Any], key: str, minimum: int) -> int:
-    value = plain.get(key)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)   # 2e6 on the command line
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ConfigError(f"{key} should be {kind}. Found `{key}={value!r}`.")
-    return value
-
-
 def _positive_int(plain: dict[str, Any], key: str) -> int:
-    return _int(plain, key, minimum=1)
+    return integer(plain.get(key), key, minimum=1)
 
 
 def _bool(plain: dict[str, Any], key: str) -> bool:
-    value = plain.get(key)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key} should be true or false. Found `{key}={value!r}`.")
-    return value
+    return boolean(plain.get(key), key)

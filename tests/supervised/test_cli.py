@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 
 from mtrl.supervised import bench
 from mtrl.supervised.data import MNIST_FILES, write_idx
-from mtrl.supervised.summarize import main as summarize_main
+from mtrl.report import main as report_main
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
@@ -76,7 +76,7 @@ def test_multirun_over_seeds_then_summary(tmp_path: Path) -> None:
     _cli("mtrl.supervised", "--multirun", "bench=multidigits", "agg=rlw", "seed=0,1", "baseline=none",
          "tensorboard=false", *TINY_DIGITS, f"hydra.sweep.dir={sweep}")
     assert len(list(sweep.rglob("results.json"))) == 2
-    assert summarize_main([str(sweep)]) == 0
+    assert report_main([str(sweep)]) == 0
     rows = json.loads((sweep / "summary.json").read_text())
     assert [(r["aggregator"], r["n"], r["seeds"]) for r in rows] == [("rlw", 2, [0, 1])]
     accuracy = [json.loads(p.read_text())["clean_metric"] for p in sorted(sweep.rglob("results.json"))]
@@ -138,7 +138,7 @@ def test_a_zero_stl_reference_drops_delta_m_instead_of_failing(tmp_path: Path, c
 def test_multimnist_errors_name_what_is_missing(tmp_path: Path) -> None:
     with pytest.raises(bench.BenchError, match="data_dir"):
         bench.run(_compose("bench=multimnist"), tmp_path / "a")
-    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
+    with pytest.raises(bench.BenchError, match="train-images-idx3-ubyte"):
         bench.run(_compose("bench=multimnist", f"data_dir={tmp_path}"), tmp_path / "b")
 
 

@@ -1,5 +1,6 @@
 """Every bad input exits 2 with one line, before anything is written: a fuzz of malformed overrides,
-damaged or foreign checkpoints, a run directory that cannot be written, a full disk at checkpoint time."""
+damaged or foreign checkpoints, resumes that would change nothing or the experiment, a run directory that
+cannot be written, a full disk at checkpoint time. The other commands' fuzz: tests/test_bad_input.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtrl.train import UsageError, check_command_line
+from mtrl.train import check_command_line
 from mtrl.training import CheckpointWriteError, ConfigError, run
 from mtrl.training.checkpoint import CHECKPOINT_VERSION, atomic_save, load_checkpoint
 
@@ -64,7 +65,7 @@ def test_fuzz_malformed_overrides_exit_cleanly(tmp_path: Path, monkeypatch: pyte
     cases = malformed_overrides(100)
     refused = 0
     for override in cases:
-        with pytest.raises((UsageError, ConfigError)) as error:
+        with pytest.raises(ConfigError) as error:
             check_command_line([override])
         message = str(error.value)
         assert message and "\n" not in message and "Traceback" not in message, (override, message)
@@ -119,10 +120,107 @@ def test_damaged_or_foreign_checkpoint_is_named(write, problem: str, tmp_path: P
 def test_unwritable_run_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").write_text("a file where the runs/ folder should be")
-    with pytest.raises(UsageError, match=r"cannot create the run directory runs/mt10/.*is not a writable directory"):
+    with pytest.raises(ConfigError, match=r"cannot create the run directory runs/mt10/.*/runs is not a directory"):
         check_command_line(["steps=10"])
-    with pytest.raises(UsageError, match="is not a writable directory"):
+    with pytest.raises(ConfigError, match="runs is not a directory"):
         check_command_line([f"hydra.run.dir={tmp_path / 'runs' / 'x'}"])
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["+foo=1"], "unknown key `foo`. Valid keys: env, protocol, agg, agent, seed,"),
+    (["agent.actor_lr=1e-3"], "unknown key `agent.actor_lr`. Valid keys of `agent`: name, hidden_dim,"),
+    (["agg=cagrad", "agg.options.cc=0.9"], "agg: Unknown option(s) ['cc'] for aggregator `cagrad`. Valid options: c, rescale"),
+    (["steps=1e99"], "steps should be a positive integer. Found `steps=1e+99`"),
+    (["agent.head_layers=3"], "agent: SACConfig: `head_layers` should be 1 or 2"),
+    (["agent.gamma=high"], "agent.gamma should be a finite number"),
+    (["env.tasks=[reach-v3,push-v3,reach-v3]"], "env.tasks: reach-v3 appear(s) more than once"),
+    (["~steps"], "~steps: deleting a key is not supported"),
+    (["seed=0,1"], "seed=0,1: several values run a sweep: add --multirun"),
+    (["--multirun", "seed=0,-1"], "seed should be an integer >= 0. Found `seed=-1`"),
+    (["--multirun", "agg=ls,pivgr"], "agg=pivgr: no such option."),
+])
+def test_messages_name_the_problem(argv: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as error:
+        check_command_line(argv)
+    assert message in str(error.value)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_float_that_is_an_integer_still_counts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    checked = check_command_line(["steps=2e6", "env=mt1", "agg=ls"])
+    assert checked is not None and checked.settings.steps == 2_000_000 and checked.argv[-1] == "agg=ls"
+
+
+# ----------------------------------------------------------------------------------------- resumes
+def _stopped_run(run_dir: Path, config, step: int = 6) -> Path:
+    """A run directory as a stopped TINY run leaves it: checkpoint.pt at ``step`` (its config the composed
+    one), train.log and .hydra/."""
+    from omegaconf import OmegaConf
+
+    saved = OmegaConf.to_container(config("env=mt10", "agg=pivrg"), resolve=True)
+    saved.pop("hydra", None)
+    run_dir.mkdir(parents=True)
+    atomic_save(_checkpoint_like(step=step, config=saved), run_dir / "checkpoint.pt")
+    (run_dir / "train.log").write_text("[...] step 6\n")
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "config.yaml").write_text("steps: 12\n")
+    return run_dir
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["steps=3"], "steps=3 is below the 6 steps this run has done; give steps > 6"),
+    (["agg=ls"], "agg would change agg.name from the run's 'pivrg' to 'ls', and a resume keeps it"),
+    (["agg.options.omega_lower=0.1"], "agg.options.omega_lower would change agg.options.omega_lower from the run's 0.5"),
+    (["env.tasks=[reach-v3]"], "env.tasks would change env.tasks from the run's None to ['reach-v3']"),
+    (["agent.hidden_dim=64"], "agent.hidden_dim would change agent.hidden_dim from the run's 32 to 64"),
+    (["seed=4"], "seed would change seed from the run's 0 to 4"),
+])
+def test_a_resume_that_would_change_nothing_or_the_experiment_is_refused(argv: list[str], message: str,
+                                                                         tmp_path: Path, config) -> None:
+    run_dir = _stopped_run(tmp_path / "run", config)
+    with pytest.raises(ConfigError) as error:
+        check_command_line([f"resume={run_dir}", *argv])
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_resume_keeps_the_experiment_typed_again_and_follows_interpolated_keys(tmp_path: Path, config) -> None:
+    """The sweep's own overrides come back on a requeue (agg=pivrg, seed=0): no change, no refusal. A key
+    that others interpolate (env.max_grad_norm -> agent.max_grad_norm) takes them along."""
+    run_dir = _stopped_run(tmp_path / "run", config)
+    checked = check_command_line([f"resume={run_dir}", "agg=pivrg", "seed=0", "steps=20", "env.max_grad_norm=0.5"])
+    assert checked is not None
+    assert checked.settings.steps == 20 and checked.settings.agent.max_grad_norm == 0.5
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda run: (run / "checkpoint.pt").unlink() or (run / "checkpoint.pt").mkdir(),
+     "checkpoint.pt is a directory, not a checkpoint file"),
+    (lambda run: (run / "buffer").mkdir(), "the replay-buffer chunk"),
+])
+def test_damage_a_resume_would_meet_later_is_named_first(damage, message: str, tmp_path: Path, config) -> None:
+    run_dir = _stopped_run(tmp_path / "run", config)
+    atomic_save(_checkpoint_like(step=6, config=load_checkpoint(run_dir / "checkpoint.pt")["config"],
+                                 buffer_chunks={"added": 6, "chunks": [{"start": 0, "stop": 6, "file": "rows_0.pt"}]}),
+                run_dir / "checkpoint.pt")
+    damage(run_dir)
+    with pytest.raises(ConfigError) as error:
+        check_command_line([f"resume={run_dir}"])
+    assert message in str(error.value)
+
+
+def test_a_refused_resume_leaves_the_run_untouched(tmp_path: Path, config) -> None:
+    """The real entry: exit 2 with one line; no line added to train.log, no .hydra/resume_<time>/."""
+    run_dir = _stopped_run(tmp_path / "run", config)
+    before = {path: (path.stat().st_size, path.stat().st_mtime_ns) for path in run_dir.rglob("*") if path.is_file()}
+    env = {**os.environ, "PYTHONPATH": str(REPOSITORY), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "mtrl.train", f"resume={run_dir}", "steps=3"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("\n") == 1 and "is below the 6 steps" in result.stderr
+    after = {path: (path.stat().st_size, path.stat().st_mtime_ns) for path in run_dir.rglob("*") if path.is_file()}
+    assert after == before and sorted(p.name for p in (run_dir / ".hydra").iterdir()) == ["config.yaml"]
 
 
 @pytest.mark.slow

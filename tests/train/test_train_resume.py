@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import agents
-from mtrl.training import TrainingInterrupted, run
+from mtrl.training import ConfigError, TrainingInterrupted, run
 from mtrl.training.checkpoint import load_checkpoint
 
 
@@ -45,12 +45,15 @@ def test_interrupt_then_resume_twice(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert checkpoint["step"] == 7 and checkpoint["agent"]["updates"] == 3
     assert json.loads((first / "summary.json").read_text())["finished"] is False
 
-    # Resume two copies of the stopped run; the command line's agg is ignored (the saved config wins).
+    # Resume two copies of the stopped run. Another agg on the command line is refused (it defines the
+    # experiment), the run's own is fine (a requeued sweep job types it again).
+    with pytest.raises(ConfigError, match="agg would change agg.name from the run's 'rlw' to 'ls'"):
+        run(config(f"resume={first}", "agg=ls"), overrides=[f"resume={first}", "agg=ls"])
     copies = []
     for name in ("a", "b"):
         copy = tmp_path / name
         shutil.copytree(first, copy)
-        summary = run(config(f"resume={copy}", "agg=ls"), overrides=[f"resume={copy}", "agg=ls"])
+        summary = run(config(f"resume={copy}", "agg=rlw"), overrides=[f"resume={copy}", "agg=rlw"])
         assert summary["steps"] == 12 and summary["agg"] == "rlw" and summary["finished"]
         # The buffer came back from its chunks: learning goes on at once, one update per step 7 ... 11.
         assert summary["updates"] == 3 + 5
