@@ -101,12 +101,10 @@ def rl_report(runs: Sequence[Run], out_dir: Path, plots: bool = True) -> dict[st
                                                                         for run in group.runs) for group in groups]
     markdown = "\n".join(sections).rstrip() + "\n"
     latex = latex_tables(rows, matrix, "Mean success over tasks; mean ± standard error over seeds. "
-                         + definition.split(". ")[0] + ".") + "
-"
+                         + definition.split(". ")[0] + ".") + "\n"
     for name, text in (("md", markdown), ("csv", csv_text(rows, matrix)), ("tex", latex)):
         files[name] = output.write(out_dir / f"report.{name}", output.text(text))
-    console = "
-".join([table, "", definition] + [f"- {note}" for note in caveats] + [""] + aggregate)
+    console = "\n".join([table, "", definition] + [f"- {note}" for note in caveats] + [""] + aggregate)
     return {"rows": rows, "groups": groups, "markdown": markdown, "console": console, "files": files}
 
 

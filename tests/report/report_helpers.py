@@ -1,4 +1,4 @@
-"""Runs for the report tests: summaries written by the trainer's own ``Trainer.summary`` (exact numbers
+"""Runs for the report tests: summaries built by the trainer's own ``RunSummary`` (exact numbers
 chosen by the test), STL summaries in ``mtrl.stl``'s format, a random-policy baseline's summary, and
 TensorBoard events with the trainer's tags."""
 
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from mtrl.training.checkpoint import SUMMARY_NAME
-from mtrl.training.loop import Trainer
+from mtrl.training.summary import RunCounts, RunSummary, Segments
 from mtrl.training.tracking import EvalHistory
 
 TASKS = ["reach-v3", "push-v3", "pick-place-v3"]
@@ -40,22 +40,20 @@ def write_summary(run_dir: Path, cfg: dict[str, Any], success: np.ndarray, finis
                   wall_time_s: float = 60.0, tasks: list[str] | None = None,
                   steps: list[int] | None = None) -> dict[str, Any]:
     """``summary.json`` of a run whose evaluation ``e`` had per-task success ``success[e]`` (at ``steps[e]``,
-    by default every ``eval_every`` steps), written by :meth:`Trainer.summary` itself."""
+    by default every ``eval_every`` steps), written by the trainer's own :class:`RunSummary`."""
     tasks = tasks or TASKS
     steps = steps or [(e + 1) * cfg["eval_every"] for e in range(len(success))]
     history = EvalHistory(tasks)
     for step, row in zip(steps, success):
         history.add(step, dict(zip(tasks, map(float, row))))
-    trainer = Trainer.__new__(Trainer)   # the summary's format without environments or networks
-    trainer.s = SimpleNamespace(env_name=cfg["env"]["name"], agg_name=cfg["agg"]["name"], seed=cfg["seed"],
-                                task_names=tasks, num_tasks=len(tasks), config=cfg)
-    trainer.history, trainer.step = history, history.last_step or 0
-    trainer.agent = SimpleNamespace(updates=trainer.step)
-    trainer.elapsed_before, trainer.episodes_done = wall_time_s, np.zeros(len(tasks), dtype=np.int64)
-    trainer.segments = [{"start": 0, "end": trainer.step, "pid": 0}]
-    trainer.env, trainer.eval_env = SimpleNamespace(backend="gymnasium"), None
-    trainer.guard = SimpleNamespace(skipped=0)
-    summary = trainer.summary(finished)
+    settings = SimpleNamespace(env_name=cfg["env"]["name"], agg_name=cfg["agg"]["name"], seed=cfg["seed"],
+                               task_names=tasks, num_tasks=len(tasks), config=cfg)
+    segments = Segments()
+    segments.begin(0)
+    step = history.last_step or 0
+    counts = RunCounts(steps=step, updates=step, wall_time_s=wall_time_s, train_episodes=[0] * len(tasks),
+                       skipped_updates=0, env_restarts=0)
+    summary = RunSummary(run_dir, settings, history, segments, "gymnasium").build(finished, counts)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / SUMMARY_NAME).write_text(json.dumps(summary))
     return summary

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 
 from mtrl.training.checkpoint import atomic_save, atomic_write_json
 from mtrl.training.config import merge_resumed_config
+from mtrl.validation import ConfigError
 from mtrl.training.logger import UpdateAccumulator
 from mtrl.training.tracking import EvalHistory, PerformanceTracker
 
@@ -88,7 +89,7 @@ def test_resume_changes_only_the_keys_typed_on_its_command_line(caplog: pytest.L
         merged = merge_resumed_config(saved, composed, ["resume=runs/x"])
     assert OmegaConf.to_container(merged) == {**saved, "resume": "runs/x", "on_nonfinite": "stop"}
 
-    typed = ["resume=runs/x", "steps=2000000", "agent.max_grad_norm=1.0", "agg=ls", "seed=0", "agent.hidden_dim=400"]
+    typed = ["resume=runs/x", "steps=2000000", "agent.max_grad_norm=1.0"]
     with caplog.at_level("INFO", logger="mtrl.training.config"):
         merged = merge_resumed_config(saved, composed, typed)
     assert merged.steps == 2000000 and merged.agent.max_grad_norm == 1.0        # typed: changed
@@ -96,4 +97,7 @@ def test_resume_changes_only_the_keys_typed_on_its_command_line(caplog: pytest.L
     assert merged.seed == 3 and merged.agg.name == "pivrg" and merged.agent.hidden_dim == 32  # the experiment stays
     assert "steps=2000000 (the run had 100)" in caplog.text
     assert "agent.max_grad_norm=1.0 (the run had None)" in caplog.text
-    assert "agg, seed, agent.hidden_dim keep the run's saved values" in caplog.text
+    # A typed key that defines the experiment is refused with what to do, not silently kept.
+    for override, path in (("agg=ls", "agg.name"), ("seed=0", "seed"), ("agent.hidden_dim=400", "agent.hidden_dim")):
+        with pytest.raises(ConfigError, match=rf"{override.split('=')[0]} would change {path} from the run's"):
+            merge_resumed_config(saved, composed, ["resume=runs/x", override])
