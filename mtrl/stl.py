@@ -36,7 +36,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from mtrl import validation
-from mtrl.training.checkpoint import atomic_write_json
+from mtrl.experiment.checkpoint import atomic_write_json
 from mtrl.validation import ConfigError, boolean, choice, integer, number
 
 log = logging.getLogger("mtrl.stl")
@@ -61,7 +61,7 @@ def validate(cfg: dict) -> dict[str, Any]:
 
 
 def _settings(cfg: dict) -> dict[str, Any]:
-    from mtrl.training.config import benchmark_and_tasks, make_protocol
+    from mtrl.experiment.config import benchmark_and_tasks, make_protocol
     from mtrl.validation import resolve_device
 
     env_cfg = cfg.get("env") or {}

@@ -10,7 +10,7 @@ written (full disk; the previous one is kept), 3 diverged (the last good checkpo
 environment worker kept crashing, 130 ctrl-C or SIGTERM (checkpoint written).
 
 The config lives in the repository's ``configs/`` (``train.yaml`` and the groups ``env``, ``protocol``,
-``agg``, ``agent``); the loop is :mod:`mtrl.training`.
+``agg``, ``agent``); the loop is :mod:`mtrl.experiment`.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from envs.restarts import EnvironmentCrashed
 from mtrl import validation
-from mtrl.training import (CheckpointError, CheckpointWriteError, ConfigError, TrainingDiverged, TrainingInterrupted,
+from mtrl.experiment import (CheckpointError, CheckpointWriteError, ConfigError, TrainingDiverged, TrainingInterrupted,
                            TrainSettings, prepare, run)
-from mtrl.training.checkpoint import CHECKPOINT_NAME
-from mtrl.training.config import env_label
+from mtrl.experiment.checkpoint import CHECKPOINT_NAME
+from mtrl.experiment.config import env_label
 
 log = logging.getLogger("mtrl.train")
 
@@ -49,7 +49,7 @@ def _hydra_subdir(resume: Any, now: str) -> str:
 
 
 def _env_label(name: Any, task: Any, tasks: Any = None) -> str:
-    """The resolver behind run directories: :func:`mtrl.training.config.env_label` of the env section."""
+    """The resolver behind run directories: :func:`mtrl.experiment.config.env_label` of the env section."""
     if tasks is not None:
         tasks = list(tasks)
     return env_label(name, task if tasks is None else tasks)
@@ -66,7 +66,7 @@ register_resolvers()
 
 
 def _check(job: DictConfig, overrides: Sequence[str]) -> TrainSettings:
-    """The values of one training run (:func:`mtrl.training.prepare`, which also reads a ``resume=`` checkpoint)."""
+    """The values of one training run (:func:`mtrl.experiment.prepare`, which also reads a ``resume=`` checkpoint)."""
     try:
         return prepare(job, overrides=list(overrides))
     except CheckpointError as error:

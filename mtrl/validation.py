@@ -7,7 +7,7 @@
   option, a value of the wrong type or out of range, a file that cannot be read, an output that cannot be
   created) exits 2 with one line on stderr that names what to change, before any file or directory is made.
 * **An output that cannot be written** (a full disk) exits 2 with one line naming the file and what is
-  intact; files are written atomically (:func:`mtrl.training.checkpoint.atomic_write_json`), so a reader
+  intact; files are written atomically (:func:`mtrl.experiment.checkpoint.atomic_write_json`), so a reader
   never sees half of one.
 
 A Hydra app describes itself as a :class:`HydraCommand` (its config and its own value checks);

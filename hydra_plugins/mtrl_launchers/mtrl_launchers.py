@@ -99,7 +99,7 @@ class _ResumingMixin:
                    singleton_state: dict[type, Any]) -> Any:
         import submitit
 
-        from mtrl.training.checkpoint import CHECKPOINT_NAME   # here: Hydra imports this module in every app
+        from mtrl.experiment.checkpoint import CHECKPOINT_NAME   # here: Hydra imports this module in every app
 
         overrides = [o for o in sweep_overrides if not _sets([o], "resume")]
         run_dir = self.run_dir(overrides, job_num, singleton_state)

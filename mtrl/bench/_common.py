@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from mtrl.training.checkpoint import atomic_write_json
+from mtrl.experiment.checkpoint import atomic_write_json
 from mtrl.validation import fail, non_negative_int_type, positive_int_type as positive_int
 
 __all__ = ["machine_info", "synchronize", "timed_median", "print_table", "write_json", "names", "positive_int",
@@ -90,7 +90,7 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = 
 
 def write_json(result: dict[str, Any], path: str | Path) -> Path:
     """Write ``result`` to ``path`` (parents created), atomically
-    (:func:`mtrl.training.checkpoint.atomic_write_json`)."""
+    (:func:`mtrl.experiment.checkpoint.atomic_write_json`)."""
     atomic_write_json(result, path)
     return Path(path)
 

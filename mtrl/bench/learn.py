@@ -249,7 +249,7 @@ def train_multitask(spec: dict[str, Any]) -> dict[str, Any]:
 
     import mtrl.train  # noqa: F401  (registers the config's resolvers)
     from envs import BENCHMARKS
-    from mtrl.training import run
+    from mtrl.experiment import run
 
     tasks, k = spec["tasks"], len(spec["tasks"])
     benchmark = _subset_benchmark(tasks)

@@ -3,7 +3,7 @@
     python -m mtrl.bench train --aggs ls,pivrg                       # MT10, the paper's networks and batch
     python -m mtrl.bench train --aggs pivrg --orders overlap,sequential --window 300
 
-For each aggregator (and each loop order), one :class:`mtrl.training.Trainer` is built from the repository's
+For each aggregator (and each loop order), one :class:`mtrl.experiment.Trainer` is built from the repository's
 config exactly as ``python -m mtrl.train`` builds it, and trained for ``--warmup`` steps (replay warm-up and
 the first updates, untimed), then for ``--window`` steps, timed: the figure is vector steps per second over
 that window. With several ``--orders`` they take turns every ``--chunk`` steps of the same run, so that
@@ -127,14 +127,14 @@ def measure(args: argparse.Namespace, agg: str, orders: list[str]) -> list[dict[
     """One run of ``agg``; inside the window the orders take turns every ``--chunk`` steps, so that they
     share the machine's load (this machine is shared); one row per order."""
     from mtrl.bench.env import vector_steps_per_second
-    from mtrl.training import Trainer, prepare
+    from mtrl.experiment import Trainer, prepare
 
     settings = prepare(_compose(_overrides(args, agg)))
     with tempfile.TemporaryDirectory(prefix="mtrl-bench-train-") as run_dir:
         trainer = Trainer(settings, run_dir)
         k = settings.num_tasks
         actions = np.random.default_rng(0).uniform(-1, 1, size=(max(20, args.window // 3), k, 4)).astype(np.float32)
-        loop = trainer.run.steps   # the training steps' phases (mtrl.training.stepping.StepLoop)
+        loop = trainer.run.steps   # the training steps' phases (mtrl.experiment.stepping.StepLoop)
         trainer.run.evaluations.wait_ready()   # the evaluation worker builds its environments before the timing
         env_only = vector_steps_per_second(loop.env, actions)
 
@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _usage_error(f"unknown order(s) {unknown}; use --orders {','.join(ORDERS)} (or one of them).")
     if args.warmup < 2 or args.window < len(orders) or args.chunk < 1:
         _usage_error("--warmup should be at least 2, --chunk positive and --window at least one step per order.")
-    from mtrl.training import ConfigError
+    from mtrl.experiment import ConfigError
 
     configs = Path(__file__).resolve().parents[2] / "configs" / "agg"
     valid = sorted(path.stem for path in configs.glob("*.yaml"))

@@ -39,7 +39,7 @@ from mtrl.report.runs import Group, ReportError, Run, group_runs, load_runs
 from mtrl.report.tables import (GroupRow, aggregate_definition, aggregate_markdown, csv_text, improvement_markdown,
                                 improvement_matrix, latex_tables, markdown_table, metric_definition, notes,
                                 per_task_markdown, summarize_group)
-from mtrl.training.checkpoint import atomic_write_text
+from mtrl.experiment.checkpoint import atomic_write_text
 
 __all__ = ["ReportError", "Run", "Group", "GroupRow", "load_runs", "group_runs", "rl_report", "main"]
 

@@ -5,7 +5,7 @@ weights over training, and the performance-informed methods' ω and Var[Δm] ove
 Success curves come from the runs' summaries (``evaluations``: the values TensorBoard's ``eval/success_mean``
 holds, and the STL baseline has no event file); weights, ω and Var[Δm] only exist in the TensorBoard events
 (``agg/critic/weight/<task>``, ``agg/actor/weight/<task>``, ``agg/omega/<task>``, ``agg/var_dm``, see
-:mod:`mtrl.training.logger`), read with TensorBoard's ``EventAccumulator``. Every line has markers, so a
+:mod:`mtrl.experiment.logger`), read with TensorBoard's ``EventAccumulator``. Every line has markers, so a
 series of one point shows; a figure has a panel only for what some run logged.
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from mtrl.report.bootstrap import Interval
 from mtrl.report.runs import Group
-from mtrl.training.checkpoint import atomic_savefig
+from mtrl.experiment.checkpoint import atomic_savefig
 from mtrl.report.tables import GroupRow
 
 log = logging.getLogger("mtrl.report")

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from mtrl.stl import STL_SUMMARY_NAME
-from mtrl.training.checkpoint import SUMMARY_NAME
-from mtrl.training.tracking import EvalHistory
+from mtrl.experiment.checkpoint import SUMMARY_NAME
+from mtrl.experiment.tracking import EvalHistory
 from mtrl.validation import ConfigError
 
 log = logging.getLogger("mtrl.report")

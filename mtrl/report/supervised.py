@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from mtrl.training.checkpoint import atomic_write_text
+from mtrl.experiment.checkpoint import atomic_write_text
 
 __all__ = ["KIND", "load_paper_results", "paper_rows", "mean_ranks", "paper_table", "paper_report"]
 

@@ -38,7 +38,7 @@ from mtrl import validation
 from mtrl.aggregation import Aggregator, make, options
 from mtrl.metrics import performance_drop
 from mtrl.supervised.adapter import MultiTaskTrainer
-from mtrl.training.checkpoint import atomic_savefig, atomic_write_json, atomic_write_text
+from mtrl.experiment.checkpoint import atomic_savefig, atomic_write_json, atomic_write_text
 from mtrl.validation import ConfigError, resolve_device
 
 log = logging.getLogger("mtrl.supervised")
@@ -203,8 +203,12 @@ def single_task_reference(dataset, bench: Mapping[str, Any], seed: int, device: 
     return {"val": val, "test": test, "higher_is_better": higher}
 
 
-def stl_cache_path(cache_dir: str | Path, bench: Mapping[str, Any], noise: float, seed: int) -> Path:
-    digest = hashlib.sha1(json.dumps(_budget(bench), sort_keys=True, default=str).encode()).hexdigest()[:10]
+def stl_cache_path(cache_dir: str | Path, bench: Mapping[str, Any], noise: float, seed: int,
+                   budget: Mapping[str, Any] | None = None) -> Path:
+    """Where the single-task reference of (benchmark, noise, seed) is cached: the file name carries a digest of
+    ``budget``, what the reference depends on besides those (default: this module's toy budget keys)."""
+    budget = _budget(bench) if budget is None else budget
+    digest = hashlib.sha1(json.dumps(budget, sort_keys=True, default=str).encode()).hexdigest()[:10]
     return Path(cache_dir) / f"{bench['name']}_noise{float(noise):g}_seed{int(seed)}_{digest}.json"
 
 

@@ -46,7 +46,7 @@ from torch import Tensor
 
 from mtrl.aggregation import Aggregator, TaskStats
 from mtrl.metrics import performance_drop
-from mtrl.training.checkpoint import atomic_savefig, atomic_write_json
+from mtrl.experiment.checkpoint import atomic_savefig, atomic_write_json
 
 __all__ = [
     "STARTS", "LOWER", "SCALE", "toy_losses", "toy_losses_and_jacobian", "single_task_optima", "pareto_set", "pareto_front",

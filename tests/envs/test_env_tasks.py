@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 import envs
 import mtrl.train  # noqa: F401  (registers the config's resolvers)
 from mtrl.stl import STLConfigError, validate
-from mtrl.training import ConfigError, prepare, run
+from mtrl.experiment import ConfigError, prepare, run
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SUBSET = ["window-open-v3", "reach-v3"]   # not in MT10's order: the listed order is the one-hot order

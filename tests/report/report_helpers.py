@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from mtrl.training.checkpoint import SUMMARY_NAME
-from mtrl.training.summary import RunCounts, RunSummary, Segments
-from mtrl.training.tracking import EvalHistory
+from mtrl.experiment.checkpoint import SUMMARY_NAME
+from mtrl.experiment.summary import RunCounts, RunSummary, Segments
+from mtrl.experiment.tracking import EvalHistory
 
 TASKS = ["reach-v3", "push-v3", "pick-place-v3"]
 #: Meta-World's MT10, for the study-sized fixtures.

@@ -45,10 +45,10 @@ def fill(ballast: str, run_dir: Path) -> None:
 
 
 def arm(point: str, ballast: str, run_dir: Path) -> None:
-    import mtrl.training.checkpoint as checkpoint
-    import mtrl.training.logger as logger
-    import mtrl.training.loop as loop
-    import mtrl.training.summary as summary
+    import mtrl.experiment.checkpoint as checkpoint
+    import mtrl.experiment.logger as logger
+    import mtrl.experiment.loop as loop
+    import mtrl.experiment.summary as summary
 
     def on_call(owner: object, name: str, n: int, before: bool) -> None:
         original, calls = getattr(owner, name), [0]

@@ -44,14 +44,14 @@ def _on_call(owner: object, name: str, n: int, before: bool) -> None:
 def arm(point: str, n: int) -> None:
     import agents
     import envs
-    import mtrl.training.checkpoint as checkpoint
+    import mtrl.experiment.checkpoint as checkpoint
 
     if point == "update":
         _on_call(agents.MultiTaskSAC, "_optimize", n, before=False)
     elif point == "env":
         _on_call(envs.MultiTaskEnv, "step_wait", n, before=False)
     elif point == "eval":
-        from mtrl.training.evaluation import Evaluations
+        from mtrl.experiment.evaluation import Evaluations
 
         start, started = Evaluations._start, []
 

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from mtrl.train import check_command_line
-from mtrl.training import CheckpointWriteError, ConfigError, run
-from mtrl.training.checkpoint import CHECKPOINT_VERSION, atomic_save, load_checkpoint
+from mtrl.experiment import CheckpointWriteError, ConfigError, run
+from mtrl.experiment.checkpoint import CHECKPOINT_VERSION, atomic_save, load_checkpoint
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 

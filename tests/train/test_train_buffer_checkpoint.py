@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from agents import ReplayBuffer
-from mtrl.training.checkpoint import BUFFER_DIR, BufferCheckpoint, CheckpointError
+from mtrl.experiment.checkpoint import BUFFER_DIR, BufferCheckpoint, CheckpointError
 
 K, OBS, ACT, CAPACITY = 3, 4, 2, 3 * 10   # 10 rows per task
 

@@ -25,7 +25,7 @@ def test_agent_config_lists_every_sac_field_with_its_default() -> None:
 
 
 def test_default_training_config_follows_the_paper(config) -> None:
-    from mtrl.training import prepare
+    from mtrl.experiment import prepare
 
     cfg = config("steps=2000000", "warmup_steps=1500", "eval_every=10000", "agent.batch_size=1280",
                  "agent.hidden_dim=400", "agent.trunk_layers=3", "buffer_size=1000000")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from _fill_disk_at import fill
-from mtrl.training.checkpoint import BUFFER_DIR, load_checkpoint
+from mtrl.experiment.checkpoint import BUFFER_DIR, load_checkpoint
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 FILLER = Path(__file__).with_name("_fill_disk_at.py")
@@ -113,7 +113,7 @@ def test_a_full_disk_stops_the_run_cleanly_and_it_resumes(point: str, file: str,
 def test_event_file_keeps_whole_records_when_the_disk_refuses(small_disk: SmallDisk, tensorboard_scalars) -> None:
     """A write cut short (part of it fits in the file's last page) is taken back: the file ends with the last
     whole flush, and goes on once there is space again."""
-    from mtrl.training.logger import EventFile
+    from mtrl.experiment.logger import EventFile
 
     if not small_disk.mounted:
         pytest.skip("needs a tmpfs mount (a file-size limit would also cut the test runner's own files)")

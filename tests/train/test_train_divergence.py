@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import agents
-from mtrl.training import TrainingDiverged, run
-from mtrl.training.checkpoint import load_checkpoint
+from mtrl.experiment import TrainingDiverged, run
+from mtrl.experiment.checkpoint import load_checkpoint
 
 MT1 = ["env=mt1", "agent.batch_size=8", "agg=ls"]
 

@@ -15,8 +15,8 @@ import pytest
 
 import envs
 from envs.restarts import EnvironmentCrashed, EnvironmentRestarted, RestartingEnv, with_restarts
-from mtrl.training import run
-from mtrl.training.checkpoint import load_checkpoint
+from mtrl.experiment import run
+from mtrl.experiment.checkpoint import load_checkpoint
 
 
 def _kill_worker(env: RestartingEnv, index: int = 0) -> None:

@@ -12,8 +12,8 @@ import pytest
 
 import agents
 import envs
-from mtrl.training import TrainingInterrupted, run
-from mtrl.training.checkpoint import load_checkpoint
+from mtrl.experiment import TrainingInterrupted, run
+from mtrl.experiment.checkpoint import load_checkpoint
 
 MT1 = ["env=mt1", "agg=ls"]
 
@@ -69,7 +69,7 @@ def test_evaluation_in_flight_at_ctrl_c_is_rerun_on_resume(tmp_path: Path, monke
 def test_a_dead_evaluation_worker_is_started_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config) -> None:
     """SIGKILL the worker while it evaluates step 6: a new worker runs the same evaluation (same numbers as
     inline), counted among the restarts."""
-    from mtrl.training import evaluation
+    from mtrl.experiment import evaluation
 
     reference = run(config(*MT1, "eval_async=false"), run_dir=tmp_path / "reference")["evaluations"]
     original, kills = evaluation._Worker.receive, []
@@ -87,7 +87,7 @@ def test_a_dead_evaluation_worker_is_started_again(tmp_path: Path, monkeypatch: 
 
 
 def test_bad_env_backend_is_refused_before_any_env(config, no_envs) -> None:
-    from mtrl.training import ConfigError, prepare
+    from mtrl.experiment import ConfigError, prepare
 
     with pytest.raises(ConfigError, match="env.backend should be one of auto, envpool, gymnasium"):
         prepare(config("env.backend=cuda"))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from mtrl.training.checkpoint import BUFFER_DIR, load_checkpoint
+from mtrl.experiment.checkpoint import BUFFER_DIR, load_checkpoint
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 KILLER = Path(__file__).with_name("_kill_at.py")

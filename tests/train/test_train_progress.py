@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import agents
-from mtrl.training import run
-from mtrl.training.progress import Progress
+from mtrl.experiment import run
+from mtrl.experiment.progress import Progress
 
 
 class FakeClock:

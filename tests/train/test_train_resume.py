@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import agents
-from mtrl.training import ConfigError, TrainingInterrupted, run
-from mtrl.training.checkpoint import load_checkpoint
+from mtrl.experiment import ConfigError, TrainingInterrupted, run
+from mtrl.experiment.checkpoint import load_checkpoint
 
 
 

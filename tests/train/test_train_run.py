@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import mtrl.aggregation as aggregation
-from mtrl.training import run
+from mtrl.experiment import run
 
 DESIGN_CARD = ["ls", "rlw", "pcgrad", "cagrad", "nashmtl", "excessmtl", "pivrg"]
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from mtrl.training.checkpoint import atomic_save, atomic_write_json
-from mtrl.training.config import merge_resumed_config
+from mtrl.experiment.checkpoint import atomic_save, atomic_write_json
+from mtrl.experiment.config import merge_resumed_config
 from mtrl.validation import ConfigError
-from mtrl.training.logger import UpdateAccumulator
-from mtrl.training.tracking import EvalHistory, PerformanceTracker
+from mtrl.experiment.logger import UpdateAccumulator
+from mtrl.experiment.tracking import EvalHistory, PerformanceTracker
 
 
 def test_delta_m_from_evaluation_success() -> None:
@@ -85,12 +85,12 @@ def test_resume_changes_only_the_keys_typed_on_its_command_line(caplog: pytest.L
                                  "agg": {"name": "ls", "options": {}},
                                  "agent": {"lr": 3e-4, "max_grad_norm": 1.0, "hidden_dim": 400},
                                  "device": "auto", "resume": "runs/x", "on_nonfinite": "stop"})
-    with caplog.at_level("INFO", logger="mtrl.training.config"):
+    with caplog.at_level("INFO", logger="mtrl.experiment.config"):
         merged = merge_resumed_config(saved, composed, ["resume=runs/x"])
     assert OmegaConf.to_container(merged) == {**saved, "resume": "runs/x", "on_nonfinite": "stop"}
 
     typed = ["resume=runs/x", "steps=2000000", "agent.max_grad_norm=1.0"]
-    with caplog.at_level("INFO", logger="mtrl.training.config"):
+    with caplog.at_level("INFO", logger="mtrl.experiment.config"):
         merged = merge_resumed_config(saved, composed, typed)
     assert merged.steps == 2000000 and merged.agent.max_grad_norm == 1.0        # typed: changed
     assert merged.log_every == 10 and merged.torch_threads == 1 and merged.device == "cpu"   # not typed: saved

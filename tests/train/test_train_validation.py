@@ -11,7 +11,7 @@ import pytest
 import torch
 from hydra.errors import HydraException
 
-from mtrl.training import ConfigError, run
+from mtrl.experiment import ConfigError, run
 
 
 
@@ -65,7 +65,7 @@ def test_unknown_group_option_lists_the_valid_ones(group: str, config) -> None:
 
 
 def test_stl_file_problems(tmp_path: Path) -> None:
-    from mtrl.training.config import load_stl_reference
+    from mtrl.experiment.config import load_stl_reference
 
     tasks = ["reach-v3", "push-v3"]
     path = tmp_path / "stl.json"

@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -37,7 +36,8 @@ from torch import Tensor
 
 from mtrl.aggregation import make
 from mtrl.supervised.adapter import MultiTaskTrainer
-from mtrl.supervised.bench import BenchError, resolve_options
+from mtrl.experiment.checkpoint import atomic_write_json
+from mtrl.supervised.bench import BenchError, resolve_options, stl_cache_path
 from mtrl.supervised.benchmarks import Benchmark, BenchmarkDataError, get
 from mtrl.supervised.benchmarks.delta import delta_m, delta_m_variance, metric_deltas, task_scores
 
@@ -65,11 +65,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _json_dump(path: Path, payload: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=float))
 
 
 # ---------------------------------------------------------------------------------------- optimisation
@@ -185,16 +180,11 @@ def _per_split(payload: Mapping[str, Any], what: str) -> dict[str, Any]:
                                                       if split in payload}}
 
 
-def stl_cache_path(cache_dir: str | Path, bench: Mapping[str, Any], noise: float, seed: int) -> Path:
-    digest = hashlib.sha1(json.dumps(_budget(bench), sort_keys=True, default=str).encode()).hexdigest()[:10]
-    return Path(cache_dir) / f"{bench['name']}_noise{float(noise):g}_seed{int(seed)}_{digest}.json"
-
-
 def single_task_reference(benchmark: Benchmark, bench: Mapping[str, Any], splits, seed: int, noise: float,
                           device: torch.device, cache_dir: str | Path) -> dict[str, Any]:
     """One model per task, trained on that task's loss alone with the multi-task run's budget; its metric
     columns on each split at the epoch the ``report`` rule picks. Cached under ``cache_dir``."""
-    path = stl_cache_path(cache_dir, bench, noise, seed)
+    path = stl_cache_path(cache_dir, bench, noise, seed, budget=_budget(bench))
     if path.is_file():
         log.info("Single-task references from the cache %s", path)
         return {**json.loads(path.read_text()), "source": str(path)}
@@ -211,7 +201,7 @@ def single_task_reference(benchmark: Benchmark, bench: Mapping[str, Any], splits
                 if column.name in values:
                     payload[split][column.name] = values[column.name]
     payload = {key: value for key, value in payload.items() if value != {}}
-    _json_dump(path, payload)
+    atomic_write_json(payload, path)
     return {**payload, "source": str(path)}
 
 
@@ -351,7 +341,7 @@ def train(benchmark: Benchmark, bench: Mapping[str, Any], splits, agg_name: str,
     if writer is not None:
         writer.close()
     if out_dir is not None:
-        _json_dump(Path(out_dir) / "results.json", results)
+        atomic_write_json(results, Path(out_dir) / "results.json")
     return results
 
 

@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import mtrl.aggregation as aggregation
-from mtrl.training.checkpoint import BUFFER_DIR, CHECKPOINT_NAME, CheckpointError, load_checkpoint
+from mtrl.experiment.checkpoint import BUFFER_DIR, CHECKPOINT_NAME, CheckpointError, load_checkpoint
 from mtrl.validation import ConfigError, boolean, choice, dataclass_config, integer, number, one_line, resolve_device
 
 __all__ = ["ConfigError", "TrainSettings", "prepare", "resolve_device", "merge_resumed_config", "env_label",

@@ -2,12 +2,12 @@
 
 :class:`Trainer` composes the parts of a run, each its own unit:
 
-* building it, and restoring it on resume: :mod:`mtrl.training.build` (:class:`~mtrl.training.build.Run`);
-* the steps (act → send → update → receive → store): :mod:`mtrl.training.stepping`;
-* evaluations (in a worker process, or inline): :mod:`mtrl.training.evaluation`;
-* checkpoints and what a failed write leaves intact: :mod:`mtrl.training.checkpoint`;
-* TensorBoard and the run's log file: :mod:`mtrl.training.logger`; ``summary.json``: :mod:`mtrl.training.summary`;
-* the progress bar: :mod:`mtrl.training.progress`.
+* building it, and restoring it on resume: :mod:`mtrl.experiment.build` (:class:`~mtrl.experiment.build.Run`);
+* the steps (act → send → update → receive → store): :mod:`mtrl.experiment.stepping`;
+* evaluations (in a worker process, or inline): :mod:`mtrl.experiment.evaluation`;
+* checkpoints and what a failed write leaves intact: :mod:`mtrl.experiment.checkpoint`;
+* TensorBoard and the run's log file: :mod:`mtrl.experiment.logger`; ``summary.json``: :mod:`mtrl.experiment.summary`;
+* the progress bar: :mod:`mtrl.experiment.progress`.
 
 The trainer runs the steps and, on their cadences, logs (every ``log_every`` steps), evaluates (every
 ``eval_every`` steps and at the end) and checkpoints (every ``checkpoint_every`` steps, at the end and on
@@ -20,7 +20,7 @@ an evaluation is pending saves its actor copy and the evaluation environment's g
 a resume runs it again (same policy, same episodes, same result).
 
 A run stops cleanly on ctrl-C or SIGTERM (checkpoint, exit 130), on divergence
-(:mod:`mtrl.training.divergence`: no checkpoint of the diverged state, exit 3) and when the disk refuses
+(:mod:`mtrl.experiment.divergence`: no checkpoint of the diverged state, exit 3) and when the disk refuses
 a write of any of its files (``checkpoint.pt``, a replay-buffer chunk, the TensorBoard events,
 ``summary.json``, ``train.log``: :class:`RunWriteError`, exit 2, nothing more is written and the last
 complete checkpoint stays); ``kill -9`` loses at most the steps since the last checkpoint.
@@ -40,14 +40,14 @@ from typing import Any
 import numpy as np
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from mtrl.training.build import build_run
-from mtrl.training.checkpoint import CHECKPOINT_NAME, RunWriteError
-from mtrl.training.config import TrainSettings
-from mtrl.training.divergence import TrainingDiverged
-from mtrl.training.evaluation import EvaluationResult
-from mtrl.training.logger import LogFileWatch
-from mtrl.training.progress import Progress
-from mtrl.training.summary import RunCounts
+from mtrl.experiment.build import build_run
+from mtrl.experiment.checkpoint import CHECKPOINT_NAME, RunWriteError
+from mtrl.experiment.config import TrainSettings
+from mtrl.experiment.divergence import TrainingDiverged
+from mtrl.experiment.evaluation import EvaluationResult
+from mtrl.experiment.logger import LogFileWatch
+from mtrl.experiment.progress import Progress
+from mtrl.experiment.summary import RunCounts
 
 __all__ = ["Trainer", "TrainingInterrupted", "TrainingDiverged", "RunWriteError", "CheckpointWriteError"]
 
@@ -66,7 +66,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class Trainer:
-    """Builds one run (:func:`~mtrl.training.build.build_run`) and trains it. See the module docstring."""
+    """Builds one run (:func:`~mtrl.experiment.build.build_run`) and trains it. See the module docstring."""
 
     def __init__(self, settings: TrainSettings, run_dir: str | Path) -> None:
         self.settings = settings

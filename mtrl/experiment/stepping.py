@@ -11,7 +11,7 @@ gymnasium's worker processes (``vector_strategy=async``) use the other cores; a 
 env steps in ``step_wait``. The update samples the buffer before this step's transition is stored,
 exactly as when it ran before the step, so the order of random draws (and the result) is the same on
 every backend. On a GPU the update's kernels are queued, and its outputs stay on the device, summed in
-an :class:`~mtrl.training.logger.UpdateAccumulator` until a log step.
+an :class:`~mtrl.experiment.logger.UpdateAccumulator` until a log step.
 
 Steps before ``learn_from`` are the warm-up: no update (the replay buffer fills). That is the run's first
 ``warmup_steps`` steps (uniform random actions), and after a resume without a saved buffer another
@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 
 from envs.restarts import EnvironmentRestarted
-from mtrl.training.divergence import DivergenceGuard
-from mtrl.training.logger import EpisodeWindow, UpdateAccumulator
-from mtrl.training.tracking import PerformanceTracker
+from mtrl.experiment.divergence import DivergenceGuard
+from mtrl.experiment.logger import EpisodeWindow, UpdateAccumulator
+from mtrl.experiment.tracking import PerformanceTracker
 
 __all__ = ["StepLoop"]
 
@@ -41,7 +41,7 @@ class StepLoop:
         performance: Δm for the updates; told of every finished training episode.
         updates, episodes: where the update outputs and the finished episodes of a logging window go.
         warmup_steps: steps of random actions (and no update) at the start of the run.
-        on_nonfinite: ``stop`` or ``skip`` (see :mod:`mtrl.training.divergence`).
+        on_nonfinite: ``stop`` or ``skip`` (see :mod:`mtrl.experiment.divergence`).
         warmup_seed: the generator of the random actions.
     """
 

@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mtrl.training.checkpoint import (CHECKPOINT_VERSION, CheckpointError, Checkpointer, derive_seed, rng_state,
+from mtrl.experiment.checkpoint import (CHECKPOINT_VERSION, CheckpointError, Checkpointer, derive_seed, rng_state,
                                       seed_everything, set_rng_state)
-from mtrl.training.config import TrainSettings
-from mtrl.training.divergence import DivergenceGuard
-from mtrl.training.evaluation import Evaluations, EvaluationSpec
-from mtrl.training.logger import EpisodeWindow, TrainLogger, UpdateAccumulator
-from mtrl.training.stepping import StepLoop
-from mtrl.training.summary import RunSummary, Segments
-from mtrl.training.tracking import EvalHistory, PerformanceTracker
+from mtrl.experiment.config import TrainSettings
+from mtrl.experiment.divergence import DivergenceGuard
+from mtrl.experiment.evaluation import Evaluations, EvaluationSpec
+from mtrl.experiment.logger import EpisodeWindow, TrainLogger, UpdateAccumulator
+from mtrl.experiment.stepping import StepLoop
+from mtrl.experiment.summary import RunSummary, Segments
+from mtrl.experiment.tracking import EvalHistory, PerformanceTracker
 
 __all__ = ["Run", "build_run"]
 
@@ -148,7 +148,7 @@ def build_run(settings: TrainSettings, run_dir: str | Path) -> Run:
     """Build the run of ``settings`` in ``run_dir`` (restored from ``settings.checkpoint`` when resuming).
 
     The training environment (EnvPool or gymnasium) gets the run's seed for its goals; the evaluation
-    worker starts building its own environments (:mod:`mtrl.training.evaluation`) while the rest is built.
+    worker starts building its own environments (:mod:`mtrl.experiment.evaluation`) while the rest is built.
     """
     import agents
     import envs

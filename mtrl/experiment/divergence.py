@@ -1,6 +1,6 @@
 """The divergence guard: non-finite losses, Q-values beyond a bound or non-finite parameters stop the run.
 
-The update itself never reads a value back to the host (see :mod:`mtrl.training.loop`), so the guard
+The update itself never reads a value back to the host (see :mod:`mtrl.experiment.loop`), so the guard
 checks at log steps and right before every checkpoint, in one pass:
 
 1. each aggregator's ``check()`` (aggregators record non-finite inputs on the device and raise a

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mtrl.training.checkpoint import SUMMARY_NAME, atomic_write_json
-from mtrl.training.tracking import EvalHistory
+from mtrl.experiment.checkpoint import SUMMARY_NAME, atomic_write_json
+from mtrl.experiment.tracking import EvalHistory
 
 __all__ = ["Segments", "RunCounts", "RunSummary"]
 

@@ -1,14 +1,15 @@
-"""``python -m mtrl.train``: multi-task SAC on Meta-World with a gradient aggregator.
+"""One experiment of ``python -m mtrl.train`` (the command): multi-task SAC on Meta-World with a gradient
+aggregator, from its checked config to its ``summary.json``.
 
-* :mod:`mtrl.training.config` — config checks and resume merging (:func:`prepare`), before any env starts;
-* :mod:`mtrl.training.loop` — the :class:`Trainer`, which composes the units below and runs the schedule;
-* :mod:`mtrl.training.build` — building a run (and restoring it on resume);
-* :mod:`mtrl.training.stepping` — one training step: act → send → update → receive → store;
-* :mod:`mtrl.training.evaluation` — evaluations, in a worker process or inline;
-* :mod:`mtrl.training.checkpoint` — atomic writes, checkpoints, incremental replay-buffer chunks, RNG states;
-* :mod:`mtrl.training.logger` — TensorBoard tags; :mod:`mtrl.training.summary` — ``summary.json``;
-* :mod:`mtrl.training.progress` — the progress bar; :mod:`mtrl.training.tracking` — success history and Δm;
-* :mod:`mtrl.training.divergence` — the divergence guard (``on_nonfinite=stop|skip``).
+* :mod:`mtrl.experiment.config` — config checks and resume merging (:func:`prepare`), before any env starts;
+* :mod:`mtrl.experiment.loop` — the :class:`Trainer`, which composes the units below and runs the schedule;
+* :mod:`mtrl.experiment.build` — building a run (and restoring it on resume);
+* :mod:`mtrl.experiment.stepping` — one training step: act → send → update → receive → store;
+* :mod:`mtrl.experiment.evaluation` — evaluations, in a worker process or inline;
+* :mod:`mtrl.experiment.checkpoint` — atomic writes, checkpoints, incremental replay-buffer chunks, RNG states;
+* :mod:`mtrl.experiment.logger` — TensorBoard tags; :mod:`mtrl.experiment.summary` — ``summary.json``;
+* :mod:`mtrl.experiment.progress` — the progress bar; :mod:`mtrl.experiment.tracking` — success history and Δm;
+* :mod:`mtrl.experiment.divergence` — the divergence guard (``on_nonfinite=stop|skip``).
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from mtrl.training.checkpoint import CheckpointError
-from mtrl.training.config import ConfigError, TrainSettings, prepare
-from mtrl.training.divergence import TrainingDiverged
-from mtrl.training.loop import CheckpointWriteError, Trainer, TrainingInterrupted
+from mtrl.experiment.checkpoint import CheckpointError
+from mtrl.experiment.config import ConfigError, TrainSettings, prepare
+from mtrl.experiment.divergence import TrainingDiverged
+from mtrl.experiment.loop import CheckpointWriteError, Trainer, TrainingInterrupted
 
 __all__ = ["run", "prepare", "ConfigError", "CheckpointError", "CheckpointWriteError", "TrainSettings", "Trainer",
            "TrainingInterrupted", "TrainingDiverged"]

@@ -139,7 +139,7 @@ def atomic_savefig(figure: Any, path: str | Path, **savefig: Any) -> Path:
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
-    if isinstance(value, np.ndarray):
+    if hasattr(value, "tolist"):   # NumPy arrays, torch tensors
         return value.tolist()
     return str(value)
 
