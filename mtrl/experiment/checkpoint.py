@@ -56,6 +56,7 @@ def _atomic_write(path: Path, write: Any) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(handle, _umasked_file_mode())   # mkstemp's 0600 would hide results from the rest of a group
         with os.fdopen(handle, "wb") as file:
             write(file)
             file.flush()
@@ -71,6 +72,14 @@ def _atomic_write(path: Path, write: Any) -> None:
         # Name the destination (not the temporary file); torch.save's zip writer answers a failed write with a
         # RuntimeError of its own: report the disk's answer.
         raise OSError(refused.errno, refused.strerror, str(path)) from error
+
+
+def _umasked_file_mode() -> int:
+    """The mode ``open()`` would give a new file: ``0666`` less the process's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
 
 
 def _os_error(error: BaseException) -> OSError | None:

@@ -77,6 +77,19 @@ def test_atomic_writes_leave_no_temporary_files(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "summary.json").read_text()) == {"mean": 0.5}
 
 
+def test_atomic_writes_get_the_mode_open_would_give(tmp_path: Path) -> None:
+    """Not mkstemp's 0600: a group sharing a run directory must be able to read its results."""
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        (tmp_path / "plain.txt").write_text("x")
+        atomic_write_json({"mean": 0.5}, tmp_path / "summary.json")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == (tmp_path / "plain.txt").stat().st_mode & 0o777
+
+
 def test_resume_changes_only_the_keys_typed_on_its_command_line(caplog: pytest.LogCaptureFixture) -> None:
     saved = {"seed": 3, "steps": 100, "log_every": 10, "torch_threads": 1, "agg": {"name": "pivrg", "options": {}},
              "agent": {"lr": 3e-4, "max_grad_norm": None, "hidden_dim": 32}, "device": "cpu", "resume": None}
