@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from mtrl import validation
 from mtrl.supervised.bench import run
+from mtrl.supervised.benchmarks import BenchmarkDataError
 from mtrl.supervised.config import COMMAND
 
 log = logging.getLogger("mtrl.supervised")
@@ -23,7 +24,10 @@ log = logging.getLogger("mtrl.supervised")
 @hydra.main(version_base="1.3", config_path=str(validation.CONFIGS), config_name="supervised")
 def _app(cfg: DictConfig) -> float | None:
     with validation.job() as out_dir:
-        results = run(cfg, out_dir)
+        try:
+            results = run(cfg, out_dir)
+        except BenchmarkDataError as error:   # the folder's contents, judged by the loader: one line, exit 2
+            raise validation.ConfigError(" ".join(line.strip() for line in str(error).splitlines() if line.strip()))
         log.info("Results in %s", out_dir)
         return results.get("clean_metric") if isinstance(results, dict) else None
 

@@ -86,8 +86,7 @@ def check(job: DictConfig, overrides: Sequence[str] = ()) -> dict[str, Any]:
         _distinct_list(cfg["noises"], "noises", lambda value, key: number(value, key, 0, 1))
     if cfg.get("seeds") is not None:
         _distinct_list(cfg["seeds"], "seeds", lambda value, key: integer(value, key, 0))
-    if cfg.get("data_dir") is not None:
-        _directory(cfg["data_dir"], "data_dir")
+    _data_dir(cfg)
     if cfg.get("stl_file") is not None:
         stl_reference_file(cfg["stl_file"])
     elif baseline == "stl":
@@ -159,6 +158,24 @@ def _distinct_list(value: Any, key: str, item: Callable[[Any, str], Any]) -> lis
     if repeated:
         raise ConfigError(f"{key}: {repeated[0]:g} is listed twice.")
     return items
+
+
+def _data_dir(cfg: dict[str, Any]) -> None:
+    """``data_dir``: an existing folder; a paper benchmark needs one, and a refusal names its layout."""
+    from mtrl.supervised import benchmarks
+
+    name = (cfg.get("bench") or {}).get("name")
+    layout = None
+    if name in benchmarks.available():
+        layout = " ".join(line.strip() for line in benchmarks.get(name).layout.splitlines() if line.strip())
+    if cfg.get("data_dir") is None:
+        if layout:
+            raise ConfigError(f"bench={name} needs data_dir=<folder>. Expected layout: {layout}")
+        return
+    try:
+        _directory(cfg["data_dir"], "data_dir")
+    except ConfigError as error:
+        raise ConfigError(f"{error} Expected layout: {layout}" if layout else str(error)) from None
 
 
 def _directory(value: Any, key: str) -> Path:
